@@ -1,0 +1,115 @@
+"""`flokit`: the one command for every part of the pipeline."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flokit", description="FloKit Ingest: event ingestion to ClickHouse")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("api", help="run the HTTP front door under gunicorn").set_defaults(func=cmd_api)
+
+    keys = sub.add_parser("keys", help="issue, list and revoke API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="issue a key for WORKSPACE; prints the key alone on stdout")
+    create.add_argument("workspace")
+    create.set_defaults(func=cmd_keys_create)
+    keys.add_parser("list", help="list keys (never the secrets)").set_defaults(func=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key, by its id or the key itself")
+    revoke.add_argument("key")
+    revoke.set_defaults(func=cmd_keys_revoke)
+
+    ws = sub.add_parser("workspace", help="show or change a workspace's settings")
+    ws.add_argument("name", nargs="?")
+    ws.add_argument("--rate-limit", type=int, metavar="N", help="requests per minute (default: FLOKIT_RATE_LIMIT_PER_MINUTE)")
+    ws.add_argument("--events", choices=["custom", "strict"],
+                    help="custom: any snake_case event name (default); strict: only the taxonomy's names")
+    ws.set_defaults(func=cmd_workspace)
+
+    kafka = sub.add_parser("kafka", help="Kafka administration").add_subparsers(dest="action", required=True)
+    init = kafka.add_parser("init", help="create the events and dead-letter topics")
+    init.add_argument("--partitions", type=int, help="partitions of the events topic (default: FLOKIT_PARTITIONS)")
+    init.set_defaults(func=cmd_kafka_init)
+
+    sub.add_parser("warehouse", help="run the embedded ClickHouse engine behind its HTTP interface").set_defaults(
+        func=cmd_warehouse)
+
+    args = parser.parse_args(argv)
+    return args.func(args, Settings.from_env()) or 0
+
+
+def cmd_api(args, settings: Settings) -> int:
+    config = Path(__file__).with_name("gunicorn.conf.py")
+    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(config)])
+
+
+def _state(settings: Settings):
+    from .components import make_state
+    return make_state(settings)
+
+
+def cmd_keys_create(args, settings: Settings) -> int:
+    print(_state(settings).create_key(args.workspace))
+    return 0
+
+
+def cmd_keys_list(args, settings: Settings) -> int:
+    print(f"{'KEY':<22} {'WORKSPACE':<24} {'CREATED (UTC)':<20} STATUS")
+    for info in _state(settings).list_keys():
+        created = datetime.fromtimestamp(info.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{info.display:<22} {info.workspace:<24} {created:<20} {'revoked' if info.revoked else 'active'}")
+    return 0
+
+
+def cmd_keys_revoke(args, settings: Settings) -> int:
+    from ingest_api.state.base import key_id_of
+    key_id = key_id_of(args.key)
+    if not _state(settings).revoke_key(key_id):
+        print(f"flokit: no key with id {key_id}", file=sys.stderr)
+        return 1
+    print(f"revoked fk_{key_id}_…")
+    return 0
+
+
+def cmd_workspace(args, settings: Settings) -> int:
+    state = _state(settings)
+    if args.name and (args.rate_limit is not None or args.events):
+        if args.rate_limit is not None and args.rate_limit < 1:
+            print("flokit: --rate-limit must be at least 1", file=sys.stderr)
+            return 2
+        state.configure_workspace(args.name, rate_limit_per_minute=args.rate_limit,
+                                  strict_events=None if args.events is None else args.events == "strict")
+    for w in state.list_workspaces():
+        if args.name in (None, w.name):
+            limit = w.rate_limit_per_minute or f"{settings.rate_limit_per_minute} (default)"
+            print(f"{w.name}: rate limit {limit}/min, events {'strict' if w.strict_events else 'custom'}")
+    return 0
+
+
+def cmd_kafka_init(args, settings: Settings) -> int:
+    if not settings.kafka_bootstrap:
+        print("flokit: set FLOKIT_KAFKA_BOOTSTRAP to the Kafka brokers", file=sys.stderr)
+        return 2
+    from .queue.kafka_queue import create_topics
+    partitions = args.partitions or settings.partitions
+    created = create_topics(settings.kafka_bootstrap, {settings.topic: partitions, settings.dlq_topic: partitions},
+                            settings.replication_factor)
+    for name in (settings.topic, settings.dlq_topic):
+        print(f"{name}: {'created' if name in created else 'exists'}")
+    return 0
+
+
+def cmd_warehouse(args, settings: Settings) -> int:
+    from .warehouse_server import serve
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

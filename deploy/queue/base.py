@@ -1,0 +1,81 @@
+"""The queue between the front door and the consumers, as a narrow interface.
+
+Two implementations sit behind it: Kafka (production, `kafka_queue.py`) and a
+durable local log (embedded mode). The front door only publishes; consumers only
+poll and commit. Both sides speak in partitions: all records of one partition
+are delivered in the order they were published, and each partition is read by
+one consumer of the group at a time.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+
+class QueueUnavailable(Exception):
+    """The queue could not durably take the records in the time allowed.
+
+    Nothing may be reported to a producer as accepted when this is raised.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record to publish, to an explicit partition (see schemas.envelope.partition_for)."""
+
+    partition: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One record as a consumer receives it."""
+
+    partition: int
+    offset: int
+    value: bytes
+
+
+class Publisher(ABC):
+    @abstractmethod
+    def partition_count(self) -> int:
+        """How many partitions the topic has; records are spread over 0..count-1."""
+
+    @abstractmethod
+    def publish(self, records: Sequence[Record], timeout: float) -> None:
+        """Append every record and return only once all of them are durable.
+
+        Durable means: acknowledged by all in-sync replicas (Kafka acks=all), or
+        committed to the local log. Raises QueueUnavailable if that does not
+        happen within `timeout` seconds; the caller must then report nothing as
+        accepted (some records may still arrive: event ids let consumers dedupe).
+        """
+
+    @abstractmethod
+    def ready(self, timeout: float = 2.0) -> bool:
+        """True when the queue can take records now (for /readyz)."""
+
+    def close(self) -> None:
+        """Flush what is in flight and release connections."""
+
+
+class Subscriber(ABC):
+    @abstractmethod
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        """Up to `max_messages` next messages of the assigned partitions, in
+        partition order; an empty list once `timeout` seconds pass without any."""
+
+    @abstractmethod
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        """Record the consumer group's position: partition → the offset of the
+        next message to read (the last processed offset + 1). Messages before it
+        are never delivered to the group again."""
+
+    @abstractmethod
+    def assignment(self) -> set[int]:
+        """The partitions this member currently reads."""
+
+    def close(self) -> None:
+        """Leave the group; uncommitted messages go to whichever member takes
+        the partition next."""

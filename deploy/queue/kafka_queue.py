@@ -1,0 +1,182 @@
+"""The queue on Apache Kafka (production), through kafka-python."""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Callable, Mapping, Sequence
+
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from .base import Message, Publisher, QueueUnavailable, Record, Subscriber
+
+log = logging.getLogger(__name__)
+
+
+class KafkaPublisher(Publisher):
+    """Publishes with acks=all and the idempotent producer, so a broker-side
+    retry never writes a record twice and a 200 means every in-sync replica has it.
+
+    The producer is created on first use, in the process that uses it (gunicorn
+    forks workers; kafka-python's I/O thread must not cross a fork), and again
+    after a failure to connect, so the front door starts and answers 503 while
+    the broker is down instead of refusing to start.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, timeout: float, *, linger_ms: int = 5,
+                 compression: str | None = None):
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._timeout = timeout
+        self._linger_ms = linger_ms
+        self._compression = compression
+        self._producer: KafkaProducer | None = None
+        self._partitions: int | None = None
+        self._lock = threading.Lock()
+
+    def _get_producer(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                timeout_ms = int(self._timeout * 1000)
+                try:
+                    self._producer = KafkaProducer(
+                        bootstrap_servers=self._bootstrap,
+                        acks="all",
+                        enable_idempotence=True,
+                        linger_ms=self._linger_ms,
+                        compression_type=self._compression,
+                        batch_size=512 * 1024,
+                        max_request_size=16 * 1024 * 1024,
+                        # Bound every wait by the front door's enqueue timeout; an expired
+                        # record fails rather than arriving long after we answered 503.
+                        max_block_ms=timeout_ms,
+                        request_timeout_ms=timeout_ms,
+                        delivery_timeout_ms=timeout_ms + self._linger_ms,
+                        bootstrap_timeout_ms=timeout_ms,
+                        allow_auto_create_topics=False,
+                    )
+                except KafkaError as exc:
+                    raise QueueUnavailable(f"cannot reach Kafka at {self._bootstrap}: {exc}") from exc
+            return self._producer
+
+    def partition_count(self) -> int:
+        if self._partitions is None:
+            try:
+                partitions = self._get_producer().partitions_for(self._topic)
+            except KafkaError as exc:
+                raise QueueUnavailable(f"no metadata for topic {self._topic!r}: {exc}") from exc
+            if not partitions:
+                raise QueueUnavailable(f"topic {self._topic!r} does not exist; run `flokit kafka init`")
+            self._partitions = len(partitions)
+        return self._partitions
+
+    def publish(self, records: Sequence[Record], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        producer = self._get_producer()
+        try:
+            futures = [producer.send(self._topic, value=r.value, partition=r.partition) for r in records]
+            for future in futures:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+        except KafkaError as exc:  # includes KafkaTimeoutError
+            raise QueueUnavailable(f"Kafka did not acknowledge in {timeout:g}s: {exc}") from exc
+
+    def ready(self, timeout: float = 2.0) -> bool:
+        # Topic metadata known, and a broker accepting connections right now
+        # (the producer keeps no public view of its live connections).
+        try:
+            self.partition_count()
+        except QueueUnavailable:
+            return False
+        for server in self._bootstrap.split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+                return True
+            except OSError:
+                continue
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=self._timeout)
+                self._producer = None
+
+
+def create_topics(bootstrap: str, topics: dict[str, int], replication_factor: int = 1) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    created = []
+    try:
+        existing = set(admin.list_topics())
+        for name, partitions in topics.items():
+            if name in existing:
+                continue
+            try:
+                admin.create_topics([NewTopic(name, partitions, replication_factor)])
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+    return created
+
+
+class KafkaSubscriber(Subscriber):
+    """A member of the consumer group on the events topic.
+
+    Auto-commit is off: offsets move only through commit(), which the consumer
+    calls after ClickHouse acknowledged the batch. `on_revoke(partitions)` runs
+    inside poll() when a rebalance takes partitions away, before any other
+    member may read them: the consumer flushes and commits what it holds there.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, group: str, *,
+                 on_revoke: Callable[[set[int]], None] | None = None, client_id: str | None = None):
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                if on_revoke and revoked:
+                    on_revoke({tp.partition for tp in revoked})
+
+            def on_partitions_assigned(self, assigned):
+                log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+
+        self._topic = topic
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            client_id=client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=10_000,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            # A batch is flushed well within this; past it the member is presumed dead.
+            max_poll_interval_ms=300_000,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000,
+        )
+        self._consumer.subscribe([topic], listener=_Listener())
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_messages)
+        return [Message(tp.partition, r.offset, r.value) for tp, records in batches.items() for r in records]
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        if offsets:
+            self._consumer.commit({TopicPartition(self._topic, p): OffsetAndMetadata(o, "", -1)
+                                   for p, o in offsets.items()})
+
+    def assignment(self) -> set[int]:
+        return {tp.partition for tp in self._consumer.assignment()}
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)

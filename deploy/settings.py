@@ -1,0 +1,84 @@
+"""Every setting of every process, read from the environment in one place.
+
+The defaults give the embedded mode (local log, SQLite state, the in-process
+ClickHouse engine behind `flokit warehouse`); setting FLOKIT_KAFKA_BOOTSTRAP,
+FLOKIT_REDIS_URL or FLOKIT_CLICKHOUSE_URL switches that part to the production
+service. The README's configuration table is this file, in prose.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where embedded-mode state lives (queue log, front-door state, warehouse data).
+    data_dir: Path = field(default=Path(".flokit"), metadata={"env": "FLOKIT_DATA_DIR"})
+
+    # Queue. Unset bootstrap servers → the embedded local log under data_dir.
+    kafka_bootstrap: str = field(default="", metadata={"env": "FLOKIT_KAFKA_BOOTSTRAP"})
+    topic: str = field(default="flokit.events", metadata={"env": "FLOKIT_TOPIC"})
+    dlq_topic: str = field(default="flokit.events.dlq", metadata={"env": "FLOKIT_DLQ_TOPIC"})
+    partitions: int = field(default=4, metadata={"env": "FLOKIT_PARTITIONS"})
+    replication_factor: int = field(default=1, metadata={"env": "FLOKIT_REPLICATION_FACTOR"})
+
+    # Front-door shared state. Unset → a SQLite file under data_dir.
+    redis_url: str = field(default="", metadata={"env": "FLOKIT_REDIS_URL"})
+
+    # Warehouse, always reached through clickhouse-connect over HTTP.
+    clickhouse_url: str = field(default="http://127.0.0.1:8123", metadata={"env": "FLOKIT_CLICKHOUSE_URL"})
+    clickhouse_database: str = field(default="flokit", metadata={"env": "FLOKIT_CLICKHOUSE_DATABASE"})
+    clickhouse_cluster: str = field(default="", metadata={"env": "FLOKIT_CLICKHOUSE_CLUSTER"})
+    warehouse_bind: str = field(default="127.0.0.1:8123", metadata={"env": "FLOKIT_WAREHOUSE_BIND"})
+
+    # Front door.
+    api_bind: str = field(default="127.0.0.1:8080", metadata={"env": "FLOKIT_API_BIND"})
+    api_workers: int = field(default_factory=_cpu_count, metadata={"env": "FLOKIT_API_WORKERS"})
+    api_threads: int = field(default=8, metadata={"env": "FLOKIT_API_THREADS"})
+    rate_limit_per_minute: int = field(default=100, metadata={"env": "FLOKIT_RATE_LIMIT_PER_MINUTE"})
+    enqueue_timeout_seconds: float = field(default=5.0, metadata={"env": "FLOKIT_ENQUEUE_TIMEOUT_SECONDS"})
+    max_body_bytes: int = field(default=8 * 1024 * 1024, metadata={"env": "FLOKIT_MAX_BODY_BYTES"})
+
+    # Consumer.
+    consumer_group: str = field(default="flokit-consumers", metadata={"env": "FLOKIT_CONSUMER_GROUP"})
+    batch_max_events: int = field(default=50_000, metadata={"env": "FLOKIT_BATCH_MAX_EVENTS"})
+    batch_max_seconds: float = field(default=1.0, metadata={"env": "FLOKIT_BATCH_MAX_SECONDS"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"], "")
+            if raw:
+                values[f.name] = _parse(_TYPES[f.type], raw, f.metadata["env"])
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @property
+    def embedded_queue(self) -> bool:
+        return not self.kafka_bootstrap
+
+    @property
+    def embedded_state(self) -> bool:
+        return not self.redis_url
+
+
+_TYPES = {"int": int, "float": float, "str": str, "Path": Path}
+
+
+def _parse(kind: type, raw: str, name: str):
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a valid {kind.__name__}") from None

@@ -1,0 +1,58 @@
+"""The HTTP front door: the FloKit events API on Flask (run by gunicorn).
+
+`create_app()` builds the app; gunicorn calls it in each worker after the fork
+(`deploy/gunicorn.conf.py`), so queue producers and state connections are
+never shared across processes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from flask import Flask
+
+from typing import TYPE_CHECKING
+
+from deploy.settings import Settings
+
+if TYPE_CHECKING:
+    from deploy.queue.base import Publisher
+    from schemas.events import EventValidator
+
+    from .state.base import FrontDoorState
+
+
+@dataclass
+class FrontDoor:
+    """What the request handlers need, wired once per process."""
+
+    settings: Settings
+    publisher: Publisher
+    state: FrontDoorState
+    clock: Callable[[], float]
+    validator: EventValidator
+    strict_validator: EventValidator
+
+
+def create_app(settings: Settings | None = None, *, publisher: Publisher | None = None,
+               state: FrontDoorState | None = None, clock: Callable[[], float] = time.time) -> Flask:
+    from deploy import components
+    from schemas.events import EventValidator
+
+    from . import errors, events, health
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.extensions["flokit"] = FrontDoor(
+        settings=settings,
+        publisher=publisher or components.make_publisher(settings),
+        state=state or components.make_state(settings),
+        clock=clock,
+        validator=EventValidator(strict_events=False, clock=clock),
+        strict_validator=EventValidator(strict_events=True, clock=clock),
+    )
+    errors.register(app)
+    app.register_blueprint(events.bp)
+    app.register_blueprint(health.bp)
+    return app

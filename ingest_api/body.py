@@ -1,0 +1,68 @@
+"""Reading a request body: content type, optional gzip, size caps, JSON.
+
+The size cap applies to what arrives and again to what gzip expands to, so a
+small compressed body cannot turn into gigabytes in memory.
+"""
+from __future__ import annotations
+
+import zlib
+
+import orjson
+from flask import Request
+
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+
+def read_body(request: Request, max_bytes: int) -> bytes:
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("unsupported_media_type",
+                                   f"Content-Type must be application/json, not {request.content_type or 'missing'!r}")
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType("unsupported_media_type", f"the body must be UTF-8, not {charset}")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise _too_large(max_bytes)
+    raw = request.stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise _too_large(max_bytes)
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        return _gunzip(raw, max_bytes)
+    if encoding != "identity":
+        raise UnsupportedMediaType("unsupported_content_encoding",
+                                   f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding")
+    return raw
+
+
+def _gunzip(raw: bytes, max_bytes: int) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(raw, max_bytes + 1)
+        if len(out) > max_bytes or inflater.unconsumed_tail:
+            raise _too_large(max_bytes, "once decompressed")
+        out += inflater.flush()
+    except zlib.error as exc:
+        raise BadRequest("invalid_body", f"the body is not valid gzip: {exc}") from None
+    if not inflater.eof:
+        raise BadRequest("invalid_body", "the gzip body is truncated")
+    if len(out) > max_bytes:
+        raise _too_large(max_bytes, "once decompressed")
+    return out
+
+
+def _too_large(max_bytes: int, when: str = "") -> PayloadTooLarge:
+    return PayloadTooLarge("payload_too_large", f"the body is larger than {max_bytes} bytes{' ' + when if when else ''};"
+                                                " send fewer events per request")
+
+
+def parse_json(raw: bytes):
+    if not raw.strip():
+        raise BadRequest("invalid_json", "the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise BadRequest("invalid_utf8", f"the body is not valid UTF-8 (byte {bad.start})") from None
+        raise BadRequest("invalid_json", f"the body is not valid JSON: {exc}") from None

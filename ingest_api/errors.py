@@ -1,0 +1,77 @@
+"""Every error the API returns, as one hierarchy mapped to HTTP statuses in one
+place. The body is always {"error": <stable code>, "message": <what to fix>}."""
+from __future__ import annotations
+
+import logging
+
+import orjson
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status = 500
+
+    def __init__(self, code: str, message: str, *, headers: dict[str, str] | None = None,
+                 extra: dict | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def response(self) -> Response:
+        return json_response({"error": self.code, "message": self.message, **self.extra}, self.status, self.headers)
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+
+
+class Unprocessable(ApiError):
+    status = 422
+
+
+class RateLimited(ApiError):
+    status = 429
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+
+
+def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(ApiError, lambda exc: exc.response())
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        # Werkzeug's own errors (404, 405, …) in our shape, code from the name.
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return json_response({"error": code, "message": exc.description or exc.name}, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return json_response({"error": "internal_error", "message": "an unexpected error occurred; it has been logged"}, 500)

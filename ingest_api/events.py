@@ -1,0 +1,102 @@
+"""POST /v1/events and POST /v1/batch/events.
+
+Each request goes through the layers in order: who (auth) → how often (rate
+limit) → what (body, validation) → once (idempotency) → queue. A 200 is
+returned only after the queue acknowledged every accepted event.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import Blueprint, Response, current_app, request
+
+from schemas.events import EventInvalid, validate_batch_shape
+
+from . import auth, enqueue, idempotency, rate_limit
+from .body import parse_json, read_body
+from .errors import ApiError, BadRequest, json_response
+from .ids import new_event_ids
+
+bp = Blueprint("events", __name__)
+
+
+@bp.post("/v1/events")
+def single_event():
+    return _ingest(batch=False)
+
+
+@bp.post("/v1/batch/events")
+def batch_events():
+    return _ingest(batch=True)
+
+
+def _ingest(batch: bool) -> Response:
+    ctx = current_app.extensions["flokit"]
+    now = ctx.clock()
+    workspace = auth.authenticate(request, ctx.state)
+    limit_headers = rate_limit.check(ctx.state, workspace, ctx.settings.rate_limit_per_minute, now)
+    try:
+        response = _handle(ctx, workspace, batch, now)
+    except ApiError as exc:
+        exc.headers = {**limit_headers, **exc.headers}
+        raise
+    response.headers.extend(limit_headers)
+    return response
+
+
+def _handle(ctx, workspace, batch: bool, now: float) -> Response:
+    document = parse_json(read_body(request, ctx.settings.max_body_bytes))
+    try:
+        items = validate_batch_shape(document) if batch else [document]
+    except EventInvalid as exc:
+        raise BadRequest(exc.code, exc.message) from None
+    event_ids = new_event_ids(len(items), now)
+
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return _accept(ctx, workspace, batch, items, event_ids, now)
+    key = idempotency.valid_key(key)
+    begun = idempotency.begin(ctx.state, workspace.name, key, idempotency.fingerprint(request.path, document),
+                              event_ids, now)
+    if isinstance(begun, Response):
+        return begun
+    try:
+        response = _accept(ctx, workspace, batch, items, begun, now)
+    except BadRequest as exc:
+        # A final answer: a retry of the same body gets the same one.
+        idempotency.finish(ctx.state, workspace.name, key, exc.response())
+        raise
+    except BaseException:
+        # No final answer (queue unavailable, crash): a retry may go ahead, with the same event ids.
+        ctx.state.idempotency_fail(workspace.name, key)
+        raise
+    idempotency.finish(ctx.state, workspace.name, key, response)
+    return response
+
+
+def _accept(ctx, workspace, batch: bool, items: list, event_ids: list[str], now: float) -> Response:
+    validator = ctx.strict_validator if workspace.strict_events else ctx.validator
+    accepted, errors = [], []
+    for index, item in enumerate(items):
+        try:
+            accepted.append({"event_id": event_ids[index], **validator.validate(item)})
+        except EventInvalid as exc:
+            errors.append({"index": index, "error": exc.code, "message": exc.message})
+
+    if not batch and errors:
+        raise BadRequest(errors[0]["error"], errors[0]["message"])
+    ids = [event["event_id"] for event in accepted]
+    if batch and not accepted:
+        raise BadRequest("no_valid_events", f"none of the {len(items)} events is valid; see errors",
+                         extra={"accepted": 0, "rejected": len(errors), "event_ids": [], "errors": errors})
+
+    received_at = _iso_ms(now)
+    enqueue.publish(ctx.publisher, workspace.name, received_at, accepted, ctx.settings.enqueue_timeout_seconds)
+    if not batch:
+        return json_response({"status": "ok", "event_id": ids[0]})
+    return json_response({"status": "ok", "accepted": len(accepted), "rejected": len(errors),
+                          "event_ids": ids, "errors": errors})
+
+
+def _iso_ms(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

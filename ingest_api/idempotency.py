@@ -1,0 +1,47 @@
+"""Idempotency-Key: a retry within 24 h gets the original response back and
+enqueues nothing new (rules in state.base.decide_idempotency)."""
+from __future__ import annotations
+
+import hashlib
+import re
+
+import orjson
+from flask import Response
+
+from .errors import BadRequest, Conflict, Unprocessable
+from .state.base import FrontDoorState, StoredResponse
+
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def valid_key(key: str) -> str:
+    if not _KEY.fullmatch(key):
+        raise BadRequest("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters")
+    return key
+
+
+def fingerprint(path: str, document: object) -> str:
+    """Same endpoint and same JSON (whatever its whitespace or key order) → same fingerprint."""
+    return hashlib.sha256(path.encode() + b"\0" + orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def begin(state: FrontDoorState, workspace: str, key: str, fp: str, event_ids: list[str], now: float):
+    """The event ids to use, or a Response to send as it is (a replay)."""
+    outcome = state.idempotency_begin(workspace, key, fp, event_ids, now)
+    if outcome.kind == "proceed":
+        return outcome.event_ids
+    if outcome.kind == "replay":
+        stored = outcome.response
+        return Response(stored.body, status=stored.status, mimetype="application/json",
+                        headers={"Idempotent-Replayed": "true"})
+    if outcome.kind == "in_progress":
+        raise Conflict("idempotency_request_in_progress",
+                       "a request with this Idempotency-Key is being processed; retry shortly",
+                       headers={"Retry-After": "1"})
+    raise Unprocessable("idempotency_key_mismatch",
+                        "this Idempotency-Key was already used with a different request body within 24 hours;"
+                        " use a new key for a new request")
+
+
+def finish(state: FrontDoorState, workspace: str, key: str, response: Response) -> None:
+    state.idempotency_finish(workspace, key, StoredResponse(response.status_code, response.get_data()))

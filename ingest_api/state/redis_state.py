@@ -1,0 +1,143 @@
+"""Front-door state in Redis (production): shared by every process on every host."""
+from __future__ import annotations
+
+import time
+
+import orjson
+import redis
+
+from .base import (IDEMPOTENCY_WINDOW_SECONDS, RATE_WINDOW_SECONDS, ApiKeyInfo, FrontDoorState,
+                   IdempotencyOutcome, RateDecision, StoredResponse, Workspace, decide_idempotency,
+                   failed_record, finished_record, gcra, new_key, secret_matches, split_key)
+
+# GCRA's store step, atomically; returns the previous tat so that Python
+# (base.gcra) computes the decision with the same arithmetic as SQLite's.
+_GCRA = """
+local prev = redis.call('GET', KEYS[1])
+local now, limit, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(prev) or now
+if tat < now then tat = now end
+local new_tat = tat + window / limit
+if now >= new_tat - window then
+  redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+end
+return prev
+"""
+
+
+class RedisState(FrontDoorState):
+    def __init__(self, url: str, namespace: str = "flokit"):
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+        self._ns = namespace
+        self._gcra = self._redis.register_script(_GCRA)
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self._ns, *parts))
+
+    # keys and workspaces
+    def create_key(self, workspace: str) -> str:
+        plaintext, key_id, secret_hash = new_key()
+        pipe = self._redis.pipeline()
+        pipe.hsetnx(self._k("workspace", workspace), "name", workspace)
+        pipe.sadd(self._k("workspaces"), workspace)
+        pipe.hset(self._k("key", key_id), mapping={"workspace": workspace, "hash": secret_hash,
+                                                   "created_at": repr(time.time()), "revoked": "0"})
+        pipe.sadd(self._k("keys"), key_id)
+        pipe.execute()
+        return plaintext
+
+    def list_keys(self) -> list[ApiKeyInfo]:
+        infos = []
+        for key_id in sorted(k.decode() for k in self._redis.smembers(self._k("keys"))):
+            rec = self._redis.hgetall(self._k("key", key_id))
+            if rec:
+                infos.append(ApiKeyInfo(key_id, rec[b"workspace"].decode(), float(rec[b"created_at"]), rec[b"revoked"] == b"1"))
+        return sorted(infos, key=lambda i: i.created_at)
+
+    def revoke_key(self, key_id: str) -> bool:
+        if not self._redis.exists(self._k("key", key_id)):
+            return False
+        self._redis.hset(self._k("key", key_id), "revoked", "1")
+        return True
+
+    def authenticate(self, token: str) -> Workspace | None:
+        parts = split_key(token)
+        if parts is None:
+            return None
+        key_id, secret = parts
+        workspace, secret_hash, revoked = self._redis.hmget(self._k("key", key_id), "workspace", "hash", "revoked")
+        if secret_hash is None or not secret_matches(secret, secret_hash.decode()) or revoked == b"1":
+            return None
+        return self._workspace(workspace.decode())
+
+    def _workspace(self, name: str) -> Workspace:
+        limit, strict = self._redis.hmget(self._k("workspace", name), "rate_limit", "strict_events")
+        return Workspace(name, int(limit) if limit else None, strict == b"1")
+
+    def configure_workspace(self, name: str, *, rate_limit_per_minute: int | None = None,
+                            strict_events: bool | None = None) -> Workspace:
+        fields = {"name": name}
+        if rate_limit_per_minute is not None:
+            fields["rate_limit"] = str(rate_limit_per_minute)
+        if strict_events is not None:
+            fields["strict_events"] = "1" if strict_events else "0"
+        self._redis.hset(self._k("workspace", name), mapping=fields)
+        self._redis.sadd(self._k("workspaces"), name)
+        return self._workspace(name)
+
+    def list_workspaces(self) -> list[Workspace]:
+        return [self._workspace(n.decode()) for n in sorted(self._redis.smembers(self._k("workspaces")))]
+
+    # limits
+    def hit_rate_limit(self, workspace: str, limit: int, now: float) -> RateDecision:
+        prev = self._gcra(keys=[self._k("rate", workspace)], args=[repr(now), limit, RATE_WINDOW_SECONDS])
+        decision, _ = gcra(float(prev) if prev is not None else None, now, limit)
+        return decision
+
+    # idempotency: WATCH/MULTI so the rules stay in base.decide_idempotency
+    def idempotency_begin(self, workspace: str, key: str, fingerprint: str,
+                          event_ids: list[str], now: float) -> IdempotencyOutcome:
+        name = self._k("idem", workspace, key)
+        with self._redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(name)
+                    raw = pipe.get(name)
+                    outcome, record = decide_idempotency(orjson.loads(raw) if raw else None, fingerprint, event_ids, now)
+                    if record is None:
+                        pipe.unwatch()
+                        return outcome
+                    pipe.multi()
+                    self._put(pipe, name, record)
+                    pipe.execute()
+                    return outcome
+                except redis.WatchError:
+                    continue
+
+    def _put(self, pipe, name: str, record: dict) -> None:
+        # Redis expiry only collects garbage; the window itself is judged from
+        # created_at (base.decide_idempotency), so an injected clock governs it.
+        pipe.set(name, orjson.dumps(record), ex=IDEMPOTENCY_WINDOW_SECONDS + 3600)
+
+    def _update(self, workspace: str, key: str, change) -> None:
+        name = self._k("idem", workspace, key)
+        raw = self._redis.get(name)
+        if raw:
+            with self._redis.pipeline() as pipe:
+                self._put(pipe, name, change(orjson.loads(raw)))
+                pipe.execute()
+
+    def idempotency_finish(self, workspace: str, key: str, response: StoredResponse) -> None:
+        self._update(workspace, key, lambda rec: finished_record(rec, response))
+
+    def idempotency_fail(self, workspace: str, key: str) -> None:
+        self._update(workspace, key, failed_record)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._redis.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        self._redis.close()

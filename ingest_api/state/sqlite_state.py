@@ -1,0 +1,149 @@
+"""Front-door state in one SQLite file (embedded mode): shared by every
+gunicorn worker on the machine through SQLite's own locking, no server needed."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+
+from .base import (ApiKeyInfo, FrontDoorState, IdempotencyOutcome, RateDecision, StoredResponse, Workspace,
+                   decide_idempotency, failed_record, finished_record, gcra, new_key, secret_matches,
+                   split_key)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS workspaces (
+    name TEXT PRIMARY KEY, rate_limit INTEGER, strict_events INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY, workspace TEXT NOT NULL, secret_hash TEXT NOT NULL,
+    created_at REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS rate_limits (workspace TEXT PRIMARY KEY, tat REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (
+    workspace TEXT NOT NULL, key TEXT NOT NULL, record BLOB NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (workspace, key));
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
+"""
+
+
+class SqliteState(FrontDoorState):
+    def __init__(self, path: Path):
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()  # one connection per thread (and per process: see _conn)
+        self._conn().executescript(_SCHEMA)  # executescript manages its own transaction
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, timeout=10, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self):
+        """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so a
+        read-modify-write cannot interleave with another process's."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # keys and workspaces
+    def create_key(self, workspace: str) -> str:
+        plaintext, key_id, secret_hash = new_key()
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO workspaces (name) VALUES (?)", (workspace,))
+            db.execute("INSERT INTO api_keys (key_id, workspace, secret_hash, created_at) VALUES (?, ?, ?, ?)",
+                       (key_id, workspace, secret_hash, time.time()))
+        return plaintext
+
+    def list_keys(self) -> list[ApiKeyInfo]:
+        rows = self._conn().execute(
+            "SELECT key_id, workspace, created_at, revoked FROM api_keys ORDER BY created_at").fetchall()
+        return [ApiKeyInfo(k, w, c, bool(r)) for k, w, c, r in rows]
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self._tx() as db:
+            return db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,)).rowcount > 0
+
+    def authenticate(self, token: str) -> Workspace | None:
+        parts = split_key(token)
+        if parts is None:
+            return None
+        key_id, secret = parts
+        row = self._conn().execute(
+            "SELECT k.secret_hash, k.revoked, w.name, w.rate_limit, w.strict_events FROM api_keys k"
+            " JOIN workspaces w ON w.name = k.workspace WHERE k.key_id = ?", (key_id,)).fetchone()
+        if row is None or not secret_matches(secret, row[0]) or row[1]:
+            return None
+        return Workspace(row[2], row[3], bool(row[4]))
+
+    def configure_workspace(self, name: str, *, rate_limit_per_minute: int | None = None,
+                            strict_events: bool | None = None) -> Workspace:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO workspaces (name) VALUES (?)", (name,))
+            if rate_limit_per_minute is not None:
+                db.execute("UPDATE workspaces SET rate_limit = ? WHERE name = ?", (rate_limit_per_minute, name))
+            if strict_events is not None:
+                db.execute("UPDATE workspaces SET strict_events = ? WHERE name = ?", (int(strict_events), name))
+            row = db.execute("SELECT rate_limit, strict_events FROM workspaces WHERE name = ?", (name,)).fetchone()
+        return Workspace(name, row[0], bool(row[1]))
+
+    def list_workspaces(self) -> list[Workspace]:
+        rows = self._conn().execute("SELECT name, rate_limit, strict_events FROM workspaces ORDER BY name")
+        return [Workspace(n, r, bool(s)) for n, r, s in rows]
+
+    # limits
+    def hit_rate_limit(self, workspace: str, limit: int, now: float) -> RateDecision:
+        with self._tx() as db:
+            row = db.execute("SELECT tat FROM rate_limits WHERE workspace = ?", (workspace,)).fetchone()
+            decision, new_tat = gcra(row[0] if row else None, now, limit)
+            if new_tat is not None:
+                db.execute("INSERT INTO rate_limits (workspace, tat) VALUES (?, ?)"
+                           " ON CONFLICT (workspace) DO UPDATE SET tat = excluded.tat", (workspace, new_tat))
+        return decision
+
+    # idempotency
+    def idempotency_begin(self, workspace: str, key: str, fingerprint: str,
+                          event_ids: list[str], now: float) -> IdempotencyOutcome:
+        with self._tx() as db:
+            row = db.execute("SELECT record FROM idempotency WHERE workspace = ? AND key = ?", (workspace, key)).fetchone()
+            outcome, record = decide_idempotency(orjson.loads(row[0]) if row else None, fingerprint, event_ids, now)
+            if record is not None:
+                self._put(db, workspace, key, record)
+                # Keep the table small: records past the window answer nothing.
+                db.execute("DELETE FROM idempotency WHERE created_at < ?", (now - 2 * 24 * 3600,))
+        return outcome
+
+    @staticmethod
+    def _put(db: sqlite3.Connection, workspace: str, key: str, record: dict) -> None:
+        db.execute("INSERT INTO idempotency (workspace, key, record, created_at) VALUES (?, ?, ?, ?)"
+                   " ON CONFLICT (workspace, key) DO UPDATE SET record = excluded.record, created_at = excluded.created_at",
+                   (workspace, key, orjson.dumps(record), record["created_at"]))
+
+    def _update(self, workspace: str, key: str, change) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT record FROM idempotency WHERE workspace = ? AND key = ?", (workspace, key)).fetchone()
+            if row:
+                self._put(db, workspace, key, change(orjson.loads(row[0])))
+
+    def idempotency_finish(self, workspace: str, key: str, response: StoredResponse) -> None:
+        self._update(workspace, key, lambda rec: finished_record(rec, response))
+
+    def idempotency_fail(self, workspace: str, key: str) -> None:
+        self._update(workspace, key, failed_record)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

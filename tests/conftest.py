@@ -1,0 +1,74 @@
+"""Session-wide real services: a Kafka broker and Redis, started through the
+scripts in deploy/ (a broker or Redis already running on the same port is reused)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from deploy.queue.kafka_queue import create_topics
+from deploy.settings import Settings
+from ingest_api.state.redis_state import RedisState
+
+from .services import run_script, unique
+
+KAFKA_PORT = os.environ.get("KAFKA_PORT", "19092")
+REDIS_PORT = os.environ.get("REDIS_PORT", "16379")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    run_script("kafka.sh", "start", KAFKA_PORT=KAFKA_PORT)
+    yield f"127.0.0.1:{KAFKA_PORT}"
+    if os.environ.get("FLOKIT_KEEP_SERVICES") != "1":
+        run_script("kafka.sh", "stop", KAFKA_PORT=KAFKA_PORT)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    run_script("redis.sh", "start", REDIS_PORT=REDIS_PORT)
+    yield f"redis://127.0.0.1:{REDIS_PORT}/0"
+    if os.environ.get("FLOKIT_KEEP_SERVICES") != "1":
+        run_script("redis.sh", "stop", REDIS_PORT=REDIS_PORT)
+
+
+@pytest.fixture(scope="module")
+def topic(kafka_bootstrap) -> str:
+    """A fresh events topic per test module, so modules never see each other's records."""
+    name = unique("events")
+    create_topics(kafka_bootstrap, {name: 4, name + ".dlq": 4})
+    return name
+
+
+@pytest.fixture(scope="module")
+def production_env(kafka_bootstrap, redis_url, topic, tmp_path_factory) -> dict[str, str]:
+    """The environment of a front door on the production services (Kafka and Redis)."""
+    return {
+        "FLOKIT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "FLOKIT_REDIS_URL": redis_url,
+        "FLOKIT_TOPIC": topic,
+        "FLOKIT_DLQ_TOPIC": topic + ".dlq",
+        "FLOKIT_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "FLOKIT_ENQUEUE_TIMEOUT_SECONDS": "5",
+    }
+
+
+@pytest.fixture(scope="module")
+def redis_state(redis_url) -> RedisState:
+    return RedisState(redis_url)
+
+
+@pytest.fixture(scope="module")
+def workspace_key(redis_state):
+    """A new workspace and a key for it: (workspace, key)."""
+    def make(**settings):
+        workspace = unique("ws")
+        if settings:
+            redis_state.configure_workspace(workspace, **settings)
+        return workspace, redis_state.create_key(workspace)
+    return make
+
+
+@pytest.fixture(scope="module")
+def settings_for(production_env):
+    return Settings.from_env(production_env)

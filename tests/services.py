@@ -1,0 +1,122 @@
+"""Starting the real services the tests talk to, through the scripts in deploy/.
+
+Every start waits until the service answers; a service that cannot start is a
+test error, never a skip.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_script(script: str, action: str, **env: str) -> None:
+    result = subprocess.run(["bash", str(DEPLOY / script), action], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"deploy/{script} {action} failed:\n{result.stdout}\n{result.stderr}")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class ApiServer:
+    """`flokit api` (gunicorn with deploy/gunicorn.conf.py) in a subprocess."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env, "FLOKIT_API_BIND": f"127.0.0.1:{self.port}",
+                    "FLOKIT_API_WORKERS": str(workers)}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ApiServer":
+        self.proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "api"], env=self.env, cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {self.proc.stdout.read().decode(errors='replace')}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("gunicorn did not answer /healthz within 30 s")
+
+    def stop(self) -> str:
+        if self.proc is None:
+            return ""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        out = self.proc.stdout.read().decode(errors="replace")
+        self.proc.stdout.close()
+        self.proc = None
+        return out
+
+    def post(self, path: str, body=None, *, key: str | None = None, headers: dict | None = None, data=None):
+        hdrs = {"Content-Type": "application/json"}
+        if key is not None:
+            hdrs["Authorization"] = f"Bearer {key}"
+        hdrs.update(headers or {})
+        payload = data if data is not None else orjson.dumps(body)
+        return requests.post(self.url + path, data=payload, headers=hdrs, timeout=30)
+
+
+@contextmanager
+def api_server(env: dict[str, str], workers: int = 2):
+    server = ApiServer(env, workers).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def read_topic(bootstrap: str, topic: str, idle_seconds: float = 2.0) -> list[tuple[int, int, bytes]]:
+    """Every record now in `topic`, as (partition, offset, value), read from the start."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=int(idle_seconds * 1000))
+    try:
+        return [(m.partition, m.offset, m.value) for m in consumer]
+    finally:
+        consumer.close()
+
+
+def read_events(bootstrap: str, topic: str) -> list[dict]:
+    """Every event in `topic`, flattened out of the envelopes, each with its envelope's fields."""
+    from schemas import envelope
+
+    events = []
+    for partition, offset, value in read_topic(bootstrap, topic):
+        env = envelope.decode(value)
+        for event in env.events:
+            events.append({**event, "_workspace": env.workspace, "_received_at": env.received_at,
+                           "_partition": partition})
+    return events

@@ -1,0 +1,121 @@
+"""One contract, two stores: the Redis (production) and SQLite (embedded)
+front-door state must behave the same. Each test runs against both."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ingest_api.state.base import (IDEMPOTENCY_STALE_SECONDS, IDEMPOTENCY_WINDOW_SECONDS, StoredResponse,
+                                   key_id_of, split_key)
+from ingest_api.state.redis_state import RedisState
+from ingest_api.state.sqlite_state import SqliteState
+
+from .services import unique
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def state(request, tmp_path):
+    if request.param == "redis":
+        store = RedisState(request.getfixturevalue("redis_url"), namespace=unique("test"))
+    else:
+        store = SqliteState(tmp_path / "state.sqlite3")
+    yield store
+    store.close()
+
+
+def test_keys_are_issued_hashed_and_revocable(state):
+    key = state.create_key("acme")
+    key_id, secret = split_key(key)
+    assert state.authenticate(key).name == "acme"
+    [info] = state.list_keys()
+    assert (info.key_id, info.workspace, info.revoked) == (key_id, "acme", False)
+    assert secret not in info.display and info.display == f"fk_{key_id}_…"
+    assert state.authenticate(key[:-1] + ("A" if key[-1] != "A" else "B")) is None  # wrong secret
+    assert state.authenticate("fk_000000000000_" + secret) is None  # unknown id
+    assert state.authenticate("not-a-key") is None
+    assert state.revoke_key(key_id_of(info.display)) is True
+    assert state.authenticate(key) is None
+    assert state.list_keys()[0].revoked is True
+    assert state.revoke_key("ffffffffffff") is False
+
+
+def test_workspace_settings(state):
+    state.create_key("acme")
+    assert state.configure_workspace("acme", rate_limit_per_minute=500).rate_limit_per_minute == 500
+    ws = state.configure_workspace("acme", strict_events=True)
+    assert (ws.rate_limit_per_minute, ws.strict_events) == (500, True)
+    key = state.create_key("acme")
+    assert state.authenticate(key).strict_events is True
+    assert [w.name for w in state.list_workspaces()] == ["acme"]
+
+
+def test_rate_limit_allows_the_quota_then_one_per_interval(state):
+    decisions = [state.hit_rate_limit("acme", 100, T0) for _ in range(101)]
+    assert all(d.allowed for d in decisions[:100])
+    assert [d.remaining for d in decisions[:3]] == [99, 98, 97] and decisions[99].remaining == 0
+    denied = decisions[100]
+    assert not denied.allowed and denied.retry_after == 1 and denied.remaining == 0
+    # 60/100 = 0.6 s later exactly one more request fits.
+    assert state.hit_rate_limit("acme", 100, T0 + 0.6).allowed
+    assert not state.hit_rate_limit("acme", 100, T0 + 0.6).allowed
+    # A full minute later the whole quota is back; other workspaces were never affected.
+    assert state.hit_rate_limit("acme", 100, T0 + 61).remaining == 99
+    assert state.hit_rate_limit("other", 100, T0).remaining == 99
+
+
+def test_rate_limit_is_atomic_across_threads(state):
+    results = []
+
+    def hit():
+        for _ in range(25):
+            results.append(state.hit_rate_limit("busy", 60, T0).allowed)
+
+    threads = [threading.Thread(target=hit) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert results.count(True) == 60 and results.count(False) == 40
+
+
+def test_idempotency_lifecycle(state):
+    ids = ["evt_a", "evt_b"]
+    first = state.idempotency_begin("acme", "k1", "fp1", ids, T0)
+    assert (first.kind, first.event_ids) == ("proceed", ids)
+    # The same request again while the first is in flight.
+    assert state.idempotency_begin("acme", "k1", "fp1", ["evt_x", "evt_y"], T0 + 1).kind == "in_progress"
+    state.idempotency_finish("acme", "k1", StoredResponse(200, b'{"status":"ok"}'))
+    replay = state.idempotency_begin("acme", "k1", "fp1", ["evt_x", "evt_y"], T0 + 3600)
+    assert replay.kind == "replay" and replay.response == StoredResponse(200, b'{"status":"ok"}')
+    assert state.idempotency_begin("acme", "k1", "other", ["evt_x"], T0 + 3600).kind == "mismatch"
+    # The same key in another workspace is another key.
+    assert state.idempotency_begin("other", "k1", "fp9", ["evt_z"], T0).kind == "proceed"
+    # After 24 h the key is free again, for any payload.
+    later = state.idempotency_begin("acme", "k1", "fp2", ["evt_n"], T0 + IDEMPOTENCY_WINDOW_SECONDS)
+    assert (later.kind, later.event_ids) == ("proceed", ["evt_n"])
+
+
+def test_idempotency_failed_or_abandoned_attempts_are_retried_with_the_same_ids(state):
+    state.idempotency_begin("acme", "k", "fp", ["evt_1"], T0)
+    state.idempotency_fail("acme", "k")
+    retry = state.idempotency_begin("acme", "k", "fp", ["evt_2"], T0 + 5)
+    assert (retry.kind, retry.event_ids) == ("proceed", ["evt_1"])
+    # A pending attempt whose process died is taken over once stale.
+    assert state.idempotency_begin("acme", "k", "fp", ["evt_3"], T0 + 6).kind == "in_progress"
+    takeover = state.idempotency_begin("acme", "k", "fp", ["evt_3"], T0 + 5 + IDEMPOTENCY_STALE_SECONDS)
+    assert (takeover.kind, takeover.event_ids) == ("proceed", ["evt_1"])
+
+
+def test_concurrent_duplicates_cannot_both_proceed(state):
+    kinds = []
+    barrier = threading.Barrier(8)
+
+    def attempt(i):
+        barrier.wait()
+        kinds.append(state.idempotency_begin("acme", "race", "fp", [f"evt_{i}"], T0).kind)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(kinds) == ["in_progress"] * 7 + ["proceed"]
