@@ -52,17 +52,17 @@ class ApiServer:
     def start(self) -> "ApiServer":
         self.proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "api"], env=self.env, cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {self.proc.stdout.read().decode(errors='replace')}")
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError("gunicorn did not answer /healthz within 30 s")
+        raise RuntimeError("gunicorn did not answer /healthz within 60 s")
 
     def stop(self) -> str:
         if self.proc is None:
@@ -120,3 +120,40 @@ def read_events(bootstrap: str, topic: str) -> list[dict]:
             events.append({**event, "_workspace": env.workspace, "_received_at": env.received_at,
                            "_partition": partition})
     return events
+
+
+class ConsumerProcess:
+    """`flokit consumer` (or another module's main, for fault injection) in a subprocess."""
+
+    def __init__(self, env: dict[str, str], module: str = "deploy.cli", args: tuple[str, ...] = ("consumer",)):
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], env={**os.environ, **env}, cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 60) -> tuple[int, str]:
+        code = self.proc.wait(timeout=timeout)
+        out = self.proc.stdout.read().decode(errors="replace")
+        self.proc.stdout.close()
+        return code, out
+
+    def stop(self, timeout: float = 60) -> tuple[int, str]:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            return self.wait(10)
+
+
+def wait_until(condition, timeout: float = 60, interval: float = 0.25, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not reached within {timeout} s (last: {value!r})")
+        time.sleep(interval)
