@@ -1,0 +1,462 @@
+"""The queue as a durable local log in one SQLite file (embedded mode).
+
+"One command, no servers": the front door's gunicorn workers append to the file,
+the consumer reads it, and both go through SQLite's own locking, so any number
+of processes and threads on one machine can share it. The file lives under the
+data directory (`<data_dir>/queue.sqlite3`) next to its `-wal` and `-shm` files.
+
+Layout
+    meta(key, value)                    'partitions', fixed when the file is created
+    heads(partition, next_offset)       the offset the next record of a partition gets
+    log(partition, offset, value)       the records, PRIMARY KEY (partition, offset)
+    groups(name)                        every consumer group that ever subscribed
+    group_offsets(grp, partition, next_offset)   each group's committed position
+
+Offsets. A publish is one `BEGIN IMMEDIATE` transaction: it takes SQLite's
+single write lock up front, reads the partitions' counters from `heads`, inserts
+every record of the call with consecutive offsets and moves the counters on,
+then commits. Writers are therefore serialised, each transaction's offsets
+follow the previous one's, and a reader (who only ever sees committed
+transactions) can never see offset N+1 without N. Offsets are dense from 0 per
+partition; the counter row (rather than max(offset)+1) keeps them increasing
+after pruning has emptied a partition.
+
+Durability. WAL mode with `synchronous=FULL`: the WAL is fsynced at every
+commit, so once publish() returns the records survive a kill -9 of any process
+and a power cut. NORMAL (fsync at checkpoints only) survives process crashes but
+may lose the last commits on power loss. Measured on the development VM (2 vCPU,
+virtio disk, shared with other work: runs vary by ±40%; medians of 5 runs, one
+publisher, 4 KB pages):
+                                        FULL                     NORMAL
+    1 KB records, 1 per publish         3,500 rec/s   3.5 MB/s   15,900 rec/s  15.9 MB/s
+    1 KB records, 100 per publish      64,000 rec/s    64 MB/s  101,000 rec/s   101 MB/s
+    50 KB records, 1 per publish        2,200 rec/s   110 MB/s    2,200 rec/s   109 MB/s
+    50 KB records, 4 per publish        2,600 rec/s   131 MB/s    3,000 rec/s   149 MB/s
+    900 KB records, 1 per publish        150-330 rec/s (130-300 MB/s), either setting
+    4 processes x 4 threads, 1 KB, 1 per publish: FULL ~2,300 commits/s (p50 1.5 ms,
+    p99 16 ms, worst ~0.8 s: SQLite's busy handler sleeps and retries, it is not
+    FIFO), NORMAL ~8,900 commits/s: contention costs little throughput.
+    poll (one subscriber): ~260,000 msg/s of 1 KB (260 MB/s), ~16,000 msg/s of 50 KB (800 MB/s)
+FULL costs one fsync per commit (~0.25 ms here) whatever its size, and a
+front-door request is one commit however many events it carries, so beyond
+~1 KB commits the two settings converge; ≥50,000 events/s needs requests
+averaging ≥20 events at ~2,500 commits/s, which the front door's own per-request
+CPU cost already demands. FULL is kept. (16 and 64 KB pages were no faster for
+large records and slower for small commits, so the page size stays 4 KB.)
+
+Consumers. One subscriber per consumer group at a time: it holds an exclusive
+`flock` on `<path>.<group>.lock` and a second one is refused with GroupBusy. It
+owns every partition, so `on_revoke` is accepted for interface parity but never
+called (there is never a rebalance). Embedded mode scales by batching (bigger
+polls, bigger ClickHouse inserts), not by adding consumers; use Kafka for that.
+A new subscriber of a group starts at the group's committed offsets, so after a
+crash exactly the uncommitted messages are delivered again; a group that never
+committed starts at the oldest record still in the log.
+
+Pruning. Records below every registered group's committed offset are deleted
+(by the consumer, from commit(), at most once per `prune_interval` seconds and
+a bounded number of rows at a time, so a prune never holds the write lock for
+long). A group is registered when it first subscribes: from then on nothing it
+has not committed is pruned, but records pruned before it existed are gone (as
+with Kafka's retention). While any registered group has not committed a
+partition, nothing of that partition is pruned, so a group that is no longer
+used must be dropped with `forget_group()` or it keeps the log from shrinking.
+Freed pages are reused by later appends; the file keeps its high-water size.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from .base import Message, Publisher, QueueUnavailable, Record, Subscriber
+
+log = logging.getLogger(__name__)
+
+# SQLite's default, written down: larger pages measured no faster for 50-900 KB
+# records and slower for small commits. Only takes effect when the file is created.
+PAGE_SIZE = 4096
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) ;
+CREATE TABLE IF NOT EXISTS heads (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS log (
+    partition INTEGER NOT NULL, offset INTEGER NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (partition, offset));
+CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS group_offsets (
+    grp TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (grp, partition));
+"""
+
+
+class GroupBusy(RuntimeError):
+    """Another subscriber of the same group already reads this local log."""
+
+
+def _connect(path: Path, busy_timeout: float, synchronous: str = "FULL") -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), with the
+    file created and its schema in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # no-op once the file exists
+        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot put {path} in WAL mode")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL back to 64 MB after a checkpoint
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _stored_partitions(conn: sqlite3.Connection) -> int | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
+    return None if row is None else int(row[0])
+
+
+class LocalLogPublisher(Publisher):
+    """Appends to the local log; safe to share between threads, and between
+    processes through the file (each process, e.g. each gunicorn worker, opens
+    its own connection after the fork).
+
+    Threads of one process take turns on one connection behind a lock (SQLite
+    serialises writers anyway, and a Python lock wakes the next one at once
+    instead of SQLite's sleep-and-retry); processes contend on the file lock.
+    """
+
+    def __init__(self, path: Path, partitions: int, timeout: float, *, synchronous: str = "FULL"):
+        if partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        if synchronous.upper() not in ("FULL", "EXTRA", "NORMAL"):
+            raise ValueError("synchronous must be FULL, EXTRA or NORMAL")
+        self._path = Path(path)
+        self._requested_partitions = partitions
+        self._timeout = timeout
+        self._synchronous = synchronous.upper()
+        self._partitions: int | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._inherited: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        """This process's connection (call with self._lock held)."""
+        if self._db is None:
+            db = _connect(self._path, self._timeout, self._synchronous)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                stored = _stored_partitions(db)
+                if stored is None:
+                    stored = self._requested_partitions
+                    db.execute("INSERT INTO meta (key, value) VALUES ('partitions', ?)", (stored,))
+                db.executemany("INSERT OR IGNORE INTO heads (partition, next_offset) VALUES (?, 0)",
+                               [(p,) for p in range(stored)])
+                db.execute("COMMIT")
+            except BaseException:
+                db.close()
+                raise
+            if stored != self._requested_partitions:
+                log.warning("%s was created with %d partitions; keeping %d rather than the %d configured "
+                            "(changing it would move devices between partitions)",
+                            self._path, stored, stored, self._requested_partitions)
+            self._partitions = stored
+            self._db = db
+        return self._db
+
+    def _after_fork(self) -> None:
+        # A connection (or a lock held at fork time) must not cross a fork.
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            # Not closed here (that could release the parent's SQLite file locks) and kept
+            # referenced so the garbage collector does not close it either.
+            self._inherited, self._db = self._db, None
+
+    def _drop_connection(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+
+    def partition_count(self) -> int:
+        if self._partitions is None:
+            self._after_fork()
+            if not self._lock.acquire(timeout=self._timeout):
+                raise QueueUnavailable(f"local log {self._path} busy for {self._timeout:g}s")
+            try:
+                self._conn()
+            except sqlite3.Error as exc:
+                self._drop_connection()
+                raise QueueUnavailable(f"cannot open the local log {self._path}: {exc}") from exc
+            finally:
+                self._lock.release()
+        return self._partitions
+
+    def publish(self, records: Sequence[Record], timeout: float) -> None:
+        if not records:
+            return
+        partitions = self.partition_count()
+        for r in records:
+            if not 0 <= r.partition < partitions:
+                raise ValueError(f"partition {r.partition} out of range 0..{partitions - 1}")
+        deadline = time.monotonic() + timeout
+        self._after_fork()
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
+            raise QueueUnavailable(f"local log {self._path}: no turn to write within {timeout:g}s")
+        try:
+            db = self._conn()
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                raise QueueUnavailable(f"local log {self._path}: no turn to write within {timeout:g}s")
+            db.execute(f"PRAGMA busy_timeout={remaining_ms}")
+            db.execute("BEGIN IMMEDIATE")  # the write lock, or "database is locked" at the deadline
+            try:
+                heads = dict(db.execute("SELECT partition, next_offset FROM heads"))
+                touched = {r.partition for r in records}
+                rows = []
+                for r in records:
+                    rows.append((r.partition, heads[r.partition], r.value))
+                    heads[r.partition] += 1
+                db.executemany("INSERT INTO log (partition, offset, value) VALUES (?, ?, ?)", rows)
+                db.executemany("UPDATE heads SET next_offset = ? WHERE partition = ?",
+                               [(heads[p], p) for p in touched])
+                db.execute("COMMIT")  # returns once the WAL is written (and, with FULL, fsynced)
+            except BaseException:
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        self._drop_connection()
+                raise
+        except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise  # a bug in the caller (e.g. a value that is not bytes), not an unavailable queue
+        except sqlite3.Error as exc:  # locked past the deadline, disk full, I/O error...
+            if self._db is not None and self._db.in_transaction:
+                self._drop_connection()
+            raise QueueUnavailable(f"local log {self._path} did not take the records in {timeout:g}s: {exc}") from exc
+        finally:
+            self._lock.release()
+
+    def ready(self, timeout: float = 2.0) -> bool:
+        """The file can be written now: open, and the write lock obtainable within `timeout`."""
+        self._after_fork()
+        try:
+            self.partition_count()
+        except QueueUnavailable:
+            return False
+        if not (os.access(self._path, os.W_OK) and os.access(self._path.parent, os.W_OK)):
+            return False
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        try:
+            db = self._conn()
+            db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+            return True
+        except sqlite3.Error:
+            self._drop_connection()
+            return False
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        self._after_fork()
+        with self._lock:
+            self._drop_connection()
+
+
+class LocalLogSubscriber(Subscriber):
+    """The one reader of a consumer group on the local log; owns every partition.
+
+    `on_revoke` is accepted for parity with KafkaSubscriber and never called:
+    with a single member per group nothing is ever taken away (close() is the
+    end of the member, and the caller commits before it), and commit() never
+    raises CommitFailed (no other member can take the partitions). Like a
+    KafkaConsumer, one subscriber is used by one thread at a time.
+    """
+
+    def __init__(self, path: Path, group: str, on_revoke: Callable[[set[int]], None] | None = None, *,
+                 prune_interval: float = 5.0, prune_batch: int = 5_000, max_poll_bytes: int = 64 * 1024 * 1024,
+                 busy_timeout: float = 30.0):
+        self._path = Path(path)
+        self._group = group
+        self._on_revoke = on_revoke  # never called: see the class docstring
+        self._prune_interval = prune_interval
+        self._prune_batch = prune_batch
+        self._max_poll_bytes = max_poll_bytes
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_path = self._path.with_name(f"{self._path.name}.{urllib.parse.quote(group, safe='')}.lock")
+        self._lock_fd: int | None = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise GroupBusy(f"consumer group {group!r} already has a subscriber on {self._path} "
+                                f"(lock {self._lock_path}); the embedded queue allows one consumer per group, "
+                                "scale it with bigger batches or use Kafka") from None
+            raise
+        try:
+            self._db = _connect(self._path, busy_timeout)
+            self._db.execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?, ?)", (group, time.time()))
+            self._positions: dict[int, int] = dict(self._db.execute(
+                "SELECT partition, next_offset FROM group_offsets WHERE grp = ?", (group,)))
+        except BaseException:
+            self.close()
+            raise
+        self._partitions: int | None = None
+        self._data_version: int | None = None
+        self._next_prune = time.monotonic() + prune_interval
+        self._rotation = 0
+
+    def _partition_count(self) -> int:
+        if self._partitions is None:
+            self._partitions = _stored_partitions(self._db)  # None until a publisher created the log
+        return self._partitions or 0
+
+    def assignment(self) -> set[int]:
+        return set(range(self._partition_count()))
+
+    def _fetch(self, max_messages: int) -> list[Message]:
+        db = self._db
+        # Read before the snapshot: a commit in between is seen now and once more later, never missed.
+        self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
+        count = self._partition_count()
+        if not count:
+            return []
+        out: list[Message] = []
+        size = 0
+        db.execute("BEGIN")  # one snapshot for every partition
+        try:
+            first = self._rotation = (self._rotation + 1) % count  # no partition starves the others
+            for i in range(count):
+                partition = (first + i) % count
+                want = max_messages - len(out)
+                if want <= 0 or size >= self._max_poll_bytes:
+                    break
+                position = self._positions.get(partition, 0)
+                for offset, value in db.execute(
+                        "SELECT offset, value FROM log WHERE partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                        (partition, position, want)):
+                    out.append(Message(partition, offset, value))
+                    position = offset + 1
+                    size += len(value)
+                    if size >= self._max_poll_bytes:
+                        break
+                self._positions[partition] = position
+        finally:
+            db.execute("COMMIT")
+        return out
+
+    def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        if max_messages <= 0:
+            return []
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            messages = self._fetch(max_messages)
+            if messages:
+                return messages
+            # Wait for another connection to commit (data_version changes), checking
+            # the file every 5 ms at first and every 50 ms once it has been quiet.
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.05)
+                if self._db.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
+                    delay = 0.005
+                    break
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        if not offsets:
+            return
+        for partition, offset in offsets.items():
+            if partition < 0 or offset < 0:
+                raise ValueError(f"cannot commit offset {offset} of partition {partition}")
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO group_offsets (grp, partition, next_offset) VALUES (?, ?, ?) "
+                "ON CONFLICT (grp, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                [(self._group, p, o) for p, o in offsets.items()])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        if time.monotonic() >= self._next_prune:
+            try:
+                more = self.prune()
+            except sqlite3.OperationalError as exc:  # pruning is housekeeping: never fail a commit over it
+                log.warning("pruning %s failed: %s", self._path, exc)
+                more = False
+            self._next_prune = time.monotonic() + (0 if more else self._prune_interval)
+
+    def prune(self) -> bool:
+        """Delete records every registered group has committed past, at most
+        `prune_batch` per partition; True when some are left to delete."""
+        db = self._db
+        more = False
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for partition in range(self._partition_count()):
+                # A group with no committed offset for the partition holds it at 0.
+                bound = db.execute(
+                    "SELECT MIN(COALESCE(o.next_offset, 0)) FROM groups g "
+                    "LEFT JOIN group_offsets o ON o.grp = g.name AND o.partition = ?", (partition,)).fetchone()[0]
+                if not bound:
+                    continue
+                low = db.execute("SELECT MIN(offset) FROM log WHERE partition = ?", (partition,)).fetchone()[0]
+                if low is None or low >= bound:
+                    continue
+                upto = min(bound, low + self._prune_batch)
+                db.execute("DELETE FROM log WHERE partition = ? AND offset < ?", (partition, upto))
+                more = more or upto < bound
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return more
+
+    def close(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+
+def forget_group(path: Path, group: str) -> None:
+    """Drop a consumer group that is no longer used, so it stops holding back pruning."""
+    db = _connect(Path(path), 30.0)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("DELETE FROM group_offsets WHERE grp = ?", (group,))
+        db.execute("DELETE FROM groups WHERE name = ?", (group,))
+        db.execute("COMMIT")
+    finally:
+        db.close()
