@@ -1,0 +1,19 @@
+"""The consumer workers: queue → ClickHouse, exactly once as analysts see it.
+
+A worker is a chain of small steps, each in its own module:
+
+    poll (deploy.queue) → decode (decode.py) → batch (batch.py)
+      → resolve identities (identity.py) → write (writer.py) → dead letters (dead_letters.py)
+      → commit offsets (only after ClickHouse acknowledged the batch)
+
+`worker.py` runs the chain. Which mechanism keeps which duplicate out of the
+analysts' tables and views:
+
+| duplicate from | covered by |
+| --- | --- |
+| a client retry with Idempotency-Key | the front door replays the first answer; nothing new is queued |
+| a retry after a 503 whose first attempt did reach Kafka | the retry reuses the attempt's event ids; both copies collapse (below) |
+| a Kafka producer retry | the idempotent producer: the broker writes the record once |
+| the same batch inserted twice (insert timed out, retried) | `insert_deduplication_token` = hash of the batch's event ids |
+| a worker killed after inserting but before committing, or a rebalance mid-batch | the redelivered events carry the same event ids: a bounded recent-ids set in each worker drops copies it has seen, and the `events` table's ReplacingMergeTree key plus `FINAL` in every documented view hide any copy that still lands, before any merge |
+"""

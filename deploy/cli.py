@@ -14,6 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flokit", description="FloKit Ingest: event ingestion to ClickHouse")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    sub.add_parser("dev", help="run the whole pipeline embedded: front door, queue, consumer, warehouse").set_defaults(
+        func=cmd_dev)
     sub.add_parser("api", help="run the HTTP front door under gunicorn").set_defaults(func=cmd_api)
 
     keys = sub.add_parser("keys", help="issue, list and revoke API keys").add_subparsers(dest="action", required=True)
@@ -40,8 +42,25 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("warehouse", help="run the embedded ClickHouse engine behind its HTTP interface").set_defaults(
         func=cmd_warehouse)
 
+    migrate = sub.add_parser("migrate", help="create or update the warehouse tables and views (schemas/migrations)")
+    migrate.add_argument("--print", dest="print_sql", action="store_true",
+                         help="print the statements for this topology (FLOKIT_CLICKHOUSE_CLUSTER) instead of running them")
+    migrate.set_defaults(func=cmd_migrate)
+
+    sql = sub.add_parser("sql", help="run a SQL query against the warehouse and print the result")
+    from .sql import add_arguments as add_sql_arguments
+    add_sql_arguments(sql)
+    sql.set_defaults(func=cmd_sql)
+
+    sub.add_parser("consumer", help="run one consumer worker (queue → ClickHouse)").set_defaults(func=cmd_consumer)
+
     args = parser.parse_args(argv)
     return args.func(args, Settings.from_env()) or 0
+
+
+def cmd_dev(args, settings: Settings) -> int:
+    from .dev import run
+    return run(settings)
 
 
 def cmd_api(args, settings: Settings) -> int:
@@ -105,10 +124,25 @@ def cmd_kafka_init(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_consumer(args, settings: Settings) -> int:
+    from consumer.run import main as run_consumer
+    return run_consumer(settings)
+
+
 def cmd_warehouse(args, settings: Settings) -> int:
     from .warehouse_server import serve
     serve(settings)
     return 0
+
+
+def cmd_migrate(args, settings: Settings) -> int:
+    from schemas.migrations import main as migrate_main
+    return migrate_main(settings, print_only=args.print_sql)
+
+
+def cmd_sql(args, settings: Settings) -> int:
+    from .sql import run
+    return run(args, settings)
 
 
 if __name__ == "__main__":

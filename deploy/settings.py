@@ -32,8 +32,9 @@ class Settings:
     # Front-door shared state. Unset → a SQLite file under data_dir.
     redis_url: str = field(default="", metadata={"env": "FLOKIT_REDIS_URL"})
 
-    # Warehouse, always reached through clickhouse-connect over HTTP.
-    clickhouse_url: str = field(default="http://127.0.0.1:8123", metadata={"env": "FLOKIT_CLICKHOUSE_URL"})
+    # Warehouse, always reached through clickhouse-connect over HTTP. Unset URL →
+    # the embedded warehouse (`flokit warehouse`) at warehouse_bind.
+    clickhouse_url: str = field(default="", metadata={"env": "FLOKIT_CLICKHOUSE_URL"})
     clickhouse_database: str = field(default="flokit", metadata={"env": "FLOKIT_CLICKHOUSE_DATABASE"})
     clickhouse_cluster: str = field(default="", metadata={"env": "FLOKIT_CLICKHOUSE_CLUSTER"})
     warehouse_bind: str = field(default="127.0.0.1:8123", metadata={"env": "FLOKIT_WAREHOUSE_BIND"})
@@ -72,6 +73,15 @@ class Settings:
     @property
     def embedded_state(self) -> bool:
         return not self.redis_url
+
+    @property
+    def embedded_warehouse(self) -> bool:
+        return not self.clickhouse_url
+
+    @property
+    def warehouse_url(self) -> str:
+        """Where clickhouse-connect finds ClickHouse: the configured server, or the embedded warehouse."""
+        return self.clickhouse_url or f"http://{self.warehouse_bind}"
 
 
 _TYPES = {"int": int, "float": float, "str": str, "Path": Path}

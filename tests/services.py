@@ -128,18 +128,23 @@ class ConsumerProcess:
     def __init__(self, env: dict[str, str], module: str = "deploy.cli", args: tuple[str, ...] = ("consumer",)):
         self.proc = subprocess.Popen([sys.executable, "-m", module, *args], env={**os.environ, **env}, cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.result: tuple[int, str] | None = None
 
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
 
     def wait(self, timeout: float = 60) -> tuple[int, str]:
-        code = self.proc.wait(timeout=timeout)
-        out = self.proc.stdout.read().decode(errors="replace")
-        self.proc.stdout.close()
-        return code, out
+        """(exit status, output); waiting again returns the same."""
+        if self.result is None:
+            code = self.proc.wait(timeout=timeout)
+            self.result = code, self.proc.stdout.read().decode(errors="replace")
+            self.proc.stdout.close()
+        return self.result
 
     def stop(self, timeout: float = 60) -> tuple[int, str]:
+        if self.result is not None:
+            return self.result
         self.signal(signal.SIGTERM)
         try:
             return self.wait(timeout)

@@ -20,6 +20,11 @@ class QueueUnavailable(Exception):
     """
 
 
+class CommitFailed(Exception):
+    """The position could not be committed because the partitions moved to
+    another group member; that member reads the uncommitted messages again."""
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """One record to publish, to an explicit partition (see schemas.envelope.partition_for)."""
@@ -70,7 +75,8 @@ class Subscriber(ABC):
     def commit(self, offsets: Mapping[int, int]) -> None:
         """Record the consumer group's position: partition → the offset of the
         next message to read (the last processed offset + 1). Messages before it
-        are never delivered to the group again."""
+        are never delivered to the group again. Raises CommitFailed when the
+        group rebalanced and these partitions are no longer this member's."""
 
     @abstractmethod
     def assignment(self) -> set[int]:

@@ -9,9 +9,9 @@ from typing import Callable, Mapping, Sequence
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import CommitFailedError, IllegalStateError, KafkaError, TopicAlreadyExistsError
 
-from .base import Message, Publisher, QueueUnavailable, Record, Subscriber
+from .base import CommitFailed, Message, Publisher, QueueUnavailable, Record, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,11 @@ class KafkaSubscriber(Subscriber):
         from kafka.structs import OffsetAndMetadata
 
         if offsets:
-            self._consumer.commit({TopicPartition(self._topic, p): OffsetAndMetadata(o, "", -1)
-                                   for p, o in offsets.items()})
+            try:
+                self._consumer.commit({TopicPartition(self._topic, p): OffsetAndMetadata(o, "", -1)
+                                       for p, o in offsets.items()})
+            except (CommitFailedError, IllegalStateError) as exc:
+                raise CommitFailed(str(exc)) from exc
 
     def assignment(self) -> set[int]:
         return {tp.partition for tp in self._consumer.assignment()}

@@ -1,0 +1,50 @@
+"""A batch in hand: the messages polled since the last flush, the offsets to
+commit once they are written, and when the batch is due."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .decode import Decoded, Undecodable
+
+
+@dataclass
+class Batch:
+    max_events: int
+    max_seconds: float
+    decoded: list[Decoded] = field(default_factory=list)
+    undecodable: list[Undecodable] = field(default_factory=list)
+    next_offsets: dict[int, int] = field(default_factory=dict)  # partition → offset to commit
+    events: int = 0
+    started_at: float | None = None
+
+    def add(self, item: Decoded | Undecodable, now: float) -> None:
+        if self.started_at is None:
+            self.started_at = now
+        if isinstance(item, Decoded):
+            self.decoded.append(item)
+            self.events += len(item.envelope.events)
+        else:
+            self.undecodable.append(item)
+        message = item.message
+        # The committable offset is the next one to read (Kafka's convention).
+        self.next_offsets[message.partition] = max(self.next_offsets.get(message.partition, 0), message.offset + 1)
+
+    def empty(self) -> bool:
+        return not self.next_offsets
+
+    def due(self, now: float) -> bool:
+        if self.empty():
+            return False
+        return self.events >= self.max_events or now - self.started_at >= self.max_seconds
+
+    def seconds_left(self, now: float) -> float:
+        return self.max_seconds if self.started_at is None else max(0.0, self.started_at + self.max_seconds - now)
+
+    def without_partitions(self, partitions: set[int]) -> None:
+        """Forget what came from `partitions` (they moved to another consumer uncommitted)."""
+        self.decoded = [d for d in self.decoded if d.message.partition not in partitions]
+        self.undecodable = [u for u in self.undecodable if u.message.partition not in partitions]
+        self.next_offsets = {p: o for p, o in self.next_offsets.items() if p not in partitions}
+        self.events = sum(len(d.envelope.events) for d in self.decoded)
+        if self.empty():
+            self.started_at = None

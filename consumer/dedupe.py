@@ -1,0 +1,32 @@
+"""A bounded set of the event ids a worker wrote recently.
+
+It drops copies this worker has already written (redelivery after a crash
+or rebalance that comes back to the same worker, a retried request whose first
+attempt did reach the queue) before they cost an insert. It is an
+optimisation; correctness comes from the table's ReplacingMergeTree key and
+the FINAL views, which hide any copy that gets past it.
+"""
+from __future__ import annotations
+
+from itertools import islice
+
+
+class RecentIds:
+    def __init__(self, capacity: int = 500_000):
+        self._capacity = capacity
+        self._ids: dict[str, None] = {}  # insertion-ordered: the oldest go first
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add_all(self, event_ids) -> None:
+        ids = self._ids
+        for event_id in event_ids:
+            ids[event_id] = None
+        overflow = len(ids) - self._capacity
+        if overflow > 0:
+            for stale in list(islice(ids, overflow)):
+                del ids[stale]

@@ -1,0 +1,47 @@
+"""anonymous_id → user_id links as the worker knows them at ingest.
+
+Policy (the same as the warehouse's identity_resolved view): the first link
+wins. A device's anonymous id belongs to the first user seen with it; a later
+event pairing it with another user does not move it (that event keeps its own
+user_id). One user may own many anonymous ids.
+
+The worker stamps `linked_user_id` on anonymous-only events whose link it
+already knows. Links it has not seen in this process are looked up in the
+warehouse once per batch; links it learns are remembered (bounded).
+"""
+from __future__ import annotations
+
+from itertools import islice
+from typing import Callable, Iterable
+
+Pair = tuple[str, str]  # (workspace, anonymous_id)
+
+
+class IdentityCache:
+    def __init__(self, lookup: Callable[[set[Pair]], dict[Pair, str]], capacity: int = 1_000_000):
+        self._lookup = lookup
+        self._capacity = capacity
+        self._known: dict[Pair, str | None] = {}  # None: looked up, no link yet
+
+    def prefetch(self, pairs: Iterable[Pair]) -> None:
+        """Look up, in one query, the pairs this worker has never resolved."""
+        missing = {p for p in pairs if p not in self._known or self._known[p] is None}
+        if missing:
+            found = self._lookup(missing)
+            for pair in missing:
+                self._known[pair] = found.get(pair)
+            self._trim()
+
+    def link(self, pair: Pair, user_id: str) -> None:
+        """An event carried both ids: the link holds unless the anonymous id already has one."""
+        if self._known.get(pair) is None:
+            self._known[pair] = user_id
+
+    def user_for(self, pair: Pair) -> str | None:
+        return self._known.get(pair)
+
+    def _trim(self) -> None:
+        overflow = len(self._known) - self._capacity
+        if overflow > 0:
+            for stale in list(islice(self._known, overflow)):
+                del self._known[stale]

@@ -1,0 +1,42 @@
+"""`flokit consumer`: one worker process of the consumer group.
+
+Scale by starting more processes (on Kafka the group spreads partitions over
+them). SIGTERM or SIGINT: the batch in hand is written and committed, then
+the worker leaves the group.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+
+from deploy import components
+from deploy.settings import Settings
+from schemas import warehouse
+
+from .dead_letters import DeadLetters
+from .identity import IdentityCache
+from .worker import Worker
+from .writer import BatchWriter
+
+log = logging.getLogger("flokit.consumer")
+
+
+def build_worker(settings: Settings) -> Worker:
+    client = warehouse.connect(settings)
+    dlq = DeadLetters(components.make_dead_letter_publisher(settings), settings.topic,
+                      settings.enqueue_timeout_seconds)
+    identity = IdentityCache(lambda pairs: warehouse.resolve_links(client, settings.clickhouse_database, pairs))
+    return Worker(settings, lambda on_revoke: components.make_subscriber(settings, on_revoke=on_revoke),
+                  BatchWriter(client, settings.clickhouse_database), dlq, identity)
+
+
+def main(settings: Settings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s consumer %(levelname)s %(message)s")
+    worker = build_worker(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    log.info("consuming %s as group %s", settings.topic if settings.kafka_bootstrap else "the local log",
+             settings.consumer_group)
+    worker.run()
+    log.info("stopped after writing %d events", worker.flushed_events)
+    return 0

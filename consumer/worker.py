@@ -1,0 +1,187 @@
+"""The consumer loop: poll → decode → batch → resolve identities → write →
+dead letters → commit, with offsets committed only after ClickHouse
+acknowledged the batch (see the package docstring for the dedupe table)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+from deploy.queue.base import CommitFailed, Message, Subscriber
+from deploy.settings import Settings
+from schemas import warehouse
+
+from .batch import Batch
+from .dead_letters import DeadLetters
+from .decode import decode
+from .dedupe import RecentIds
+from .identity import IdentityCache
+from .writer import BatchWriter, RowsRejected
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 30.0
+STOP_GRACE_SECONDS = 10.0
+
+
+class Stopped(Exception):
+    """A stop was requested while waiting for the warehouse to come back."""
+
+
+@dataclass
+class _MessageRows:
+    message: Message
+    events: list[list]
+    links: list[list]
+    event_ids: list[str]
+
+
+class Worker:
+    def __init__(self, settings: Settings, make_subscriber: Callable[..., Subscriber], writer: BatchWriter,
+                 dead_letters: DeadLetters, identity: IdentityCache, clock: Callable[[], float] = time.monotonic):
+        self._settings = settings
+        self._writer = writer
+        self._dead_letters = dead_letters
+        self._identity = identity
+        self._clock = clock
+        self._recent = RecentIds()
+        self._stop = threading.Event()
+        self._stop_at = 0.0
+        self._batch = self._new_batch()
+        self.flushed_events = 0  # written to the warehouse by this worker (for logs and tests)
+        self._subscriber = make_subscriber(on_revoke=self._on_revoke)
+
+    def _new_batch(self) -> Batch:
+        return Batch(self._settings.batch_max_events, self._settings.batch_max_seconds)
+
+    def stop(self) -> None:
+        """Finish the batch in hand, commit it and leave the group (safe from a signal handler)."""
+        self._stop_at = self._clock()
+        self._stop.set()
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.step()
+            self.flush(retry=True)
+        except Stopped:
+            log.warning("stopped while the warehouse was unavailable; the batch in hand was not committed"
+                        " and will be delivered again")
+        finally:
+            self._subscriber.close()
+
+    def step(self) -> None:
+        """One poll, and a flush when the batch is due."""
+        now = self._clock()
+        room = max(1, self._settings.batch_max_events - self._batch.events)
+        for message in self._subscriber.poll(min(room, 10_000), timeout=min(0.5, self._batch.seconds_left(now))):
+            self._batch.add(decode(message), self._clock())
+        if self._batch.due(self._clock()):
+            self.flush(retry=True)
+
+    # --- flushing --------------------------------------------------------
+
+    def flush(self, retry: bool) -> None:
+        batch = self._batch
+        if batch.empty():
+            return
+        anonymous_only = {(d.envelope.workspace, e["anonymous_id"]) for d in batch.decoded for e in d.envelope.events
+                          if e.get("anonymous_id") and not e.get("user_id")}
+        self._attempt(lambda: self._identity.prefetch(anonymous_only), retry)
+        failures = [(u.message, u.reason) for u in batch.undecodable]
+        per_message, seen = [], set()
+        for item in batch.decoded:
+            try:
+                per_message.append(self._rows(item.message, item.envelope, seen))
+            except (KeyError, TypeError, ValueError) as exc:
+                failures.append((item.message, f"cannot build rows: {type(exc).__name__}: {exc}"))
+        rejected: list[tuple[Message, str]] = []
+        self._attempt(lambda: rejected.extend(self._write(per_message)), retry)
+        self._attempt(lambda: self._dead_letters.send(failures + rejected), retry)
+        try:
+            self._subscriber.commit(batch.next_offsets)
+        except CommitFailed as exc:
+            # Written but not committed: the next owner reads these again and
+            # the dedupe mechanisms hide the copies.
+            log.warning("commit failed after the write (%s); the batch will be delivered again", exc)
+        not_stored = {id(m) for m, _ in rejected}
+        written = [i for rows in per_message if id(rows.message) not in not_stored for i in rows.event_ids]
+        self._recent.add_all(written)
+        self.flushed_events += len(written)
+        self._batch = self._new_batch()
+
+    def _rows(self, message: Message, env, seen: set[str]) -> _MessageRows:
+        workspace = env.workspace
+        ingested_at = datetime.now(timezone.utc)
+        rows = _MessageRows(message, [], [], [])
+        for event in env.events:
+            event_id = event["event_id"]
+            if event_id in self._recent or event_id in seen:
+                continue
+            seen.add(event_id)
+            anonymous_id, user_id = event.get("anonymous_id"), event.get("user_id")
+            linked = None
+            if anonymous_id and user_id:
+                self._identity.link((workspace, anonymous_id), user_id)
+                rows.links.append(warehouse.link_row(workspace, event))
+            elif anonymous_id:
+                linked = self._identity.user_for((workspace, anonymous_id))
+            rows.events.append(warehouse.event_row(workspace, env.received_at, event, linked, ingested_at))
+            rows.event_ids.append(event_id)
+        return rows
+
+    def _write(self, per_message: list[_MessageRows]) -> list[tuple[Message, str]]:
+        """Write every message's rows; returns the messages ClickHouse rejected, with the reason."""
+        try:
+            self._write_rows(per_message)
+            return []
+        except RowsRejected:
+            pass
+        # Some row cannot be stored: write message by message to find which.
+        rejected = []
+        for rows in per_message:
+            try:
+                self._write_rows([rows])
+            except RowsRejected as exc:
+                rejected.append((rows.message, f"rejected by the warehouse: {exc}"))
+        return rejected
+
+    def _write_rows(self, per_message: list[_MessageRows]) -> None:
+        ids = [i for rows in per_message for i in rows.event_ids]
+        token = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+        self._writer.write(warehouse.LINKS_TABLE, warehouse.LINK_COLUMNS,
+                           [r for rows in per_message for r in rows.links], token + ":links")
+        self._writer.write(warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS,
+                           [r for rows in per_message for r in rows.events], token)
+
+    def _attempt(self, action: Callable[[], None], retry: bool) -> None:
+        """Run `action`; while the warehouse or the dead-letter queue is
+        unavailable, retry with backoff and commit nothing meanwhile. Once a stop
+        is requested, retries go on for STOP_GRACE_SECONDS at most."""
+        delay = 0.5
+        while True:
+            try:
+                return action()
+            except Exception as exc:  # noqa: BLE001 — RowsRejected never reaches here; the rest is transient
+                if not retry:
+                    raise
+                if self._stop.is_set() and self._clock() - self._stop_at > STOP_GRACE_SECONDS:
+                    raise Stopped() from exc
+                log.warning("flush failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    def _on_revoke(self, partitions: set[int]) -> None:
+        """Partitions are leaving this worker: store and commit what it holds of
+        them now, or, if the warehouse cannot take it now, let the next owner
+        read those messages again."""
+        try:
+            self.flush(retry=False)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not flush before rebalance (%s); partitions %s will be read again", exc,
+                        sorted(partitions))
+            self._batch.without_partitions(partitions)

@@ -1,0 +1,66 @@
+"""BatchWriter: the one path by which rows reach ClickHouse (clickhouse-connect).
+
+Errors are sorted into two kinds, because the worker answers them differently:
+RowsRejected — these rows can never be stored (a value the column cannot take):
+the worker sends their messages to the dead-letter topic; any other failure
+(ClickHouse unreachable, overloaded, table missing) is transient: the worker
+retries the same batch and commits nothing meanwhile.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Sequence
+
+from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
+
+# ClickHouse error codes that mean "this data", not "this server".
+_DATA_ERROR_CODES = {
+    6,    # CANNOT_PARSE_TEXT
+    27,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    38,   # CANNOT_PARSE_DATE
+    41,   # CANNOT_PARSE_DATETIME
+    53,   # TYPE_MISMATCH
+    69,   # ARGUMENT_OUT_OF_BOUND
+    70,   # CANNOT_CONVERT_TYPE
+    72,   # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    131,  # TOO_LARGE_STRING_SIZE
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    469,  # VIOLATED_CONSTRAINT
+}
+
+
+class RowsRejected(Exception):
+    """ClickHouse (or the client's encoding for it) cannot take these rows."""
+
+
+class BatchWriter:
+    def __init__(self, client, database: str):
+        self._client = client
+        self._database = database
+        self._column_types: dict[str, list] = {}  # table → types, so each insert skips a DESCRIBE
+
+    def write(self, table: str, columns: Sequence[str], rows: Sequence[Sequence], token: str) -> None:
+        """Insert `rows` in one block. ClickHouse drops a block whose token it
+        has seen recently, so writing the same batch again stores it once."""
+        if not rows:
+            return
+        try:
+            types = self._column_types.get(table)
+            if types is None:
+                context = self._client.create_insert_context(table, columns, self._database)
+                types = self._column_types[table] = context.column_types
+            self._client.insert(table, rows, column_names=columns, database=self._database, column_types=types,
+                                settings={"insert_deduplication_token": token})
+        except OperationalError:
+            raise
+        except DataError as exc:
+            raise RowsRejected(str(exc)) from exc
+        except DatabaseError as exc:
+            if exc.code in _DATA_ERROR_CODES:
+                raise RowsRejected(str(exc)) from exc
+            raise
+        except (OverflowError, struct.error, TypeError, ValueError) as exc:
+            # Raised by the client while encoding a value for its column type.
+            raise RowsRejected(f"{type(exc).__name__}: {exc}") from exc
