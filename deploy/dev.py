@@ -21,9 +21,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
-
-import requests
 
 from . import components
 from .settings import Settings
@@ -81,8 +81,9 @@ def _wait_until(condition, part: Part, what: str, timeout: float = 120) -> None:
 
 def _answers(url: str) -> bool:
     try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
         return False
 
 

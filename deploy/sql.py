@@ -27,7 +27,9 @@ import orjson
 SCRIPT_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
     "csv": ("CSVWithNames", {}),
     "tsv": ("TabSeparatedWithNames", {}),
-    "json": ("JSONEachRow", {"output_format_json_array_of_rows": 1}),
+    # Buffered (wait_end_of_query) so an empty result is still a whole JSON array: a streamed empty
+    # result has no body at all.
+    "json": ("JSONEachRow", {"output_format_json_array_of_rows": 1, "wait_end_of_query": 1}),
     "jsonl": ("JSONEachRow", {}),
 }
 FORMATS_HELP = "table (default), csv, tsv, json, jsonl, or a ClickHouse output format name (passed through)"
