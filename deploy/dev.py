@@ -1,7 +1,8 @@
 """`flokit dev`: the whole pipeline on one machine, nothing to install.
 
 Starts, in order, the embedded warehouse (unless FLOKIT_CLICKHOUSE_URL names a
-ClickHouse server), migrates it, makes sure a development key exists, then a
+ClickHouse server), creates the Kafka topics if FLOKIT_KAFKA_BOOTSTRAP names
+brokers, migrates the warehouse, makes sure a development key exists, then a
 consumer and the front door; prints the URL, the key and a curl command; and
 on Ctrl-C or SIGTERM stops them in the reverse order — front door first (no
 new events), then the consumer (writes and commits what it holds), then the
@@ -149,6 +150,11 @@ def run(settings: Settings) -> int:
         if settings.embedded_warehouse:
             parts.append(Part("warehouse", ["deploy.cli", "warehouse"], env, log_dir))
             _wait_until(lambda: _answers(settings.warehouse_url + "/ping"), parts[-1], "answering")
+        if not settings.embedded_queue:
+            from .queue.kafka_queue import create_topics
+            create_topics(settings.kafka_bootstrap, {settings.topic: settings.partitions,
+                                                     settings.dlq_topic: settings.partitions},
+                          settings.replication_factor)
         applied = warehouse.migrate(settings)
         if applied:
             print(f"flokit dev: applied migrations {', '.join(applied)}")
