@@ -139,3 +139,31 @@ def test_kill_9_under_load_then_restart_loses_and_duplicates_nothing(tmp_path):
     missing = expected - set(counts)
     assert not missing, f"{len(missing)} acknowledged events are missing"
     assert set(counts.values()) == {1}, "an event is counted twice"
+
+
+def test_the_same_command_on_kafka_and_redis(tmp_path, kafka_bootstrap, redis_url):
+    """Switching to production services is configuration only."""
+    from .services import unique
+
+    topic = unique("dev")
+    env = {**os.environ, "FLOKIT_DATA_DIR": str(tmp_path / "data"), "FLOKIT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+           "FLOKIT_REDIS_URL": redis_url, "FLOKIT_TOPIC": topic, "FLOKIT_DLQ_TOPIC": topic + ".dlq",
+           "FLOKIT_CONSUMER_GROUP": unique("group")}
+    dev = DevProcess([sys.executable, "-m", "deploy.cli", "dev"], cwd=ROOT, env=env)
+    key = dev.wait_ready()
+    try:
+        resp = requests.post(dev.url + "/v1/events", data=orjson.dumps(
+            {"event": "trial_started", "user_id": "usr_prod", "timestamp": "2024-03-15T14:00:00Z"}),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}, timeout=30)
+        assert resp.status_code == 200
+        sql_env = {**env, "FLOKIT_CLICKHOUSE_URL": f"http://127.0.0.1:{dev.warehouse_port}"}
+        rows = wait_until(lambda: sql(sql_env, "SELECT event_id, user_id FROM events_resolved"), message="the row")
+        assert rows == [{"event_id": resp.json()["event_id"], "user_id": "usr_prod"}]
+        # The key lives in Redis and the events went through the Kafka topic.
+        from ingest_api.state.redis_state import RedisState
+        from .services import read_events
+        assert RedisState(redis_url).authenticate(key).name == "dev"
+        assert [e["event_id"] for e in read_events(kafka_bootstrap, topic)] == [resp.json()["event_id"]]
+        assert not (tmp_path / "data" / "queue.sqlite3").exists()
+    finally:
+        assert dev.interrupt() == 0, "".join(dev.output)
