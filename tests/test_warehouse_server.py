@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -15,14 +16,21 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from deploy.warehouse.sql import insert_from_file
+
 from .warehouse_process import start_warehouse, stop_warehouse
 
 UTC = dt.timezone.utc
 
 
 @pytest.fixture(scope="module")
-def warehouse(tmp_path_factory):
-    proc, url = start_warehouse(tmp_path_factory.mktemp("warehouse"))
+def warehouse_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("warehouse")
+
+
+@pytest.fixture(scope="module")
+def warehouse(warehouse_dir):
+    proc, url = start_warehouse(warehouse_dir)
     yield url
     assert stop_warehouse(proc) == 0
 
@@ -50,6 +58,15 @@ def curl(url: str, *args: str) -> str:
     done = subprocess.run(["curl", "-sS", "--fail-with-body", *args, url], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def curl_response(url: str, *args: str) -> tuple[int, dict[str, str], str]:
+    """(status, headers, body) of a curl request, whatever the status."""
+    done = subprocess.run(["curl", "-sS", "-D", "-", *args, url], capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    head, _, body = done.stdout.decode().partition("\r\n\r\n")
+    status_line, *lines = head.split("\r\n")
+    return int(status_line.split()[1]), dict(line.split(": ", 1) for line in lines), body
 
 
 def http_get(url: str) -> tuple[int, dict, bytes]:
@@ -134,6 +151,30 @@ def test_dedup_token_stores_a_repeated_block_once(client, database, warehouse):
     assert client.command(f"SELECT count() FROM {table}") == 7
 
 
+def test_dedup_token_covers_a_many_block_insert(client, database, warehouse, tmp_path):
+    table = f"{database}.dedup_big"
+    client.command(f"CREATE TABLE {table} (k UInt32, v String) ENGINE = MergeTree ORDER BY k "
+                   "SETTINGS non_replicated_deduplication_window = 100")
+    client.command(f"SYSTEM STOP MERGES {table}")
+    first, other = tmp_path / "first.tsv", tmp_path / "other.tsv"
+    first.write_text("".join(f"{i}\tx\n" for i in range(200_000)))
+    other.write_text("".join(f"{i}\ty\n" for i in range(200_000)))  # same shape, other content
+
+    def insert(body, token: str) -> None:
+        curl(f"{warehouse}/?query={quote(f'INSERT INTO {table} FORMAT TSV')}&insert_deduplication_token={token}"
+             "&max_block_size=30000&min_insert_block_size_rows=30000&max_insert_block_size=30000",
+             "--data-binary", f"@{body}")
+
+    insert(first, "big-1")
+    parts = client.command(f"SELECT count() FROM system.parts WHERE database = '{database}' "
+                           "AND table = 'dedup_big' AND active")
+    assert parts > 1  # it really was more than one block
+    insert(other, "big-1")  # every block's token was seen: all dropped
+    assert client.query(f"SELECT count(), countIf(v = 'y') FROM {table}").first_row == (200_000, 0)
+    insert(other, "big-2")
+    assert client.query(f"SELECT count(), countIf(v = 'y') FROM {table}").first_row == (400_000, 200_000)
+
+
 def test_bad_query_raises_database_error_and_server_keeps_serving(client, warehouse):
     with pytest.raises(DatabaseError) as unknown_table:
         client.query("SELECT * FROM default.no_such_table")
@@ -163,6 +204,133 @@ def test_bad_insert_data_is_rejected_whole(client, database, warehouse):
     with pytest.raises(DatabaseError):
         client.insert(f"{database}.nowhere", [[1]], column_names=["n"], column_type_names=["UInt8"])
     assert client.command(f"SELECT count() FROM {table}") == 0
+
+
+BOUNDED_DDL = """CREATE TABLE {table} (id UInt32, ts DateTime64(3, 'UTC'),
+    CONSTRAINT ts_before_2200 CHECK ts < toDateTime64('2200-01-01 00:00:00', 3, 'UTC')
+) ENGINE = MergeTree ORDER BY id"""
+
+
+def test_insert_violating_a_constraint_is_an_error_and_stores_nothing(client, database, warehouse):
+    # chdb's streaming inserter reports success for blocks that fail on their way to storage; the server
+    # must not: the consumer dead-letters rows only when the insert fails.
+    table = f"{database}.bounded"
+    client.command(BOUNDED_DDL.format(table=table))
+    start = dt.datetime(2024, 5, 1, tzinfo=UTC)
+    rows = [[i, start + dt.timedelta(seconds=i)] for i in range(1000)]
+    bad = rows + [[1000, dt.datetime(2250, 1, 1, tzinfo=UTC)]]
+    with pytest.raises(DatabaseError) as violated:
+        client.insert(table, bad, column_names=["id", "ts"])
+    assert violated.value.code == 469 and "VIOLATED_CONSTRAINT" in str(violated.value)
+    assert "ts_before_2200" in str(violated.value)
+    assert client.command(f"SELECT count() FROM {table}") == 0
+
+    query = quote(f"INSERT INTO {table} FORMAT JSONEachRow")
+    status, headers, body = curl_response(f"{warehouse}/?query={query}", "--data-binary",
+                                          '{"id": 1, "ts": "2024-05-01 00:00:00"}\n'
+                                          '{"id": 2, "ts": "2250-01-01 00:00:00"}\n')
+    assert status == 500 and headers["X-ClickHouse-Exception-Code"] == "469"
+    assert body.startswith("Code: 469. DB::Exception: Constraint `ts_before_2200`") and "(VIOLATED_CONSTRAINT)" in body
+    assert client.command(f"SELECT count() FROM {table}") == 0
+
+    # A valid insert right after stores its rows, both ways.
+    assert client.insert(table, rows, column_names=["id", "ts"]).written_rows == 1000
+    curl(f"{warehouse}/?query={query}", "--data-binary", '{"id": 1000, "ts": "2199-12-31 23:59:59"}\n')
+    assert client.query(f"SELECT count(), max(id) FROM {table}").first_row == (1001, 1000)
+
+
+def test_other_storage_stage_errors_surface(client, database, warehouse):
+    # Errors raised once a block goes to storage, other than constraints, are not lost either; and
+    # per-request settings reach the insert.
+    table = f"{database}.by_day"
+    client.command(f"CREATE TABLE {table} (day UInt32, v String) ENGINE = MergeTree PARTITION BY day ORDER BY day")
+    rows = [[day, "x"] for day in range(5)]
+    with pytest.raises(DatabaseError) as partitions:
+        client.insert(table, rows, column_names=["day", "v"], settings={"max_partitions_per_insert_block": 3})
+    assert partitions.value.code == 252 and "TOO_MANY_PARTS" in str(partitions.value)
+    assert client.command(f"SELECT count() FROM {table}") == 0
+    client.insert(table, rows, column_names=["day", "v"], settings={"max_partitions_per_insert_block": 5})
+    assert client.command(f"SELECT count() FROM {table}") == 5
+
+    # A materialized view failing on the inserted block.
+    client.command(f"CREATE TABLE {database}.src (n UInt32) ENGINE = MergeTree ORDER BY n")
+    client.command(f"CREATE TABLE {database}.dst (n UInt32) ENGINE = MergeTree ORDER BY n")
+    client.command(f"CREATE MATERIALIZED VIEW {database}.mv TO {database}.dst AS "
+                   f"SELECT n + throwIf(n = 13, 'unlucky row') AS n FROM {database}.src")
+    with pytest.raises(DatabaseError) as thrown:
+        client.insert(f"{database}.src", [[12], [13]], column_names=["n"])
+    assert thrown.value.code == 395 and "unlucky row" in str(thrown.value)
+    assert client.command(f"SELECT count() FROM {database}.dst") == 0
+
+
+def test_insert_statement_forms(client, database, warehouse):
+    table = f"{database}.forms"
+    client.command(f"CREATE TABLE {table} (a UInt32, b String DEFAULT 'dflt', c UInt8 DEFAULT 7) "
+                   "ENGINE = MergeTree ORDER BY a")
+    # Column lists, in any order, and VALUES with expressions.
+    curl(warehouse + "/", "--data-binary", f"INSERT INTO {table} (b, a) FORMAT CSV\none,1\n")
+    curl(f"{warehouse}/?query={quote(f'INSERT INTO {table} (a) FORMAT TSV')}", "--data-binary", "2\n")
+    curl(warehouse + "/", "--data-binary", f"INSERT INTO {table} (a, c) VALUES (3, 1 + 2), (4, 4)")
+    # A SETTINGS clause in the statement applies, whether it allows or forbids.
+    unknown_field = '{"a": 5, "nope": 1}\n'
+    status, headers, _ = curl_response(
+        f"{warehouse}/?query={quote(f'INSERT INTO {table} SETTINGS input_format_skip_unknown_fields = 0 FORMAT JSONEachRow')}",
+        "--data-binary", unknown_field)
+    assert status != 200 and headers["X-ClickHouse-Exception-Code"] == "117"
+    curl(f"{warehouse}/?query={quote(f'INSERT INTO {table} SETTINGS input_format_skip_unknown_fields = 1 FORMAT JSONEachRow')}",
+         "--data-binary", unknown_field)
+    # So does one given as a URL parameter.
+    status, headers, _ = curl_response(
+        f"{warehouse}/?query={quote(f'INSERT INTO {table} FORMAT JSONEachRow')}&input_format_skip_unknown_fields=0",
+        "--data-binary", unknown_field)
+    assert status != 200 and headers["X-ClickHouse-Exception-Code"] == "117"
+    # The statement and data in one gzip-compressed body.
+    query = f"INSERT INTO {table} (a, b) FORMAT TSV\n6\tsix\n".encode()
+    gzipped = subprocess.run(["gzip", "-c"], input=query, capture_output=True, check=True).stdout
+    request = urllib.request.Request(warehouse + "/", data=gzipped, method="POST",
+                                     headers={"Content-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+    assert client.query(f"SELECT a, b, c FROM {table} ORDER BY a").result_rows == [
+        (1, "one", 7), (2, "dflt", 7), (3, "dflt", 3), (4, "dflt", 4), (5, "dflt", 7), (6, "six", 7)]
+
+
+def test_insert_from_file_goes_before_settings():
+    assert insert_from_file("INSERT INTO t (a, b) ", "'/f'", "CSV") == "INSERT INTO t (a, b) \nFROM INFILE '/f'\n\nFORMAT CSV"
+    assert insert_from_file("INSERT INTO t SETTINGS x = 1, y = 'a' ", "'/f'", "TSV") == \
+        "INSERT INTO t \nFROM INFILE '/f'\nSETTINGS x = 1, y = 'a' \nFORMAT TSV"
+    # A table or column called `settings` is not the clause.
+    assert insert_from_file("INSERT INTO settings (settings) SETTINGS a=1", "'/f'", "CSV") == \
+        "INSERT INTO settings (settings) \nFROM INFILE '/f'\nSETTINGS a=1\nFORMAT CSV"
+
+
+def test_no_spool_files_are_left_behind(client, database, warehouse, warehouse_dir):
+    data_dir = warehouse_dir / "warehouse"
+    spool = data_dir / "tmp" / "http_inserts"
+    assert spool.is_dir()
+    table = f"{database}.spooled"
+    client.command(BOUNDED_DDL.format(table=table))
+    ok = dt.datetime(2024, 1, 1, tzinfo=UTC)
+    client.insert(table, [[1, ok]], column_names=["id", "ts"])  # stored
+    with pytest.raises(DatabaseError):  # storage-stage failure
+        client.insert(table, [[2, dt.datetime(2300, 1, 1, tzinfo=UTC)]], column_names=["id", "ts"])
+    query = quote(f"INSERT INTO {table} FORMAT TSV")
+    status, _, body = curl_response(f"{warehouse}/?query={query}", "--data-binary", "3\tnot a time\n")  # parse error
+    assert status == 400 and "http_inserts" not in body and "INFILE" not in body  # the spool file stays internal
+    status, _, _ = curl_response(f"{warehouse}/?query={query}", "-H", "Content-Encoding: gzip",
+                                 "--data-binary", "not gzip")  # undecodable body
+    assert status != 200
+    # A body cut short: the client announces more than it sends, then stops sending.
+    parts = urlsplit(warehouse)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(f"POST /?query={query} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode()
+                     + ok.strftime("4\t%Y-%m-%d %H:%M:%S\n").encode())
+        sock.shutdown(socket.SHUT_WR)
+        answer = sock.makefile("rb").read()
+    assert answer.startswith(b"HTTP/1.1 500 ") and b"X-ClickHouse-Exception-Code: 33" in answer
+    assert client.query(f"SELECT groupArray(id) FROM {table}").first_row == ([1],)
+    assert list(spool.iterdir()) == []
+    assert not [path for path in data_dir.rglob("insert-*")]
 
 
 def test_curl_query_forms(client, database, warehouse):

@@ -5,10 +5,10 @@
     POST / (query in body)                -> same; the body is appended to a `query=` parameter after a newline
     POST /?query=INSERT ... FORMAT X + data, or POST / with "INSERT ... FORMAT X\n<data>" as the body
 
-Inserts with inline data stream straight into chdb's inserter; other queries run on their own chdb handle
-and are streamed back block by block, or buffered first when the client asked for `wait_end_of_query=1`
-(clickhouse-connect does for ordinary queries) or the format has a header/footer that per-block output
-would repeat.
+Inserts with inline data are streamed to a spool file and inserted from it (engine.Connection.insert says
+why not through chdb's streaming inserter); other queries run on their own chdb handle and are streamed back
+block by block, or buffered first when the client asked for `wait_end_of_query=1` (clickhouse-connect does
+for ordinary queries) or the format has a header/footer that per-block output would repeat.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Two questions need answering before the engine sees a query:
 - does this INSERT carry its data inline (`... FORMAT X <data>` / `... VALUES <data>`), and where does the
-  data start? The data goes to chdb's streaming inserter rather than through the SQL parser;
+  data start? The data is spooled to a file and inserted with `FROM INFILE` (see engine.Connection.insert)
+  rather than going through the SQL parser;
 - which output format will a query use (for `X-ClickHouse-Format` and whether it can be streamed)?
 
 The lexer works on bytes because an insert body is binary after its statement; it only ever looks at
@@ -132,6 +133,27 @@ def split_insert(buf: bytes, at_eof: bool) -> InlineInsert | None:
     if at_eof:
         return None
     raise Incomplete
+
+
+def insert_from_file(statement: str, path_literal: str, fmt: str) -> str:
+    """An InlineInsert's `statement` reading its data from a file: `INSERT INTO t (a, b) [SETTINGS ...]`
+    becomes `INSERT INTO t (a, b) FROM INFILE '<path>' [SETTINGS ...] FORMAT fmt`.
+
+    ClickHouse's grammar wants FROM INFILE before the SETTINGS clause, so it goes in front of a top-level
+    `SETTINGS name =` (a table or column called `settings` is not followed by `name =`).
+    """
+    buf = statement.encode()
+    found = list(tokens(buf))
+    cut, depth = len(buf), 0
+    for i, tok in enumerate(found):
+        depth += tok.kind == "open"
+        depth -= tok.kind == "close"
+        if (depth == 0 and tok.text == b"SETTINGS" and i + 2 < len(found)
+                and found[i + 1].kind in ("word", "quoted") and found[i + 2].text == b"="):
+            cut = tok.start
+            break
+    # Newlines, not spaces: the statement may end in a `-- comment`.
+    return f"{buf[:cut].decode()}\nFROM INFILE {path_literal}\n{buf[cut:].decode()}\nFORMAT {fmt}"
 
 
 def _data_start(buf: bytes, pos: int, at_eof: bool) -> int:
