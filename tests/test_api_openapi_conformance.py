@@ -7,7 +7,6 @@ import gzip
 import json
 from importlib import resources
 
-import orjson
 import pytest
 import requests
 from jsonschema import Draft202012Validator

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import venv
-from pathlib import Path
 
 import orjson
 import requests
