@@ -39,12 +39,3 @@ class Batch:
 
     def seconds_left(self, now: float) -> float:
         return self.max_seconds if self.started_at is None else max(0.0, self.started_at + self.max_seconds - now)
-
-    def without_partitions(self, partitions: set[int]) -> None:
-        """Forget what came from `partitions` (they moved to another consumer uncommitted)."""
-        self.decoded = [d for d in self.decoded if d.message.partition not in partitions]
-        self.undecodable = [u for u in self.undecodable if u.message.partition not in partitions]
-        self.next_offsets = {p: o for p, o in self.next_offsets.items() if p not in partitions}
-        self.events = sum(len(d.envelope.events) for d in self.decoded)
-        if self.empty():
-            self.started_at = None

@@ -3,17 +3,18 @@ dead letters → commit, with offsets committed only after ClickHouse
 acknowledged the batch (see the package docstring for the dedupe table)."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable
 
 from deploy.queue.base import CommitFailed, Message, Subscriber
 from deploy.settings import Settings
-from schemas import warehouse
+from schemas import envelope, warehouse
 
 from .batch import Batch
 from .dead_letters import DeadLetters
@@ -35,8 +36,8 @@ class Stopped(Exception):
 @dataclass
 class _MessageRows:
     message: Message
-    events: list[list]
-    links: list[list]
+    events: list[dict]  # schemas.warehouse documents
+    links: list[dict]
     event_ids: list[str]
 
 
@@ -53,6 +54,9 @@ class Worker:
         self._stop_at = 0.0
         self._batch = self._new_batch()
         self.flushed_events = 0  # written to the warehouse by this worker (for logs and tests)
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._in_flight: Future | None = None
+        self._in_flight_offsets: dict[int, int] = {}
         self._subscriber = make_subscriber(on_revoke=self._on_revoke)
 
     def _new_batch(self) -> Batch:
@@ -64,14 +68,16 @@ class Worker:
         self._stop.set()
 
     def run(self) -> None:
+        gc.disable()  # see _finish_write()
         try:
             while not self._stop.is_set():
                 self.step()
-            self.flush(retry=True)
+            self.drain()
         except Stopped:
             log.warning("stopped while the warehouse was unavailable; the batch in hand was not committed"
                         " and will be delivered again")
         finally:
+            self._writer_thread.shutdown(wait=True)
             self._subscriber.close()
 
     def step(self) -> None:
@@ -80,18 +86,27 @@ class Worker:
         room = max(1, self._settings.batch_max_events - self._batch.events)
         for message in self._subscriber.poll(min(room, 10_000), timeout=min(0.5, self._batch.seconds_left(now))):
             self._batch.add(decode(message), self._clock())
+        if self._in_flight is not None and self._in_flight.done():
+            self._finish_write()
         if self._batch.due(self._clock()):
-            self.flush(retry=True)
+            self.flush()
 
     # --- flushing --------------------------------------------------------
+    #
+    # A batch is prepared (identities, rows) on this thread, written to ClickHouse on the writer thread
+    # while the next batch is polled and decoded here, and committed here once written: the queue
+    # clients are not thread-safe, and ClickHouse's insert time overlaps with our decoding. At most one
+    # batch is being written at a time, so offsets are committed in order.
 
-    def flush(self, retry: bool) -> None:
+    def flush(self) -> None:
+        """Start writing the batch in hand (after the previous write is finished and committed)."""
         batch = self._batch
         if batch.empty():
             return
+        self._finish_write()
         anonymous_only = {(d.envelope.workspace, e["anonymous_id"]) for d in batch.decoded for e in d.envelope.events
                           if e.get("anonymous_id") and not e.get("user_id")}
-        self._attempt(lambda: self._identity.prefetch(anonymous_only), retry)
+        self._attempt(lambda: self._identity.prefetch(anonymous_only))
         failures = [(u.message, u.reason) for u in batch.undecodable]
         per_message, seen = [], set()
         for item in batch.decoded:
@@ -99,24 +114,45 @@ class Worker:
                 per_message.append(self._rows(item.message, item.envelope, seen))
             except (KeyError, TypeError, ValueError) as exc:
                 failures.append((item.message, f"cannot build rows: {type(exc).__name__}: {exc}"))
+        self._recent.add_all(seen)
+        self._batch = self._new_batch()
+        self._in_flight = self._writer_thread.submit(self._write_batch, per_message, failures)
+        self._in_flight_offsets = batch.next_offsets
+
+    def drain(self) -> None:
+        """Write and commit everything in hand before returning."""
+        self.flush()
+        self._finish_write()
+
+    def _write_batch(self, per_message: list[_MessageRows], failures: list[tuple[Message, str]]) -> int:
+        """On the writer thread: the rows, then the dead letters; returns how many events were stored."""
         rejected: list[tuple[Message, str]] = []
-        self._attempt(lambda: rejected.extend(self._write(per_message)), retry)
-        self._attempt(lambda: self._dead_letters.send(failures + rejected), retry)
+        self._attempt(lambda: rejected.extend(self._write(per_message)))
+        self._attempt(lambda: self._dead_letters.send(failures + rejected))
+        not_stored = {id(m) for m, _ in rejected}
+        return sum(len(rows.event_ids) for rows in per_message if id(rows.message) not in not_stored)
+
+    def _finish_write(self) -> None:
+        """Wait for the batch being written, then commit its offsets."""
+        if self._in_flight is None:
+            return
+        future, offsets, self._in_flight = self._in_flight, self._in_flight_offsets, None
+        written = future.result()  # re-raises Stopped
         try:
-            self._subscriber.commit(batch.next_offsets)
+            self._subscriber.commit(offsets)
         except CommitFailed as exc:
             # Written but not committed: the next owner reads these again and
             # the dedupe mechanisms hide the copies.
             log.warning("commit failed after the write (%s); the batch will be delivered again", exc)
-        not_stored = {id(m) for m, _ in rejected}
-        written = [i for rows in per_message if id(rows.message) not in not_stored for i in rows.event_ids]
-        self._recent.add_all(written)
-        self.flushed_events += len(written)
-        self._batch = self._new_batch()
+        self.flushed_events += written
+        # The batch's hundreds of thousands of dicts are gone now; sweep for cycles here, once, rather
+        # than let automatic collections walk them again and again while a batch builds (run() turns
+        # those off: they cost more than decoding the JSON did).
+        gc.collect()
 
     def _rows(self, message: Message, env, seen: set[str]) -> _MessageRows:
         workspace = env.workspace
-        ingested_at = datetime.now(timezone.utc)
+        ingested_at = envelope.iso_ms(time.time())
         rows = _MessageRows(message, [], [], [])
         for event in env.events:
             event_id = event["event_id"]
@@ -127,10 +163,10 @@ class Worker:
             linked = None
             if anonymous_id and user_id:
                 self._identity.link((workspace, anonymous_id), user_id)
-                rows.links.append(warehouse.link_row(workspace, event))
+                rows.links.append(warehouse.link_document(workspace, event))
             elif anonymous_id:
                 linked = self._identity.user_for((workspace, anonymous_id))
-            rows.events.append(warehouse.event_row(workspace, env.received_at, event, linked, ingested_at))
+            rows.events.append(warehouse.event_document(workspace, env.received_at, event, linked, ingested_at))
             rows.event_ids.append(event_id)
         return rows
 
@@ -158,7 +194,7 @@ class Worker:
         self._writer.write(warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS,
                            [r for rows in per_message for r in rows.events], token)
 
-    def _attempt(self, action: Callable[[], None], retry: bool) -> None:
+    def _attempt(self, action: Callable[[], None]) -> None:
         """Run `action`; while the warehouse or the dead-letter queue is
         unavailable, retry with backoff and commit nothing meanwhile. Once a stop
         is requested, retries go on for STOP_GRACE_SECONDS at most."""
@@ -167,8 +203,6 @@ class Worker:
             try:
                 return action()
             except Exception as exc:  # noqa: BLE001 — RowsRejected never reaches here; the rest is transient
-                if not retry:
-                    raise
                 if self._stop.is_set() and self._clock() - self._stop_at > STOP_GRACE_SECONDS:
                     raise Stopped() from exc
                 log.warning("flush failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
@@ -176,12 +210,9 @@ class Worker:
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     def _on_revoke(self, partitions: set[int]) -> None:
-        """Partitions are leaving this worker: store and commit what it holds of
-        them now, or, if the warehouse cannot take it now, let the next owner
-        read those messages again."""
-        try:
-            self.flush(retry=False)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("could not flush before rebalance (%s); partitions %s will be read again", exc,
-                        sorted(partitions))
-            self._batch.without_partitions(partitions)
+        """Partitions are leaving this worker (called inside poll): write and commit
+        everything in hand first, so the next owner starts where this one stopped.
+        If the warehouse is down this waits for it, like any flush: a member that
+        waits too long is dropped from the group and its uncommitted messages go
+        to the next owner."""
+        self.drain()

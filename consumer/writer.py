@@ -1,17 +1,18 @@
 """BatchWriter: the one path by which rows reach ClickHouse (clickhouse-connect).
 
 Errors are sorted into two kinds, because the worker answers them differently:
-RowsRejected — these rows can never be stored (a value the column cannot take):
+RowsRejected — these rows can never be stored (ClickHouse cannot parse or accept a value):
 the worker sends their messages to the dead-letter topic; any other failure
 (ClickHouse unreachable, overloaded, table missing) is transient: the worker
 retries the same batch and commits nothing meanwhile.
 """
 from __future__ import annotations
 
-import struct
 from typing import Sequence
 
-from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+from schemas.warehouse import INSERT_FORMAT, INSERT_SETTINGS, encode
 
 # ClickHouse error codes that mean "this data", not "this server".
 _DATA_ERROR_CODES = {
@@ -38,29 +39,19 @@ class RowsRejected(Exception):
 class BatchWriter:
     def __init__(self, client, database: str):
         self._client = client
-        self._database = database
-        self._column_types: dict[str, list] = {}  # table → types, so each insert skips a DESCRIBE
+        self._qualifier = "`" + database.replace("\\", "\\\\").replace("`", "\\`") + "`."
 
-    def write(self, table: str, columns: Sequence[str], rows: Sequence[Sequence], token: str) -> None:
-        """Insert `rows` in one block. ClickHouse drops a block whose token it
-        has seen recently, so writing the same batch again stores it once."""
-        if not rows:
+    def write(self, table: str, columns: Sequence[str], documents: list[dict], token: str) -> None:
+        """Insert `documents` (schemas.warehouse rows) as one block. ClickHouse drops a block whose
+        token it has seen recently, so writing the same batch again stores it once."""
+        if not documents:
             return
         try:
-            types = self._column_types.get(table)
-            if types is None:
-                context = self._client.create_insert_context(table, columns, self._database)
-                types = self._column_types[table] = context.column_types
-            self._client.insert(table, rows, column_names=columns, database=self._database, column_types=types,
-                                settings={"insert_deduplication_token": token})
+            self._client.raw_insert(self._qualifier + table, columns, encode(documents), fmt=INSERT_FORMAT,
+                                    settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
         except OperationalError:
             raise
-        except DataError as exc:
-            raise RowsRejected(str(exc)) from exc
         except DatabaseError as exc:
             if exc.code in _DATA_ERROR_CODES:
                 raise RowsRejected(str(exc)) from exc
             raise
-        except (OverflowError, struct.error, TypeError, ValueError) as exc:
-            # Raised by the client while encoding a value for its column type.
-            raise RowsRejected(f"{type(exc).__name__}: {exc}") from exc

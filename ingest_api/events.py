@@ -6,10 +6,9 @@ returned only after the queue acknowledged every accepted event.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from flask import Blueprint, Response, current_app, request
 
+from schemas import envelope
 from schemas.events import EventInvalid, validate_batch_shape
 
 from . import auth, enqueue, idempotency, rate_limit
@@ -90,13 +89,9 @@ def _accept(ctx, workspace, batch: bool, items: list, event_ids: list[str], now:
         raise BadRequest("no_valid_events", f"none of the {len(items)} events is valid; see errors",
                          extra={"accepted": 0, "rejected": len(errors), "event_ids": [], "errors": errors})
 
-    received_at = _iso_ms(now)
+    received_at = envelope.iso_ms(now)
     enqueue.publish(ctx.publisher, workspace.name, received_at, accepted, ctx.settings.enqueue_timeout_seconds)
     if not batch:
         return json_response({"status": "ok", "event_id": ids[0]})
     return json_response({"status": "ok", "accepted": len(accepted), "rejected": len(errors),
                           "event_ids": ids, "errors": errors})
-
-
-def _iso_ms(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import orjson
@@ -47,6 +48,11 @@ def partition_key(event: dict[str, Any]) -> str:
 def partition_for(key: str, partitions: int) -> int:
     # crc32 is stable across processes and Python versions (unlike hash()).
     return zlib.crc32(key.encode()) % partitions
+
+
+def iso_ms(ts: float) -> str:
+    """A POSIX time as the envelope writes every time: UTC, milliseconds, `Z`."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def encode(workspace: str, received_at: str, events: Sequence[dict[str, Any]]) -> bytes:

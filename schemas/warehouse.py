@@ -8,26 +8,29 @@ A consumer, per batch of envelopes::
 
     client = connect(settings)
     known = resolve_links(client, settings.clickhouse_database, {(ws, anon) for ...})
-    rows = [event_row(ws, received_at, event, known.get((ws, event["anonymous_id"])), now) for ...]
-    client.insert(EVENTS_TABLE, rows, column_names=EVENT_COLUMNS, database=settings.clickhouse_database,
-                  settings={"insert_deduplication_token": batch_token})
-    client.insert(LINKS_TABLE, [link_row(ws, e) for e in events if is_link(e)], column_names=LINK_COLUMNS, ...)
+    docs = [event_document(ws, received_at, event, known.get((ws, event["anonymous_id"])), now) for ...]
+    client.raw_insert(EVENTS_TABLE, EVENT_COLUMNS, encode(docs), fmt=INSERT_FORMAT,
+                      settings={**INSERT_SETTINGS, "insert_deduplication_token": batch_token})
+
+Rows travel as JSONEachRow: the envelope's events are already JSON-shaped, so building a row is adding
+four keys to a dict, and one orjson call serialises a whole batch; ClickHouse parses it in C++ and fills
+the typed property columns itself (their DEFAULT expressions), so no property is converted in Python.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from schemas.taxonomy import PROPERTY_TYPES
 
 __all__ = [
     "EVENTS_TABLE", "LINKS_TABLE", "IDENTITY_MAP_TABLE", "IDENTITY_RESOLVED_VIEW", "EVENTS_DEDUPED_VIEW",
     "EVENTS_RESOLVED_VIEW", "PAYWALL_FUNNEL_VIEW", "MIGRATIONS_TABLE",
     "BASE_COLUMNS", "PROPERTY_COLUMNS", "EVENT_COLUMNS", "LINK_COLUMNS",
-    "event_row", "link_row", "is_link", "resolve_links", "connect", "migrate", "describe_url", "parse_timestamp",
+    "INSERT_FORMAT", "INSERT_SETTINGS", "event_document", "link_document", "encode", "is_link",
+    "resolve_links", "connect", "migrate", "describe_url", "parse_timestamp",
     "WarehouseUnreachable",
 ]
 
@@ -49,10 +52,10 @@ BASE_COLUMNS: tuple[str, ...] = (
     "timestamp", "received_at", "ingested_at", "properties",
 )
 
-#: The taxonomy properties that also get a typed column of their own (same name as the property), in
-#: insert order after BASE_COLUMNS. Their taxonomy types map to ClickHouse as: string ->
-#: (LowCardinality(Nullable(String)) or Nullable(String)), number -> Nullable(Float64),
-#: integer -> Nullable(Int64), boolean -> Nullable(Bool), string[] -> Array(String).
+#: The taxonomy properties that also get a typed column of their own (same name as the property). ClickHouse
+#: fills them from `properties` (DEFAULT JSONExtract(properties, name, type), see 0001_events.sql); their
+#: taxonomy types map as: string -> LowCardinality(Nullable(String)) or Nullable(String), number ->
+#: Nullable(Float64), integer -> Nullable(Int64), boolean -> Nullable(Bool), string[] -> Array(String).
 PROPERTY_COLUMNS: tuple[str, ...] = (
     "paywall_id", "offer_id", "plan_id", "plan_ids", "previous_plan_id", "placement", "context",
     "experiment_id", "variant_id", "store", "environment", "country", "currency", "period", "reason",
@@ -60,54 +63,24 @@ PROPERTY_COLUMNS: tuple[str, ...] = (
     "transaction_id", "original_transaction_id",
 )
 
-#: Column order of an events row (event_row's output), for client.insert(..., column_names=EVENT_COLUMNS).
-EVENT_COLUMNS: tuple[str, ...] = BASE_COLUMNS + PROPERTY_COLUMNS
+#: The columns a consumer inserts into `events` (the keys of an event_document); the typed property
+#: columns are not among them: ClickHouse computes those.
+EVENT_COLUMNS: tuple[str, ...] = BASE_COLUMNS
 
-#: Column order of an identity_links row (link_row's output).
+#: The columns of an identity_links row (the keys of a link_document).
 LINK_COLUMNS: tuple[str, ...] = ("workspace", "anonymous_id", "user_id", "timestamp", "event_id")
 
-_UTC = timezone.utc
-_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
-
-
-def _as_str(value: Any) -> str | None:
-    return value if type(value) is str else None
-
-
-def _as_float(value: Any) -> float | None:
-    kind = type(value)
-    if kind is float:
-        return value
-    if kind is int:
-        try:
-            return float(value)
-        except OverflowError:
-            return None
-    return None
-
-
-def _as_int(value: Any) -> int | None:
-    return value if type(value) is int and _INT64_MIN <= value <= _INT64_MAX else None
-
-
-def _as_bool(value: Any) -> bool | None:
-    return value if type(value) is bool else None
-
-
-def _as_str_list(value: Any) -> list[str]:
-    if type(value) is list and all(type(item) is str for item in value):
-        return value
-    return []
-
-
-_CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "string": _as_str, "number": _as_float, "integer": _as_int, "boolean": _as_bool, "string[]": _as_str_list,
+INSERT_FORMAT = "JSONEachRow"
+#: How ClickHouse reads our documents: a JSON object (properties) into a String column as its JSON text,
+#: ISO 8601 timestamps with a `Z`, and keys it does not know (from a producer that bypassed the front
+#: door) ignored rather than failing the batch.
+INSERT_SETTINGS: dict[str, int | str] = {
+    "input_format_json_read_objects_as_strings": 1,
+    "date_time_input_format": "best_effort",
+    "input_format_skip_unknown_fields": 1,
 }
-# (property name, converter) per typed column; a missing property is None (an empty array for string[]).
-_EXTRACTORS: tuple[tuple[str, Callable[[Any], Any], Any], ...] = tuple(
-    (name, _CONVERTERS[PROPERTY_TYPES[name]], [] if PROPERTY_TYPES[name] == "string[]" else None)
-    for name in PROPERTY_COLUMNS
-)
+
+_UTC = timezone.utc
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -118,39 +91,25 @@ def parse_timestamp(text: str) -> datetime:
     return dt if dt.tzinfo is _UTC else dt.astimezone(_UTC)
 
 
-def _utc(dt: datetime) -> datetime:
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=_UTC)
-    return dt if dt.tzinfo is _UTC else dt.astimezone(_UTC)
+def event_document(workspace: str, received_at: str, event: dict, linked_user_id: str | None,
+                   ingested_at: str) -> dict:
+    """The `events` row of a validated event of an envelope, as a JSONEachRow document.
 
-
-def event_row(workspace: str, received_at: str, event: dict, linked_user_id: str | None,
-              ingested_at: datetime) -> list:
-    """One `events` row, in EVENT_COLUMNS order, from a validated event of an envelope.
-
+    The event dict already holds event_id, event, user_id, anonymous_id, timestamp and properties under
+    their column names; this adds the envelope's fields to it (in place, no copy) and returns it.
     `linked_user_id`: the user id the consumer already knew for this event's anonymous_id (None if none,
-    or if the event carries its own user_id: it is only meaningful for anonymous events). Timestamps
-    become aware UTC datetimes; properties become compact JSON text; each typed column takes its property
-    when present with the taxonomy's JSON type, else NULL (an empty array for string[]).
+    or if the event carries its own user_id). Times are ISO 8601 strings (schemas.envelope.iso_ms).
     """
-    properties = event.get("properties") or {}
-    row = [
-        workspace,
-        event["event_id"],
-        event["event"],
-        event.get("user_id"),
-        event.get("anonymous_id"),
-        linked_user_id,
-        parse_timestamp(event["timestamp"]),
-        parse_timestamp(received_at),
-        _utc(ingested_at),
-        orjson.dumps(properties).decode(),
-    ]
-    get = properties.get
-    for name, convert, missing in _EXTRACTORS:
-        value = get(name)
-        row.append(missing if value is None else convert(value))
-    return row
+    event["workspace"] = workspace
+    event["received_at"] = received_at
+    event["ingested_at"] = ingested_at
+    event["linked_user_id"] = linked_user_id
+    return event
+
+
+def encode(documents: list[dict]) -> bytes:
+    """A batch of documents as one JSONEachRow body (ClickHouse reads a JSON array of objects)."""
+    return orjson.dumps(documents)
 
 
 def is_link(event: dict) -> bool:
@@ -158,12 +117,13 @@ def is_link(event: dict) -> bool:
     return bool(event.get("user_id")) and bool(event.get("anonymous_id"))
 
 
-def link_row(workspace: str, event: dict) -> list:
-    """One `identity_links` row, in LINK_COLUMNS order, for an event that carries both ids."""
+def link_document(workspace: str, event: dict) -> dict:
+    """The `identity_links` row of an event that carries both ids, as a JSONEachRow document."""
     anonymous_id, user_id = event.get("anonymous_id"), event.get("user_id")
     if not anonymous_id or not user_id:
         raise ValueError(f"event {event.get('event_id')!r} does not carry both anonymous_id and user_id")
-    return [workspace, anonymous_id, user_id, parse_timestamp(event["timestamp"]), event["event_id"]]
+    return {"workspace": workspace, "anonymous_id": anonymous_id, "user_id": user_id,
+            "timestamp": event["timestamp"], "event_id": event["event_id"]}
 
 
 def resolve_links(client, database: str, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], str]:

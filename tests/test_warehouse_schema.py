@@ -2,8 +2,9 @@
 warehouse: migrations, row builders, deduplication before any merge, identity resolution.
 
 The seeded world below (seed_world) is shared with tests/test_analytics_docs.py and tests/test_sql_cli.py;
-it is inserted the way the consumer inserts: event_row/link_row through clickhouse-connect, with
-insert_deduplication_token, merges stopped so every duplicate is physically present.
+it is inserted the way the consumer inserts: event_document/link_document through the consumer's own
+BatchWriter (clickhouse-connect, JSONEachRow), with insert_deduplication_token, merges stopped so every
+duplicate is physically present.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import orjson
 import pytest
@@ -24,13 +25,14 @@ from schemas.migrations import (
     render, render_all,
 )
 from schemas.taxonomy import PROPERTY_TYPES
-from schemas.warehouse import EVENT_COLUMNS, LINK_COLUMNS, event_row, link_row, resolve_links
+from consumer.writer import BatchWriter
+from schemas.warehouse import EVENT_COLUMNS, LINK_COLUMNS, event_document, link_document, resolve_links
 
 from .warehouse_process import start_warehouse, stop_warehouse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UTC = timezone.utc
-INGESTED_AT = datetime(2024, 4, 10, 12, 0, 0, 123000, tzinfo=UTC)
+INGESTED_AT = "2024-04-10T12:00:00.123Z"
 RECEIVED_AT = "2024-04-10T11:59:59.000Z"
 
 
@@ -116,20 +118,13 @@ WORLD_EVENTS = len(WORLD)  # 31 distinct events
 ACME_EVENTS = sum(1 for ws, _, _ in WORLD if ws == "acme")  # 29
 
 
-def _rows(items):
-    events = [event_row(ws, RECEIVED_AT, e, linked, INGESTED_AT) for ws, e, linked in items]
-    links = [link_row(ws, e) for ws, e, _ in items if warehouse.is_link(e)]
-    return events, links
-
-
 def insert_batch(client, database: str, items, token: str) -> None:
     """What the consumer does per batch: links, then events, each with the batch's dedup token."""
-    events, links = _rows(items)
-    if links:
-        client.insert(warehouse.LINKS_TABLE, links, column_names=LINK_COLUMNS, database=database,
-                      settings={"insert_deduplication_token": token + ":links"})
-    client.insert(warehouse.EVENTS_TABLE, events, column_names=EVENT_COLUMNS, database=database,
-                  settings={"insert_deduplication_token": token})
+    writer = BatchWriter(client, database)
+    links = [link_document(ws, e) for ws, e, _ in items if warehouse.is_link(e)]
+    events = [event_document(ws, RECEIVED_AT, dict(e), linked, INGESTED_AT) for ws, e, linked in items]
+    writer.write(warehouse.LINKS_TABLE, LINK_COLUMNS, links, token + ":links")
+    writer.write(warehouse.EVENTS_TABLE, EVENT_COLUMNS, events, token)
 
 
 def seed_world(client, database: str) -> None:
@@ -329,8 +324,15 @@ def test_cluster_statements_parse_on_clickhouse(client):
 
 def test_event_columns_match_the_table(client, world):
     described = client.query(f"DESCRIBE TABLE {world}.events").result_rows
-    assert tuple(r[0] for r in described) == EVENT_COLUMNS
+    stored = [r for r in described if r[2] != "EPHEMERAL"]
+    assert tuple(r[0] for r in stored) == EVENT_COLUMNS + warehouse.PROPERTY_COLUMNS
     types = {r[0]: r[1] for r in described}
+    # The consumer inserts EVENT_COLUMNS; ClickHouse fills each property column from `properties`,
+    # parsed once per row into the never-stored typed_properties tuple.
+    defaults = {r[0]: (r[2], r[3]) for r in described}
+    assert defaults["typed_properties"][0] == "EPHEMERAL" and "JSONExtract(properties" in defaults["typed_properties"][1]
+    for name in warehouse.PROPERTY_COLUMNS:
+        assert defaults[name] == ("DEFAULT", f"tupleElement(typed_properties, '{name}')"), name
     expected = {"string": ("LowCardinality(Nullable(String))", "Nullable(String)"), "number": ("Nullable(Float64)",),
                 "integer": ("Nullable(Int64)",), "boolean": ("Nullable(Bool)",), "string[]": ("Array(String)",)}
     for name in warehouse.PROPERTY_COLUMNS:
@@ -341,59 +343,64 @@ def test_event_columns_match_the_table(client, world):
     assert tuple(r[0] for r in client.query(f"DESCRIBE TABLE {world}.identity_links").result_rows) == LINK_COLUMNS
 
 
-def test_event_row_converts_and_types():
+def test_event_document_adds_the_envelope_fields_in_place():
     event = {"event_id": "evt_1", "event": "purchase_completed", "user_id": "u1", "anonymous_id": None,
-             "timestamp": "2024-03-15T14:22:00.123Z",
-             "properties": {"paywall_id": "pw_1", "plan_id": "plan_annual", "price": 59, "revenue": 29.99,
-                            "is_trial": False, "trial_length_days": 7, "currency": "USD", "note": "hé ✓",
-                            "nested": {"a": [1, 2]}}}
-    row = event_row("acme", "2024-03-15T14:22:01.000Z", event, None, datetime(2024, 3, 15, 14, 22, 2))
-    assert len(row) == len(EVENT_COLUMNS)
-    got = dict(zip(EVENT_COLUMNS, row))
-    assert got["workspace"] == "acme" and got["event_id"] == "evt_1" and got["event"] == "purchase_completed"
-    assert got["user_id"] == "u1" and got["anonymous_id"] is None and got["linked_user_id"] is None
-    assert got["timestamp"] == datetime(2024, 3, 15, 14, 22, 0, 123000, tzinfo=UTC)
-    assert got["received_at"] == datetime(2024, 3, 15, 14, 22, 1, tzinfo=UTC)
-    assert got["ingested_at"] == datetime(2024, 3, 15, 14, 22, 2, tzinfo=UTC)  # naive: taken as UTC
-    assert orjson.loads(got["properties"]) == event["properties"] and isinstance(got["properties"], str)
-    assert got["price"] == 59.0 and type(got["price"]) is float
-    assert got["revenue"] == 29.99 and got["is_trial"] is False and got["trial_length_days"] == 7
-    assert got["plan_ids"] == [] and got["offer_id"] is None and got["transaction_id"] is None
+             "timestamp": "2024-03-15T14:22:00.123Z", "properties": {"price": 59}}
+    doc = event_document("acme", "2024-03-15T14:22:01.000Z", event, "u9", "2024-03-15T14:22:02.000Z")
+    assert doc is event and set(doc) == set(EVENT_COLUMNS)
+    assert (doc["workspace"], doc["received_at"], doc["ingested_at"], doc["linked_user_id"]) == \
+        ("acme", "2024-03-15T14:22:01.000Z", "2024-03-15T14:22:02.000Z", "u9")
 
 
-def test_event_row_drops_values_of_the_wrong_json_type():
-    props = {"price": "59.99", "revenue": True, "is_trial": 1, "trial_length_days": 7.0, "renewal_number": 2 ** 63,
-             "plan_id": 42, "plan_ids": ["a", 1], "paywall_id": None, "offer_id": ["x"], "currency": {"c": 1}}
-    event = {"event_id": "e", "event": "x", "user_id": None, "anonymous_id": "d",
-             "timestamp": "2024-03-15T14:22:00+02:00", "properties": props}
-    got = dict(zip(EVENT_COLUMNS, event_row("w", "2024-03-15T14:22:00.000Z", event, "u9",
-                                            datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=1))))))
-    for name in ("price", "revenue", "is_trial", "trial_length_days", "renewal_number", "plan_id", "paywall_id",
-                 "offer_id", "currency"):
-        assert got[name] is None, name
-    assert got["plan_ids"] == []
-    assert got["linked_user_id"] == "u9"
-    assert got["timestamp"] == datetime(2024, 3, 15, 12, 22, tzinfo=UTC)  # offsets normalised to UTC
-    assert got["ingested_at"] == datetime(2023, 12, 31, 23, 0, tzinfo=UTC)
-    assert orjson.loads(got["properties"]) == props  # the JSON keeps everything as sent
+def test_the_warehouse_types_the_property_columns(client, warehouse_url):
+    """Typed columns are ClickHouse's JSONExtract of `properties`: the JSON keeps everything as sent."""
+    database = fresh_db()
+    apply_migrations(client, settings_for(warehouse_url, database))
+    good = {"paywall_id": "pw_1", "plan_id": "plan_annual", "price": 59, "revenue": 29.99, "is_trial": False,
+            "trial_length_days": 7, "currency": "USD", "plan_ids": ["a", "b"], "note": "hé ✓", "nested": {"a": [1, 2]}}
+    odd = {"revenue": True, "trial_length_days": "seven", "renewal_number": 2 ** 64 - 1, "offer_id": ["x"],
+           "currency": {"c": 1}}  # types only a producer that bypassed the front door could send
+    docs = [event_document("acme", RECEIVED_AT, {"event_id": f"evt_{i}", "event": "purchase_completed",
+                                                 "user_id": "u1", "anonymous_id": None,
+                                                 "timestamp": "2024-03-15T14:22:00.123+02:00", "properties": p},
+                           None, INGESTED_AT) for i, p in enumerate((good, odd, {}))]
+    BatchWriter(client, database).write(warehouse.EVENTS_TABLE, EVENT_COLUMNS, docs, "typed")
+    rows = {r["event_id"]: r for r in client.query(
+        f"SELECT * FROM {database}.events ORDER BY event_id").named_results()}
+    first = rows["evt_0"]
+    assert first["timestamp"].replace(tzinfo=UTC) == datetime(2024, 3, 15, 12, 22, 0, 123000, tzinfo=UTC)
+    assert first["ingested_at"].replace(tzinfo=UTC) == datetime(2024, 4, 10, 12, 0, 0, 123000, tzinfo=UTC)
+    assert orjson.loads(first["properties"]) == good
+    assert (first["paywall_id"], first["plan_id"], first["price"], first["revenue"], first["is_trial"],
+            first["trial_length_days"], first["currency"], first["plan_ids"]) == \
+        ("pw_1", "plan_annual", 59.0, 29.99, False, 7, "USD", ["a", "b"])
+    assert first["offer_id"] is None and first["transaction_id"] is None
+    second = rows["evt_1"]
+    assert orjson.loads(second["properties"]) == odd
+    # JSONExtract's conversions: what does not fit a number is NULL; a string column takes the JSON text.
+    assert (second["trial_length_days"], second["renewal_number"], second["offer_id"], second["currency"]) == \
+        (None, None, '["x"]', '{"c":1}')
+    empty = rows["evt_2"]
+    assert empty["properties"] == "{}" and empty["plan_ids"] == [] and empty["price"] is None
 
 
-def test_link_row():
+def test_link_document():
     event = {"event_id": "evt_9", "event": "login", "user_id": "u", "anonymous_id": "d",
              "timestamp": "2024-03-15T14:22:00.500Z", "properties": {}}
-    assert link_row("acme", event) == ["acme", "d", "u", datetime(2024, 3, 15, 14, 22, 0, 500000, tzinfo=UTC), "evt_9"]
+    assert link_document("acme", event) == {"workspace": "acme", "anonymous_id": "d", "user_id": "u",
+                                            "timestamp": "2024-03-15T14:22:00.500Z", "event_id": "evt_9"}
+    assert set(link_document("acme", event)) == set(LINK_COLUMNS)
     assert warehouse.is_link(event)
     for missing in ({"user_id": None}, {"anonymous_id": None}):
         with pytest.raises(ValueError):
-            link_row("acme", {**event, **missing})
+            link_document("acme", {**event, **missing})
         assert not warehouse.is_link({**event, **missing})
 
 
 def test_rows_round_trip_through_the_warehouse(client, world):
-    row = client.query(f"SELECT * FROM {world}.events_deduped WHERE event_id = 'evt_a2'").result_rows[0]
-    got = dict(zip(EVENT_COLUMNS, row))
+    got = next(client.query(f"SELECT * FROM {world}.events_deduped WHERE event_id = 'evt_a2'").named_results())
     assert got["timestamp"].replace(tzinfo=UTC) == datetime(2024, 3, 1, 10, 2, tzinfo=UTC)
-    assert got["ingested_at"].replace(tzinfo=UTC) == INGESTED_AT
+    assert got["ingested_at"].replace(tzinfo=UTC) == datetime(2024, 4, 10, 12, 0, 0, 123000, tzinfo=UTC)
     assert (got["plan_id"], got["offer_id"], got["trial_length_days"], got["price"], got["currency"]) == \
         (ANNUAL, "offer_intro", 7, 59.99, "USD")
     assert got["plan_ids"] == [] and got["is_trial"] is None
