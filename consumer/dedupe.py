@@ -12,7 +12,7 @@ from itertools import islice
 
 
 class RecentIds:
-    def __init__(self, capacity: int = 500_000):
+    def __init__(self, capacity: int = 200_000):
         self._capacity = capacity
         self._ids: dict[str, None] = {}  # insertion-ordered: the oldest go first
 

@@ -18,7 +18,7 @@ Pair = tuple[str, str]  # (workspace, anonymous_id)
 
 
 class IdentityCache:
-    def __init__(self, lookup: Callable[[set[Pair]], dict[Pair, str]], capacity: int = 1_000_000):
+    def __init__(self, lookup: Callable[[set[Pair]], dict[Pair, str]], capacity: int = 200_000):
         self._lookup = lookup
         self._capacity = capacity
         self._known: dict[Pair, str | None] = {}  # None: looked up, no link yet

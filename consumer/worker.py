@@ -18,7 +18,7 @@ from schemas import envelope, warehouse
 
 from .batch import Batch
 from .dead_letters import DeadLetters
-from .decode import decode
+from .decode import Decoded, decode
 from .dedupe import RecentIds
 from .identity import IdentityCache
 from .writer import BatchWriter, RowsRejected
@@ -57,6 +57,7 @@ class Worker:
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self._in_flight: Future | None = None
         self._in_flight_offsets: dict[int, int] = {}
+        self._events_per_message = 1.0
         self._subscriber = make_subscriber(on_revoke=self._on_revoke)
 
     def _new_batch(self) -> Batch:
@@ -83,9 +84,15 @@ class Worker:
     def step(self) -> None:
         """One poll, and a flush when the batch is due."""
         now = self._clock()
+        # A message holds one request's events for one partition (1 to ~1,000): ask for as many messages
+        # as the batch has room for events, by the running average, so batches (and memory) stay bounded.
         room = max(1, self._settings.batch_max_events - self._batch.events)
-        for message in self._subscriber.poll(min(room, 10_000), timeout=min(0.5, self._batch.seconds_left(now))):
-            self._batch.add(decode(message), self._clock())
+        wanted = max(1, min(10_000, int(room / self._events_per_message)))
+        for message in self._subscriber.poll(wanted, timeout=min(0.5, self._batch.seconds_left(now))):
+            item = decode(message)
+            self._batch.add(item, self._clock())
+            if isinstance(item, Decoded):
+                self._events_per_message = 0.9 * self._events_per_message + 0.1 * len(item.envelope.events)
         if self._in_flight is not None and self._in_flight.done():
             self._finish_write()
         if self._batch.due(self._clock()):

@@ -14,7 +14,8 @@ def make_publisher(settings: Settings) -> Publisher:
         return LocalLogPublisher(settings.data_dir / "queue.sqlite3", settings.partitions,
                                  settings.enqueue_timeout_seconds)
     from .queue.kafka_queue import KafkaPublisher
-    return KafkaPublisher(settings.kafka_bootstrap, settings.topic, settings.enqueue_timeout_seconds)
+    return KafkaPublisher(settings.kafka_bootstrap, settings.topic, settings.enqueue_timeout_seconds,
+                          linger_ms=settings.kafka_linger_ms)
 
 
 def make_dead_letter_publisher(settings: Settings) -> Publisher:

@@ -57,6 +57,7 @@ class KafkaPublisher(Publisher):
                         delivery_timeout_ms=timeout_ms + self._linger_ms,
                         bootstrap_timeout_ms=timeout_ms,
                         allow_auto_create_topics=False,
+                        metrics_enabled=False,  # kafka-python's own sensors cost CPU on every send
                     )
                 except KafkaError as exc:
                     raise QueueUnavailable(f"cannot reach Kafka at {self._bootstrap}: {exc}") from exc
@@ -154,8 +155,10 @@ class KafkaSubscriber(Subscriber):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=10_000,
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
+            # Enough for a batch or two ahead, not more: fetched records sit in memory until polled.
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            metrics_enabled=False,
             # A batch is flushed well within this; past it the member is presumed dead.
             max_poll_interval_ms=300_000,
             session_timeout_ms=10_000,
