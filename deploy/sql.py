@@ -69,8 +69,7 @@ def run(args, settings, stdin: TextIO | None = None, stdout: TextIO | None = Non
     try:
         client = connect(settings)
     except WarehouseUnreachable as exc:
-        print(f"flokit sql: {exc}\n  Is the warehouse running? Start the embedded one with `flokit warehouse`, "
-              "or set FLOKIT_CLICKHOUSE_URL to your ClickHouse server.", file=stderr)
+        print(f"flokit sql: {exc}", file=stderr)
         return 1
     except DatabaseError as exc:  # e.g. bad credentials
         print(f"flokit sql: {clickhouse_message(exc)}", file=stderr)

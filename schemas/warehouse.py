@@ -193,7 +193,9 @@ def connect(settings: Any, *, database: str | None = None, **client_options: Any
         client = clickhouse_connect.get_client(**options)
     except OperationalError as exc:
         raise WarehouseUnreachable(
-            f"cannot reach the warehouse at {describe_url(settings.warehouse_url)}: {_short_reason(exc)}") from exc
+            f"cannot reach the warehouse at {describe_url(settings.warehouse_url)}: {_short_reason(exc)}\n"
+            "  Is the warehouse running? Start the embedded one with `flokit warehouse`, "
+            "or set FLOKIT_CLICKHOUSE_URL to your ClickHouse server.") from exc
     database = settings.clickhouse_database if database is None else database
     if database:
         client.database = database

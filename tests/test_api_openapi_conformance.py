@@ -4,34 +4,21 @@ every header the document marks as required is there."""
 from __future__ import annotations
 
 import gzip
-import json
-from importlib import resources
-
 import pytest
 import requests
 from jsonschema import Draft202012Validator
 
 from .services import api_server, unique
-
-DOC = json.loads(resources.files("schemas").joinpath("openapi.json").read_text())
+from .test_openapi_document import DOC, deref
 EVENT = {"event": "paywall_viewed", "user_id": "usr_c", "timestamp": "2024-03-15T14:22:00Z"}
 
 
-def resolve(node: dict) -> dict:
-    while "$ref" in node:
-        target = DOC
-        for part in node["$ref"].lstrip("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
-
-
 def check(resp: requests.Response, path: str, method: str = "post") -> None:
-    spec = resolve(DOC["paths"][path][method]["responses"][str(resp.status_code)])
+    spec = deref(DOC["paths"][path][method]["responses"][str(resp.status_code)])
     schema = spec["content"]["application/json"]["schema"]
     Draft202012Validator({**schema, "components": DOC["components"]}).validate(resp.json())
     for name, header in spec.get("headers", {}).items():
-        if resolve(header).get("required"):
+        if deref(header).get("required"):
             assert name in resp.headers, f"{resp.status_code} {path} lacks required header {name}"
 
 

@@ -279,8 +279,7 @@ def main(settings: Any, print_only: bool = False, stdout=None, stderr=None) -> i
     try:
         client = connect(settings)
     except WarehouseUnreachable as exc:
-        print(f"flokit migrate: {exc}\n  Is the warehouse running? Start the embedded one with `flokit warehouse`, "
-              "or set FLOKIT_CLICKHOUSE_URL to your ClickHouse server.", file=stderr)
+        print(f"flokit migrate: {exc}", file=stderr)
         return 1
     try:
         applied = apply_migrations(client, settings)
