@@ -57,7 +57,9 @@ class Worker:
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self._in_flight: Future | None = None
         self._in_flight_offsets: dict[int, int] = {}
-        self._events_per_message = 1.0
+        # Start from a batch request's share of one partition (1,000 events over a few partitions), so the
+        # very first poll does not ask for a whole batch's worth of messages of unknown size.
+        self._events_per_message = 250.0
         self._subscriber = make_subscriber(on_revoke=self._on_revoke)
 
     def _new_batch(self) -> Batch:
@@ -92,7 +94,7 @@ class Worker:
             item = decode(message)
             self._batch.add(item, self._clock())
             if isinstance(item, Decoded):
-                self._events_per_message = 0.9 * self._events_per_message + 0.1 * len(item.envelope.events)
+                self._events_per_message = 0.8 * self._events_per_message + 0.2 * max(1, len(item.envelope.events))
         if self._in_flight is not None and self._in_flight.done():
             self._finish_write()
         if self._batch.due(self._clock()):

@@ -295,7 +295,7 @@ class LocalLogSubscriber(Subscriber):
     """
 
     def __init__(self, path: Path, group: str, on_revoke: Callable[[set[int]], None] | None = None, *,
-                 prune_interval: float = 5.0, prune_batch: int = 5_000, max_poll_bytes: int = 64 * 1024 * 1024,
+                 prune_interval: float = 5.0, prune_batch: int = 5_000, max_poll_bytes: int = 16 * 1024 * 1024,
                  busy_timeout: float = 30.0):
         self._path = Path(path)
         self._group = group
