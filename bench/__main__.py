@@ -197,6 +197,11 @@ class Run:
             env.update(FLOKIT_KAFKA_BOOTSTRAP=self.bootstrap, FLOKIT_TOPIC=topic, FLOKIT_DLQ_TOPIC=topic + ".dlq")
         return env
 
+    def watch_front_door(self, api) -> dict[str, int]:
+        """self.watch() plus the gunicorn master and each front-door worker of `api`."""
+        return {**self.watch(), **{("frontdoor " + r.split(".", 1)[1] if "." in r else "gunicorn master"): p
+                                   for r, p in api.pids().items()}}
+
     def watch(self) -> dict[str, int]:
         from bench import procs
 
@@ -265,7 +270,7 @@ class Run:
                                         limits.kafka_produce, self.bootstrap, prefill_topic, requests)
         single_topic = self.topic("single")
         from schemas import envelope
-        singles = [[(i % 4, envelope.encode(self.workspace, "2026-01-01T00:00:00.000Z", [e]), 1)]
+        singles = [[(i % 4, envelope.encode_records(self.workspace, "2026-01-01T00:00:00.000Z", [e])[0], 1)]
                    for i, e in enumerate(normalized[:plan.single_raw_records])]
         L["kafka_produce_single"] = self.phase("limit: raw Kafka produce, 1-event records", limits.kafka_produce,
                                                self.bootstrap, single_topic, singles)
@@ -299,8 +304,7 @@ class Run:
                    "FLOKIT_DATA_DIR": str(self.tmp / "api-kafka")}
         api, api_url = self.phase("start front door (Kafka)", procs.start_api, api_env, self.logs, "api-kafka")
         self.procs.append(api)
-        watch = {**self.watch(), **{("frontdoor " + r.split(".", 1)[1] if "." in r else "gunicorn master"): p
-                                    for r, p in api.pids().items()}}
+        watch = self.watch_front_door(api)
         db = self.database("e2e_kafka")
         settings = self.migrate(db)
         env = self.consumer_env(db, f"bench-{self.run_id}-e2e", topic=e2e_topic, data_dir=self.tmp / "api-kafka")
@@ -373,8 +377,7 @@ class Run:
         api_env = {"FLOKIT_REDIS_URL": self.redis_url, "FLOKIT_DATA_DIR": str(local_dir)}
         api, api_url = self.phase("start front door (local log)", procs.start_api, api_env, self.logs, "api-local")
         self.procs.append(api)
-        watch = {**self.watch(), **{("frontdoor " + r.split(".", 1)[1] if "." in r else "gunicorn master"): p
-                                    for r, p in api.pids().items()}}
+        watch = self.watch_front_door(api)
         db = self.database("e2e_local")
         settings = self.migrate(db)
         env = self.consumer_env(db, f"bench-{self.run_id}-e2e-local", topic=None, data_dir=local_dir)

@@ -78,7 +78,7 @@ def path_steps(raw_events: list[dict], normalized: list[dict], partitions: int =
         n += len(chunk)
     out["group_and_encode_envelopes"] = _rate(n, time.perf_counter() - start)
 
-    value = envelope.encode("bench", "2026-01-01T00:00:00.000Z", chunk)
+    [value] = envelope.encode_records("bench", "2026-01-01T00:00:00.000Z", chunk, max_bytes=1 << 30)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         envelope.decode(value)

@@ -55,10 +55,6 @@ def iso_ms(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def encode(workspace: str, received_at: str, events: Sequence[dict[str, Any]]) -> bytes:
-    return orjson.dumps({"v": VERSION, "workspace": workspace, "received_at": received_at, "events": events})
-
-
 def encode_records(workspace: str, received_at: str, events: Sequence[dict[str, Any]],
                    max_bytes: int = MAX_RECORD_BYTES) -> list[bytes]:
     """`events` as one or more envelopes, each at most about `max_bytes` long.

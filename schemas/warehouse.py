@@ -18,7 +18,6 @@ the typed property columns itself (their DEFAULT expressions), so no property is
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -30,7 +29,7 @@ __all__ = [
     "EVENTS_RESOLVED_VIEW", "PAYWALL_FUNNEL_VIEW", "MIGRATIONS_TABLE",
     "BASE_COLUMNS", "PROPERTY_COLUMNS", "EVENT_COLUMNS", "LINK_COLUMNS",
     "INSERT_FORMAT", "INSERT_SETTINGS", "event_document", "link_document", "encode", "is_link",
-    "resolve_links", "connect", "migrate", "describe_url", "parse_timestamp",
+    "resolve_links", "connect", "migrate", "describe_url",
     "WarehouseUnreachable",
 ]
 
@@ -79,16 +78,6 @@ INSERT_SETTINGS: dict[str, int | str] = {
     "date_time_input_format": "best_effort",
     "input_format_skip_unknown_fields": 1,
 }
-
-_UTC = timezone.utc
-
-
-def parse_timestamp(text: str) -> datetime:
-    """'2024-03-15T14:22:00.000Z' (or any ISO 8601 with an offset) -> an aware datetime in UTC."""
-    dt = datetime.fromisoformat(text)
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=_UTC)
-    return dt if dt.tzinfo is _UTC else dt.astimezone(_UTC)
 
 
 def event_document(workspace: str, received_at: str, event: dict, linked_user_id: str | None,
