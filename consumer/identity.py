@@ -6,8 +6,13 @@ event pairing it with another user does not move it (that event keeps its own
 user_id). One user may own many anonymous ids.
 
 The worker stamps `linked_user_id` on anonymous-only events whose link it
-already knows. Links it has not seen in this process are looked up in the
-warehouse once per batch; links it learns are remembered (bounded).
+already knows. Anonymous ids it has not seen in this process are looked up in
+the warehouse once per batch; what it learns is remembered (bounded),
+including "no link yet": every event of an anonymous id goes through the same
+partition, so while this process owns that partition no other consumer can
+link it. That is forgotten when partitions are revoked. `linked_user_id` is a
+hint in any case: the analysts' views resolve identities at query time
+(docs/analytics.md).
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ class IdentityCache:
 
     def prefetch(self, pairs: Iterable[Pair]) -> None:
         """Look up, in one query, the pairs this worker has never resolved."""
-        missing = {p for p in pairs if p not in self._known or self._known[p] is None}
+        missing = {p for p in pairs if p not in self._known}
         if missing:
             found = self._lookup(missing)
             for pair in missing:
@@ -36,6 +41,10 @@ class IdentityCache:
         """An event carried both ids: the link holds unless the anonymous id already has one."""
         if self._known.get(pair) is None:
             self._known[pair] = user_id
+
+    def forget_unlinked(self) -> None:
+        """Drop the "no link yet" answers: look those anonymous ids up again."""
+        self._known = {pair: user for pair, user in self._known.items() if user is not None}
 
     def user_for(self, pair: Pair) -> str | None:
         return self._known.get(pair)

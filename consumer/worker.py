@@ -102,17 +102,17 @@ class Worker:
 
     # --- flushing --------------------------------------------------------
     #
-    # A batch is prepared (identities, rows) on this thread, written to ClickHouse on the writer thread
-    # while the next batch is polled and decoded here, and committed here once written: the queue
-    # clients are not thread-safe, and ClickHouse's insert time overlaps with our decoding. At most one
+    # A batch is polled, decoded and prepared (identities, rows) on this thread while the previous one is
+    # written to ClickHouse on the writer thread, and committed here once written: the queue clients are
+    # not thread-safe, and ClickHouse's insert time overlaps with all of our per-event work. At most one
     # batch is being written at a time, so offsets are committed in order.
 
     def flush(self) -> None:
-        """Start writing the batch in hand (after the previous write is finished and committed)."""
+        """Prepare the batch in hand (identities, rows) while the previous one is still being written, then
+        wait for that write, commit it, and start writing this one."""
         batch = self._batch
         if batch.empty():
             return
-        self._finish_write()
         anonymous_only = {(d.envelope.workspace, e["anonymous_id"]) for d in batch.decoded for e in d.envelope.events
                           if e.get("anonymous_id") and not e.get("user_id")}
         self._attempt(lambda: self._identity.prefetch(anonymous_only))
@@ -125,6 +125,7 @@ class Worker:
                 failures.append((item.message, f"cannot build rows: {type(exc).__name__}: {exc}"))
         self._recent.add_all(seen)
         self._batch = self._new_batch()
+        self._finish_write()
         self._in_flight = self._writer_thread.submit(self._write_batch, per_message, failures)
         self._in_flight_offsets = batch.next_offsets
 
@@ -225,3 +226,5 @@ class Worker:
         waits too long is dropped from the group and its uncommitted messages go
         to the next owner."""
         self.drain()
+        # While another member owned them, links may have been made that this one never saw.
+        self._identity.forget_unlinked()

@@ -43,7 +43,8 @@ class Settings:
     # Front door.
     api_bind: str = field(default="127.0.0.1:8080", metadata={"env": "FLOKIT_API_BIND"})
     api_workers: int = field(default_factory=_cpu_count, metadata={"env": "FLOKIT_API_WORKERS"})
-    api_threads: int = field(default=8, metadata={"env": "FLOKIT_API_THREADS"})
+    api_connections: int = field(default=1000, metadata={"env": "FLOKIT_API_CONNECTIONS"})
+    api_keepalive_seconds: int = field(default=5, metadata={"env": "FLOKIT_API_KEEPALIVE_SECONDS"})
     rate_limit_per_minute: int = field(default=100, metadata={"env": "FLOKIT_RATE_LIMIT_PER_MINUTE"})
     enqueue_timeout_seconds: float = field(default=5.0, metadata={"env": "FLOKIT_ENQUEUE_TIMEOUT_SECONDS"})
     max_body_bytes: int = field(default=8 * 1024 * 1024, metadata={"env": "FLOKIT_MAX_BODY_BYTES"})

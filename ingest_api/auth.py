@@ -1,23 +1,25 @@
-"""Who is calling: the workspace comes from the API key, never from the body."""
+"""Who is calling, and may they: the workspace comes from the API key, never
+from the body, and every request counts against that workspace's rate limit."""
 from __future__ import annotations
 
 from flask import Request
 
 from .errors import Unauthorized
-from .state.base import FrontDoorState, Workspace
+from .state.base import FrontDoorState, RateDecision, Workspace
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flokit"'}
 
 
-def authenticate(request: Request, state: FrontDoorState) -> Workspace:
+def admit(request: Request, state: FrontDoorState, default_limit: int, now: float) -> tuple[Workspace, RateDecision]:
+    """The caller's workspace and this request's rate-limit decision, or Unauthorized."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.strip().partition(" ")
     if not header:
         raise Unauthorized("missing_api_key", "send your API key as 'Authorization: Bearer <key>'", headers=_CHALLENGE)
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("invalid_api_key", "the Authorization header must be 'Bearer <key>'", headers=_CHALLENGE)
-    workspace = state.authenticate(token.strip())
-    if workspace is None:
+    admitted = state.admit(token.strip(), default_limit, now)
+    if admitted is None:
         # Never echo the key: it may be a real key of someone else's.
         raise Unauthorized("invalid_api_key", "the API key is unknown or revoked", headers=_CHALLENGE)
-    return workspace
+    return admitted

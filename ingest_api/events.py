@@ -32,8 +32,8 @@ def batch_events():
 def _ingest(batch: bool) -> Response:
     ctx = current_app.extensions["flokit"]
     now = ctx.clock()
-    workspace = auth.authenticate(request, ctx.state)
-    limit_headers = rate_limit.check(ctx.state, workspace, ctx.settings.rate_limit_per_minute, now)
+    workspace, decision = auth.admit(request, ctx.state, ctx.settings.rate_limit_per_minute, now)
+    limit_headers = rate_limit.enforce(decision)
     try:
         response = _handle(ctx, workspace, batch, now)
     except ApiError as exc:

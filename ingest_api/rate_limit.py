@@ -1,8 +1,9 @@
-"""Per-workspace request rate limit, enforced across every front-door process."""
+"""Per-workspace request rate limit, enforced across every front-door process
+(the count itself is taken with the key lookup: FrontDoorState.admit)."""
 from __future__ import annotations
 
 from .errors import RateLimited
-from .state.base import FrontDoorState, RateDecision, Workspace
+from .state.base import RateDecision
 
 
 def headers_for(decision: RateDecision) -> dict[str, str]:
@@ -11,13 +12,12 @@ def headers_for(decision: RateDecision) -> dict[str, str]:
             "RateLimit-Reset": str(decision.reset_seconds)}
 
 
-def check(state: FrontDoorState, workspace: Workspace, default_limit: int, now: float) -> dict[str, str]:
-    """Count this request; the headers to send on the response, or RateLimited."""
-    limit = workspace.rate_limit_per_minute or default_limit
-    decision = state.hit_rate_limit(workspace.name, limit, now)
+def enforce(decision: RateDecision) -> dict[str, str]:
+    """The headers to send on the response, or RateLimited."""
     headers = headers_for(decision)
     if not decision.allowed:
         raise RateLimited("rate_limited",
-                          f"more than {limit} requests per minute for this workspace; retry in {decision.retry_after} s",
+                          f"more than {decision.limit} requests per minute for this workspace; "
+                          f"retry in {decision.retry_after} s",
                           headers={**headers, "Retry-After": str(decision.retry_after)})
     return headers

@@ -66,6 +66,30 @@ def test_rate_limit_allows_the_quota_then_one_per_interval(state):
     assert state.hit_rate_limit("other", 100, T0).remaining == 99
 
 
+def test_admit_authenticates_then_counts_against_the_workspace_limit(state):
+    key = state.create_key("acme")
+    other = state.create_key("other")
+    state.configure_workspace("acme", rate_limit_per_minute=3, strict_events=True)
+    admitted = [state.admit(key, 100, T0) for _ in range(4)]
+    workspace, first = admitted[0]
+    assert (workspace.name, workspace.rate_limit_per_minute, workspace.strict_events) == ("acme", 3, True)
+    assert [d.allowed for _, d in admitted] == [True, True, True, False]
+    assert [d.limit for _, d in admitted] == [3] * 4 and first.remaining == 2
+    assert admitted[3][1].retry_after == 20
+    # A workspace without a limit of its own gets the default; its count is its own.
+    workspace, decision = state.admit(other, 100, T0)
+    assert (workspace.name, workspace.rate_limit_per_minute, decision.limit, decision.remaining) == ("other", None, 100, 99)
+    # A wrong secret, an unknown key or a revoked key is refused, and counts nothing.
+    key_id, secret = split_key(key)
+    assert state.admit(key[:-1] + ("A" if key[-1] != "A" else "B"), 100, T0 + 60) is None
+    assert state.admit("fk_000000000000_" + secret, 100, T0 + 60) is None
+    assert state.admit("not-a-key", 100, T0 + 60) is None
+    assert state.admit(key, 100, T0 + 60)[1].remaining == 2
+    state.revoke_key(key_id)
+    assert state.admit(key, 100, T0 + 120) is None
+    assert state.hit_rate_limit("acme", 3, T0 + 120).remaining == 2
+
+
 def test_rate_limit_is_atomic_across_threads(state):
     results = []
 

@@ -195,6 +195,16 @@ class FrontDoorState(ABC):
     def hit_rate_limit(self, workspace: str, limit: int, now: float) -> RateDecision:
         """Count one request of `workspace` against `limit` per minute, atomically across processes."""
 
+    def admit(self, token: str, default_limit: int, now: float) -> tuple[Workspace, RateDecision] | None:
+        """Every request's first step: authenticate `token`, then count the request
+        against its workspace's limit (`default_limit` if the workspace has none).
+        None for a key that is unknown, malformed or revoked (nothing counted).
+        One method so that a networked store can do it in one round trip."""
+        workspace = self.authenticate(token)
+        if workspace is None:
+            return None
+        return workspace, self.hit_rate_limit(workspace.name, workspace.rate_limit_per_minute or default_limit, now)
+
     # idempotency
     @abstractmethod
     def idempotency_begin(self, workspace: str, key: str, fingerprint: str,

@@ -8,20 +8,40 @@ import redis
 
 from .base import (IDEMPOTENCY_WINDOW_SECONDS, RATE_WINDOW_SECONDS, ApiKeyInfo, FrontDoorState,
                    IdempotencyOutcome, RateDecision, StoredResponse, Workspace, decide_idempotency,
-                   failed_record, finished_record, gcra, new_key, secret_matches, split_key)
+                   failed_record, finished_record, gcra, hash_secret, new_key, secret_matches, split_key)
 
 # GCRA's store step, atomically; returns the previous tat so that Python
 # (base.gcra) computes the decision with the same arithmetic as SQLite's.
-_GCRA = """
-local prev = redis.call('GET', KEYS[1])
-local now, limit, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tat = tonumber(prev) or now
-if tat < now then tat = now end
-local new_tat = tat + window / limit
-if now >= new_tat - window then
-  redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+_GCRA_STEP = """
+local function gcra(rate_key, now, limit, window)
+  local prev = redis.call('GET', rate_key)
+  local tat = tonumber(prev) or now
+  if tat < now then tat = now end
+  local new_tat = tat + window / limit
+  if now >= new_tat - window then
+    redis.call('SET', rate_key, string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+  end
+  return prev
 end
-return prev
+"""
+_GCRA = _GCRA_STEP + """
+return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+"""
+# base.FrontDoorState.admit in one round trip: the key record, its workspace's
+# settings and the GCRA step. Returns false for an unknown or revoked key or a
+# wrong secret (compared as SHA-256 digests, so the comparison's timing tells
+# nothing about the secret), else {workspace, its own limit or '', strict,
+# previous tat or ''}.
+# It derives the workspace's keys from the key record, so it needs a standalone
+# Redis (or a primary with replicas), not Redis Cluster.
+_ADMIT = _GCRA_STEP + """
+local key = redis.call('HMGET', KEYS[1], 'workspace', 'hash', 'revoked')
+if not key[2] or key[2] ~= ARGV[1] or key[3] == '1' then return false end
+local ns, workspace = ARGV[5], key[1]
+local conf = redis.call('HMGET', ns .. ':workspace:' .. workspace, 'rate_limit', 'strict_events')
+local limit = tonumber(conf[1]) or tonumber(ARGV[3])
+local prev = gcra(ns .. ':rate:' .. workspace, tonumber(ARGV[2]), limit, tonumber(ARGV[4]))
+return {workspace, conf[1] or '', conf[2] or '0', prev or ''}
 """
 
 
@@ -30,6 +50,7 @@ class RedisState(FrontDoorState):
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
         self._ns = namespace
         self._gcra = self._redis.register_script(_GCRA)
+        self._admit = self._redis.register_script(_ADMIT)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self._ns, *parts))
@@ -93,6 +114,20 @@ class RedisState(FrontDoorState):
         prev = self._gcra(keys=[self._k("rate", workspace)], args=[repr(now), limit, RATE_WINDOW_SECONDS])
         decision, _ = gcra(float(prev) if prev is not None else None, now, limit)
         return decision
+
+    def admit(self, token: str, default_limit: int, now: float) -> tuple[Workspace, RateDecision] | None:
+        parts = split_key(token)
+        if parts is None:
+            return None
+        key_id, secret = parts
+        found = self._admit(keys=[self._k("key", key_id)],
+                            args=[hash_secret(secret), repr(now), default_limit, RATE_WINDOW_SECONDS, self._ns])
+        if not found:
+            return None
+        name, own_limit, strict, prev = found
+        workspace = Workspace(name.decode(), int(own_limit) if own_limit else None, strict == b"1")
+        decision, _ = gcra(float(prev) if prev else None, now, workspace.rate_limit_per_minute or default_limit)
+        return workspace, decision
 
     # idempotency: WATCH/MULTI so the rules stay in base.decide_idempotency
     def idempotency_begin(self, workspace: str, key: str, fingerprint: str,
