@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kafka-port", type=int, default=int(os.environ.get("KAFKA_PORT", "19092")))
     parser.add_argument("--redis-port", type=int, default=int(os.environ.get("REDIS_PORT", "16379")))
     parser.add_argument("--env", action="append", default=[], metavar="FLOKIT_X=V",
-                        help="a setting for every process started (e.g. FLOKIT_API_THREADS=16); repeatable")
+                        help="a setting for every process started (e.g. FLOKIT_BATCH_MAX_EVENTS=20000); repeatable")
     parser.add_argument("--keep", action="store_true", help="keep the run's data dirs and topics")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
@@ -249,7 +249,8 @@ class Run:
         self.key = self.state.create_key(self.workspace)
         R["config"].update({"workspace": self.workspace, "rate_limit_per_minute": 10**9,
                             "api_workers": int(os.environ.get("FLOKIT_API_WORKERS") or len(os.sched_getaffinity(0))),
-                            "api_threads": int(os.environ.get("FLOKIT_API_THREADS") or 8),
+                            "api_worker_class": "gevent",
+                            "api_connections": int(os.environ.get("FLOKIT_API_CONNECTIONS") or 1000),
                             "batch_max_events": int(os.environ.get("FLOKIT_BATCH_MAX_EVENTS") or 50_000),
                             "kafka": self.bootstrap, "redis": self.redis_url, "warehouse": self.warehouse_url})
         requests = list(workload.request_records(normalized, 4, self.workspace))

@@ -49,7 +49,7 @@ CATEGORIES: list[tuple[str, str]] = [
     ("ingest_api/body.py", "body read + JSON parse"),
     ("ingest_api/enqueue.py", "enqueue: grouping by partition"),
     ("clickhouse_connect/", "clickhouse-connect (Native serialisation, HTTP)"),
-    ("schemas/warehouse.py", "row building (schemas.warehouse.event_document)"),
+    ("schemas/warehouse.py", "row building (schemas.warehouse.event_row)"),
     ("consumer/identity.py", "identity lookups (consumer)"),
     ("consumer/", "consumer logic (decode, batch, dedupe, rows)"),
     ("deploy/queue/local_log", "local log (SQLite)"),

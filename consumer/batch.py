@@ -22,7 +22,7 @@ class Batch:
             self.started_at = now
         if isinstance(item, Decoded):
             self.decoded.append(item)
-            self.events += len(item.envelope.events)
+            self.events += len(item.envelope.refs)
         else:
             self.undecodable.append(item)
         message = item.message
@@ -32,10 +32,14 @@ class Batch:
     def empty(self) -> bool:
         return not self.next_offsets
 
-    def due(self, now: float) -> bool:
+    def due(self, now: float, caught_up: bool = False) -> bool:
+        """Full, or max_seconds old; or, once the queue has nothing more for now (`caught_up`), a quarter
+        of that: a consumer that has caught up does not sit on events, yet a trickle of events still
+        makes at most a few inserts a second (ClickHouse prefers few, large inserts)."""
         if self.empty():
             return False
-        return self.events >= self.max_events or now - self.started_at >= self.max_seconds
+        age = now - self.started_at
+        return self.events >= self.max_events or age >= self.max_seconds or (caught_up and age >= self.max_seconds / 4)
 
     def seconds_left(self, now: float) -> float:
         return self.max_seconds if self.started_at is None else max(0.0, self.started_at + self.max_seconds - now)

@@ -22,12 +22,14 @@ log = logging.getLogger("flokit.consumer")
 
 
 def build_worker(settings: Settings) -> Worker:
-    client = warehouse.connect(settings)
+    # Two clients: identity lookups (the poll thread) run while the writer thread inserts, and a
+    # clickhouse-connect client refuses concurrent queries in its session.
+    lookups, writes = warehouse.connect(settings), warehouse.connect(settings)
     dlq = DeadLetters(components.make_dead_letter_publisher(settings), settings.topic,
                       settings.enqueue_timeout_seconds)
-    identity = IdentityCache(lambda pairs: warehouse.resolve_links(client, settings.clickhouse_database, pairs))
+    identity = IdentityCache(lambda pairs: warehouse.resolve_links(lookups, settings.clickhouse_database, pairs))
     return Worker(settings, lambda on_revoke: components.make_subscriber(settings, on_revoke=on_revoke),
-                  BatchWriter(client, settings.clickhouse_database), dlq, identity)
+                  BatchWriter(writes, settings.clickhouse_database), dlq, identity)
 
 
 def main(settings: Settings) -> int:

@@ -10,7 +10,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from deploy.queue.base import CommitFailed, Message, Subscriber
 from deploy.settings import Settings
@@ -36,8 +36,8 @@ class Stopped(Exception):
 @dataclass
 class _MessageRows:
     message: Message
-    events: list[dict]  # schemas.warehouse documents
-    links: list[dict]
+    events: bytes  # its events' JSONEachRow rows (schemas.warehouse.event_row), one per line
+    links: list[dict]  # schemas.warehouse.link_document
     event_ids: list[str]
 
 
@@ -90,14 +90,15 @@ class Worker:
         # as the batch has room for events, by the running average, so batches (and memory) stay bounded.
         room = max(1, self._settings.batch_max_events - self._batch.events)
         wanted = max(1, min(10_000, int(room / self._events_per_message)))
-        for message in self._subscriber.poll(wanted, timeout=min(0.5, self._batch.seconds_left(now))):
+        messages = self._subscriber.poll(wanted, timeout=min(0.5, self._batch.seconds_left(now)))
+        for message in messages:
             item = decode(message)
             self._batch.add(item, self._clock())
             if isinstance(item, Decoded):
-                self._events_per_message = 0.8 * self._events_per_message + 0.2 * max(1, len(item.envelope.events))
+                self._events_per_message = 0.8 * self._events_per_message + 0.2 * max(1, len(item.envelope.refs))
         if self._in_flight is not None and self._in_flight.done():
             self._finish_write()
-        if self._batch.due(self._clock()):
+        if self._batch.due(self._clock(), caught_up=not messages):
             self.flush()
 
     # --- flushing --------------------------------------------------------
@@ -113,8 +114,8 @@ class Worker:
         batch = self._batch
         if batch.empty():
             return
-        anonymous_only = {(d.envelope.workspace, e["anonymous_id"]) for d in batch.decoded for e in d.envelope.events
-                          if e.get("anonymous_id") and not e.get("user_id")}
+        anonymous_only = {(d.envelope.workspace, anonymous_id) for d in batch.decoded
+                          for _, anonymous_id, user_id, _ in d.envelope.refs if anonymous_id and not user_id}
         self._attempt(lambda: self._identity.prefetch(anonymous_only))
         failures = [(u.message, u.reason) for u in batch.undecodable]
         per_message, seen = [], set()
@@ -163,21 +164,24 @@ class Worker:
     def _rows(self, message: Message, env, seen: set[str]) -> _MessageRows:
         workspace = env.workspace
         ingested_at = envelope.iso_ms(time.time())
-        rows = _MessageRows(message, [], [], [])
-        for event in env.events:
-            event_id = event["event_id"]
+        unlinked = warehouse.row_suffix(ingested_at, None)
+        rows = _MessageRows(message, b"", [], [])
+        events = []
+        for (event_id, anonymous_id, user_id, timestamp), line in zip(env.refs, env.rows):
             if event_id in self._recent or event_id in seen:
                 continue
             seen.add(event_id)
-            anonymous_id, user_id = event.get("anonymous_id"), event.get("user_id")
-            linked = None
+            suffix = unlinked
             if anonymous_id and user_id:
                 self._identity.link((workspace, anonymous_id), user_id)
-                rows.links.append(warehouse.link_document(workspace, event))
+                rows.links.append(warehouse.link_document(workspace, event_id, anonymous_id, user_id, timestamp))
             elif anonymous_id:
                 linked = self._identity.user_for((workspace, anonymous_id))
-            rows.events.append(warehouse.event_document(workspace, env.received_at, event, linked, ingested_at))
+                if linked is not None:
+                    suffix = warehouse.row_suffix(ingested_at, linked)
+            events.append(warehouse.event_row(line, suffix))
             rows.event_ids.append(event_id)
+        rows.events = b"\n".join(events)
         return rows
 
     def _write(self, per_message: list[_MessageRows]) -> list[tuple[Message, str]]:
@@ -199,10 +203,12 @@ class Worker:
     def _write_rows(self, per_message: list[_MessageRows]) -> None:
         ids = [i for rows in per_message for i in rows.event_ids]
         token = hashlib.sha256("\n".join(ids).encode()).hexdigest()
-        self._writer.write(warehouse.LINKS_TABLE, warehouse.LINK_COLUMNS,
-                           [r for rows in per_message for r in rows.links], token + ":links")
-        self._writer.write(warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS,
-                           [r for rows in per_message for r in rows.events], token)
+        links = [r for rows in per_message for r in rows.links]
+        self._writer.write(warehouse.LINKS_TABLE, warehouse.LINK_COLUMNS, warehouse.encode(links) if links else b"",
+                           token + ":links")
+        if ids:
+            self._writer.write(warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS,
+                               _lines(rows.events for rows in per_message), token)
 
     def _attempt(self, action: Callable[[], None]) -> None:
         """Run `action`; while the warehouse or the dead-letter queue is
@@ -228,3 +234,12 @@ class Worker:
         self.drain()
         # While another member owned them, links may have been made that this one never saw.
         self._identity.forget_unlinked()
+
+
+def _lines(bodies: Iterable[bytes]) -> Iterator[bytes]:
+    """Message bodies streamed as one JSONEachRow body (clickhouse-connect sends an iterator chunked),
+    without joining a batch's worth of bytes into one more copy."""
+    for body in bodies:
+        if body:
+            yield body
+            yield b"\n"

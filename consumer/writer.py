@@ -8,11 +8,11 @@ retries the same batch and commits nothing meanwhile.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-from schemas.warehouse import INSERT_FORMAT, INSERT_SETTINGS, encode
+from schemas.warehouse import INSERT_FORMAT, INSERT_SETTINGS
 
 # ClickHouse error codes that mean "this data", not "this server".
 _DATA_ERROR_CODES = {
@@ -41,13 +41,14 @@ class BatchWriter:
         self._client = client
         self._qualifier = "`" + database.replace("\\", "\\\\").replace("`", "\\`") + "`."
 
-    def write(self, table: str, columns: Sequence[str], documents: list[dict], token: str) -> None:
-        """Insert `documents` (schemas.warehouse rows) as one block. ClickHouse drops a block whose
-        token it has seen recently, so writing the same batch again stores it once."""
-        if not documents:
+    def write(self, table: str, columns: Sequence[str], body: bytes | Iterable[bytes], token: str) -> None:
+        """Insert `body` (JSONEachRow rows, schemas.warehouse; bytes or an iterator of chunks) as one
+        block. ClickHouse drops a block whose token it has seen recently, so writing the same batch again
+        stores it once."""
+        if isinstance(body, bytes) and not body:
             return
         try:
-            self._client.raw_insert(self._qualifier + table, columns, encode(documents), fmt=INSERT_FORMAT,
+            self._client.raw_insert(self._qualifier + table, columns, body, fmt=INSERT_FORMAT,
                                     settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
         except OperationalError:
             raise

@@ -1,14 +1,23 @@
-"""The queue's record format: a versioned JSON envelope (contract between the
-front door and the consumers).
+"""The queue's record format: a versioned envelope (contract between the front
+door and the consumers).
 
 One record carries the accepted events of one request that fall in one
 partition, so a 1,000-event batch costs a handful of queue appends rather than
-a thousand. Version 1:
+a thousand. Version 2 is a JSON header line, then one line per event:
 
-    {"v": 1, "workspace": "acme", "received_at": "2026-11-26T10:00:00.123Z",
-     "events": [{"event_id": "evt_…", "event": "paywall_viewed",
-                 "user_id": "usr_1" | null, "anonymous_id": "dev_9" | null,
-                 "timestamp": "2024-03-15T14:22:00.000Z", "properties": {…}}, …]}
+    {"v":2,"workspace":"acme","received_at":"2026-11-26T10:00:00.123Z",
+     "events":[["evt_…","dev_9"|null,"usr_1"|null,"2024-03-15T14:22:00.000Z"],…]}
+    {"workspace":"acme","received_at":"…","event_id":"evt_…","event":"paywall_viewed",
+     "user_id":"usr_1"|null,"anonymous_id":"dev_9"|null,"timestamp":"…","properties":{…}}
+    …
+
+The header lists each event's [event_id, anonymous_id, user_id, timestamp]:
+all a consumer needs to dedupe and link identities. Each event line is already
+the event's `events` row as ClickHouse's JSONEachRow reads it, less the two
+columns only a consumer knows (schemas.warehouse.event_row appends them), so a
+consumer never parses or re-serialises an event's properties: it passes the
+front door's bytes through. orjson never writes a raw newline inside JSON, so
+the lines split cleanly.
 
 Partitioning: an event's partition comes from its anonymous_id when it has one,
 else its user_id. Every event of one device therefore lands on one partition in
@@ -24,7 +33,7 @@ from typing import Any, Sequence
 
 import orjson
 
-VERSION = 1
+VERSION = 2
 # Kafka brokers refuse records over 1 MiB by default (message.max.bytes); a
 # request's events are split across records to stay well under it.
 MAX_RECORD_BYTES = 900_000
@@ -38,7 +47,12 @@ class EnvelopeError(ValueError):
 class Envelope:
     workspace: str
     received_at: str
-    events: list[dict[str, Any]]
+    refs: list[list]  # per event: [event_id, anonymous_id, user_id, timestamp]
+    rows: list[bytes]  # per event: its JSONEachRow line, in the order of refs
+
+    def documents(self) -> list[dict[str, Any]]:
+        """The event lines parsed (for tools and tests; consumers pass the bytes through)."""
+        return [orjson.loads(row) for row in self.rows]
 
 
 def partition_key(event: dict[str, Any]) -> str:
@@ -57,35 +71,44 @@ def iso_ms(ts: float) -> str:
 
 def encode_records(workspace: str, received_at: str, events: Sequence[dict[str, Any]],
                    max_bytes: int = MAX_RECORD_BYTES) -> list[bytes]:
-    """`events` as one or more envelopes, each at most about `max_bytes` long.
-
-    Events are serialised once each and joined, so splitting costs nothing; an
-    event larger than `max_bytes` on its own still gets an envelope of its own.
-    """
-    head = b'{"v":%d,"workspace":%s,"received_at":%s,"events":[' % (VERSION, orjson.dumps(workspace), orjson.dumps(received_at))
-    records, chunk, size = [], [], len(head) + 2
-    for encoded in map(orjson.dumps, events):
-        if chunk and size + len(encoded) + 1 > max_bytes:
-            records.append(head + b",".join(chunk) + b"]}")
-            chunk, size = [], len(head) + 2
-        chunk.append(encoded)
-        size += len(encoded) + 1
-    if chunk:
-        records.append(head + b",".join(chunk) + b"]}")
+    """Validated events (each with its event_id) as one or more envelopes, each at
+    most about `max_bytes` long; an event larger than that on its own still gets
+    an envelope of its own. Each event is serialised once."""
+    fields = b'"workspace":%s,"received_at":%s' % (orjson.dumps(workspace), orjson.dumps(received_at))
+    head, row_head = b'{"v":%d,%s,"events":[' % (VERSION, fields), b"{" + fields + b","
+    records, refs, rows, size = [], [], [], 0
+    for event in events:
+        row = row_head + orjson.dumps(event)[1:]
+        ref = orjson.dumps([event["event_id"], event.get("anonymous_id"), event.get("user_id"), event["timestamp"]])
+        if rows and size + len(row) + len(ref) + 2 > max_bytes:
+            records.append(head + b",".join(refs) + b"]}\n" + b"\n".join(rows))
+            refs, rows, size = [], [], 0
+        refs.append(ref)
+        rows.append(row)
+        size += len(row) + len(ref) + 2
+    if rows:
+        records.append(head + b",".join(refs) + b"]}\n" + b"\n".join(rows))
     return records
 
 
 def decode(value: bytes) -> Envelope:
+    header, _, body = value.partition(b"\n")
     try:
-        doc = orjson.loads(value)
+        doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        raise EnvelopeError(f"not JSON: {exc}") from None
+        raise EnvelopeError(f"header is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("v") != VERSION:
         raise EnvelopeError(f"unsupported envelope version: {doc.get('v') if isinstance(doc, dict) else type(doc).__name__}")
-    workspace, received_at, events = doc.get("workspace"), doc.get("received_at"), doc.get("events")
-    if not isinstance(workspace, str) or not isinstance(received_at, str) or not isinstance(events, list):
+    workspace, received_at, refs = doc.get("workspace"), doc.get("received_at"), doc.get("events")
+    if not isinstance(workspace, str) or not isinstance(received_at, str) or not isinstance(refs, list):
         raise EnvelopeError("envelope lacks workspace, received_at or events")
-    for event in events:
-        if not isinstance(event, dict) or not isinstance(event.get("event_id"), str) or not isinstance(event.get("event"), str):
-            raise EnvelopeError("an event in the envelope lacks event_id or event")
-    return Envelope(workspace, received_at, events)
+    for ref in refs:
+        if not isinstance(ref, list) or len(ref) != 4 or not isinstance(ref[0], str) or not isinstance(ref[3], str):
+            raise EnvelopeError("an event in the header is not [event_id, anonymous_id, user_id, timestamp]")
+    rows = body.split(b"\n") if body else []
+    if len(rows) != len(refs):
+        raise EnvelopeError(f"the header lists {len(refs)} events but {len(rows)} event lines follow")
+    for row in rows:
+        if not (row.startswith(b"{") and row.endswith(b"}")):
+            raise EnvelopeError("an event line is not a JSON object")
+    return Envelope(workspace, received_at, refs, rows)

@@ -4,17 +4,19 @@ Everything reaches ClickHouse through clickhouse-connect (the embedded `flokit w
 server, same code). The tables themselves are created by schemas/migrations (`flokit migrate`);
 docs/analytics.md describes them column by column.
 
-A consumer, per batch of envelopes::
+A consumer, per batch of envelopes (schemas.envelope)::
 
     client = connect(settings)
-    known = resolve_links(client, settings.clickhouse_database, {(ws, anon) for ...})
-    docs = [event_document(ws, received_at, event, known.get((ws, event["anonymous_id"])), now) for ...]
-    client.raw_insert(EVENTS_TABLE, EVENT_COLUMNS, encode(docs), fmt=INSERT_FORMAT,
+    known = resolve_links(client, settings.clickhouse_database, {(ws, anonymous_id) for ...})
+    suffix = row_suffix(ingested_at, known.get((ws, anonymous_id)))
+    body = b"\\n".join(event_row(row, suffix) for row in envelope.rows ...)
+    client.raw_insert(EVENTS_TABLE, EVENT_COLUMNS, body, fmt=INSERT_FORMAT,
                       settings={**INSERT_SETTINGS, "insert_deduplication_token": batch_token})
 
-Rows travel as JSONEachRow: the envelope's events are already JSON-shaped, so building a row is adding
-four keys to a dict, and one orjson call serialises a whole batch; ClickHouse parses it in C++ and fills
-the typed property columns itself (their DEFAULT expressions), so no property is converted in Python.
+Rows travel as JSONEachRow: the front door already wrote each event as its row (less ingested_at and
+linked_user_id, which a consumer appends), so a consumer passes the bytes through; ClickHouse parses them in
+C++ and fills the typed property columns itself (their DEFAULT expressions), so no property is converted or
+even parsed in Python.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ __all__ = [
     "EVENTS_TABLE", "LINKS_TABLE", "IDENTITY_MAP_TABLE", "IDENTITY_RESOLVED_VIEW", "EVENTS_DEDUPED_VIEW",
     "EVENTS_RESOLVED_VIEW", "PAYWALL_FUNNEL_VIEW", "MIGRATIONS_TABLE",
     "BASE_COLUMNS", "PROPERTY_COLUMNS", "EVENT_COLUMNS", "LINK_COLUMNS",
-    "INSERT_FORMAT", "INSERT_SETTINGS", "event_document", "link_document", "encode", "is_link",
+    "INSERT_FORMAT", "INSERT_SETTINGS", "row_suffix", "event_row", "link_document", "encode", "is_link",
     "resolve_links", "connect", "migrate", "describe_url",
     "WarehouseUnreachable",
 ]
@@ -62,7 +64,7 @@ PROPERTY_COLUMNS: tuple[str, ...] = (
     "transaction_id", "original_transaction_id",
 )
 
-#: The columns a consumer inserts into `events` (the keys of an event_document); the typed property
+#: The columns a consumer inserts into `events` (the keys of an event_row); the typed property
 #: columns are not among them: ClickHouse computes those.
 EVENT_COLUMNS: tuple[str, ...] = BASE_COLUMNS
 
@@ -80,24 +82,21 @@ INSERT_SETTINGS: dict[str, int | str] = {
 }
 
 
-def event_document(workspace: str, received_at: str, event: dict, linked_user_id: str | None,
-                   ingested_at: str) -> dict:
-    """The `events` row of a validated event of an envelope, as a JSONEachRow document.
+def row_suffix(ingested_at: str, linked_user_id: str | None) -> bytes:
+    """What completes an envelope's event line (schemas.envelope) into an `events` row: the two columns
+    only a consumer knows. `linked_user_id`: the user id the consumer already knew for the event's
+    anonymous_id (None if none, or if the event carries its own user_id). Times are ISO 8601 strings
+    (schemas.envelope.iso_ms)."""
+    return b',"ingested_at":%s,"linked_user_id":%s}' % (orjson.dumps(ingested_at), orjson.dumps(linked_user_id))
 
-    The event dict already holds event_id, event, user_id, anonymous_id, timestamp and properties under
-    their column names; this adds the envelope's fields to it (in place, no copy) and returns it.
-    `linked_user_id`: the user id the consumer already knew for this event's anonymous_id (None if none,
-    or if the event carries its own user_id). Times are ISO 8601 strings (schemas.envelope.iso_ms).
-    """
-    event["workspace"] = workspace
-    event["received_at"] = received_at
-    event["ingested_at"] = ingested_at
-    event["linked_user_id"] = linked_user_id
-    return event
+
+def event_row(line: bytes, suffix: bytes) -> bytes:
+    """An envelope's event line (a JSON object) completed with a row_suffix, as one JSONEachRow row."""
+    return line[:-1] + suffix
 
 
 def encode(documents: list[dict]) -> bytes:
-    """A batch of documents as one JSONEachRow body (ClickHouse reads a JSON array of objects)."""
+    """Row documents (dicts) as one JSONEachRow body (ClickHouse reads a JSON array of objects)."""
     return orjson.dumps(documents)
 
 
@@ -106,13 +105,13 @@ def is_link(event: dict) -> bool:
     return bool(event.get("user_id")) and bool(event.get("anonymous_id"))
 
 
-def link_document(workspace: str, event: dict) -> dict:
+def link_document(workspace: str, event_id: str, anonymous_id: str | None, user_id: str | None,
+                  timestamp: str) -> dict:
     """The `identity_links` row of an event that carries both ids, as a JSONEachRow document."""
-    anonymous_id, user_id = event.get("anonymous_id"), event.get("user_id")
     if not anonymous_id or not user_id:
-        raise ValueError(f"event {event.get('event_id')!r} does not carry both anonymous_id and user_id")
+        raise ValueError(f"event {event_id!r} does not carry both anonymous_id and user_id")
     return {"workspace": workspace, "anonymous_id": anonymous_id, "user_id": user_id,
-            "timestamp": event["timestamp"], "event_id": event["event_id"]}
+            "timestamp": timestamp, "event_id": event_id}
 
 
 def resolve_links(client, database: str, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], str]:

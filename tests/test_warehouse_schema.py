@@ -2,7 +2,7 @@
 warehouse: migrations, row builders, deduplication before any merge, identity resolution.
 
 The seeded world below (seed_world) is shared with tests/test_analytics_docs.py and tests/test_sql_cli.py;
-it is inserted the way the consumer inserts: event_document/link_document through the consumer's own
+it is inserted the way the consumer inserts: envelope lines completed by event_row, and link_document, through the consumer's own
 BatchWriter (clickhouse-connect, JSONEachRow), with insert_deduplication_token, merges stopped so every
 duplicate is physically present.
 """
@@ -19,14 +19,14 @@ import orjson
 import pytest
 
 from deploy.settings import Settings
-from schemas import warehouse
+from schemas import envelope, warehouse
 from schemas.migrations import (
     Migration, MigrationError, Topology, apply_migrations, bootstrap_statements, load_migrations, main as migrate_main,
     render, render_all,
 )
 from schemas.taxonomy import PROPERTY_TYPES
 from consumer.writer import BatchWriter
-from schemas.warehouse import EVENT_COLUMNS, LINK_COLUMNS, event_document, link_document, resolve_links
+from schemas.warehouse import EVENT_COLUMNS, LINK_COLUMNS, event_row, link_document, resolve_links, row_suffix
 
 from .warehouse_process import start_warehouse, stop_warehouse
 
@@ -118,13 +118,23 @@ WORLD_EVENTS = len(WORLD)  # 31 distinct events
 ACME_EVENTS = sum(1 for ws, _, _ in WORLD if ws == "acme")  # 29
 
 
+def event_rows(items) -> bytes:
+    """(workspace, event, linked_user_id) items as the consumer's JSONEachRow body: each event's line
+    from a front-door envelope, completed by the consumer's suffix."""
+    rows = []
+    for ws, e, linked in items:
+        [line] = envelope.decode(envelope.encode_records(ws, RECEIVED_AT, [e])[0]).rows
+        rows.append(event_row(line, row_suffix(INGESTED_AT, linked)))
+    return b"\n".join(rows)
+
+
 def insert_batch(client, database: str, items, token: str) -> None:
     """What the consumer does per batch: links, then events, each with the batch's dedup token."""
     writer = BatchWriter(client, database)
-    links = [link_document(ws, e) for ws, e, _ in items if warehouse.is_link(e)]
-    events = [event_document(ws, RECEIVED_AT, dict(e), linked, INGESTED_AT) for ws, e, linked in items]
-    writer.write(warehouse.LINKS_TABLE, LINK_COLUMNS, links, token + ":links")
-    writer.write(warehouse.EVENTS_TABLE, EVENT_COLUMNS, events, token)
+    links = [link_document(ws, e["event_id"], e["anonymous_id"], e["user_id"], e["timestamp"])
+             for ws, e, _ in items if warehouse.is_link(e)]
+    writer.write(warehouse.LINKS_TABLE, LINK_COLUMNS, warehouse.encode(links) if links else b"", token + ":links")
+    writer.write(warehouse.EVENTS_TABLE, EVENT_COLUMNS, event_rows(items), token)
 
 
 def seed_world(client, database: str) -> None:
@@ -343,13 +353,15 @@ def test_event_columns_match_the_table(client, world):
     assert tuple(r[0] for r in client.query(f"DESCRIBE TABLE {world}.identity_links").result_rows) == LINK_COLUMNS
 
 
-def test_event_document_adds_the_envelope_fields_in_place():
+def test_event_row_completes_an_envelope_line_into_an_events_row():
     event = {"event_id": "evt_1", "event": "purchase_completed", "user_id": "u1", "anonymous_id": None,
-             "timestamp": "2024-03-15T14:22:00.123Z", "properties": {"price": 59}}
-    doc = event_document("acme", "2024-03-15T14:22:01.000Z", event, "u9", "2024-03-15T14:22:02.000Z")
-    assert doc is event and set(doc) == set(EVENT_COLUMNS)
-    assert (doc["workspace"], doc["received_at"], doc["ingested_at"], doc["linked_user_id"]) == \
-        ("acme", "2024-03-15T14:22:01.000Z", "2024-03-15T14:22:02.000Z", "u9")
+             "timestamp": "2024-03-15T14:22:00.123Z", "properties": {"price": 59, "note": "a\nb"}}
+    [line] = envelope.decode(envelope.encode_records("acme", "2024-03-15T14:22:01.000Z", [event])[0]).rows
+    doc = orjson.loads(event_row(line, row_suffix("2024-03-15T14:22:02.000Z", "u9")))
+    assert set(doc) == set(EVENT_COLUMNS)
+    assert doc == {**event, "workspace": "acme", "received_at": "2024-03-15T14:22:01.000Z",
+                   "ingested_at": "2024-03-15T14:22:02.000Z", "linked_user_id": "u9"}
+    assert orjson.loads(event_row(line, row_suffix("2024-03-15T14:22:02.000Z", None)))["linked_user_id"] is None
 
 
 def test_the_warehouse_types_the_property_columns(client, warehouse_url):
@@ -360,11 +372,10 @@ def test_the_warehouse_types_the_property_columns(client, warehouse_url):
             "trial_length_days": 7, "currency": "USD", "plan_ids": ["a", "b"], "note": "hé ✓", "nested": {"a": [1, 2]}}
     odd = {"revenue": True, "trial_length_days": "seven", "renewal_number": 2 ** 64 - 1, "offer_id": ["x"],
            "currency": {"c": 1}}  # types only a producer that bypassed the front door could send
-    docs = [event_document("acme", RECEIVED_AT, {"event_id": f"evt_{i}", "event": "purchase_completed",
-                                                 "user_id": "u1", "anonymous_id": None,
-                                                 "timestamp": "2024-03-15T14:22:00.123+02:00", "properties": p},
-                           None, INGESTED_AT) for i, p in enumerate((good, odd, {}))]
-    BatchWriter(client, database).write(warehouse.EVENTS_TABLE, EVENT_COLUMNS, docs, "typed")
+    body = event_rows([("acme", {"event_id": f"evt_{i}", "event": "purchase_completed", "user_id": "u1",
+                                 "anonymous_id": None, "timestamp": "2024-03-15T14:22:00.123+02:00", "properties": p},
+                        None) for i, p in enumerate((good, odd, {}))])
+    BatchWriter(client, database).write(warehouse.EVENTS_TABLE, EVENT_COLUMNS, body, "typed")
     rows = {r["event_id"]: r for r in client.query(
         f"SELECT * FROM {database}.events ORDER BY event_id").named_results()}
     first = rows["evt_0"]
@@ -387,13 +398,16 @@ def test_the_warehouse_types_the_property_columns(client, warehouse_url):
 def test_link_document():
     event = {"event_id": "evt_9", "event": "login", "user_id": "u", "anonymous_id": "d",
              "timestamp": "2024-03-15T14:22:00.500Z", "properties": {}}
-    assert link_document("acme", event) == {"workspace": "acme", "anonymous_id": "d", "user_id": "u",
-                                            "timestamp": "2024-03-15T14:22:00.500Z", "event_id": "evt_9"}
-    assert set(link_document("acme", event)) == set(LINK_COLUMNS)
+    def link(e):
+        return link_document("acme", e["event_id"], e["anonymous_id"], e["user_id"], e["timestamp"])
+
+    assert link(event) == {"workspace": "acme", "anonymous_id": "d", "user_id": "u",
+                           "timestamp": "2024-03-15T14:22:00.500Z", "event_id": "evt_9"}
+    assert set(link(event)) == set(LINK_COLUMNS)
     assert warehouse.is_link(event)
     for missing in ({"user_id": None}, {"anonymous_id": None}):
         with pytest.raises(ValueError):
-            link_document("acme", {**event, **missing})
+            link({**event, **missing})
         assert not warehouse.is_link({**event, **missing})
 
 
