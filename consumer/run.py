@@ -22,14 +22,15 @@ log = logging.getLogger("flokit.consumer")
 
 
 def build_worker(settings: Settings) -> Worker:
-    # Two clients: identity lookups (the poll thread) run while the writer thread inserts, and a
-    # clickhouse-connect client refuses concurrent queries in its session.
-    lookups, writes = warehouse.connect(settings), warehouse.connect(settings)
+    # A client for each thread that queries at once: identity lookups (the poll thread) run while writer
+    # threads insert, and a clickhouse-connect client refuses concurrent queries in its session.
+    lookups = warehouse.connect(settings)
+    writers = [BatchWriter(warehouse.connect(settings), settings.clickhouse_database) for _ in range(2)]
     dlq = DeadLetters(components.make_dead_letter_publisher(settings), settings.topic,
                       settings.enqueue_timeout_seconds)
     identity = IdentityCache(lambda pairs: warehouse.resolve_links(lookups, settings.clickhouse_database, pairs))
     return Worker(settings, lambda on_revoke: components.make_subscriber(settings, on_revoke=on_revoke),
-                  BatchWriter(writes, settings.clickhouse_database), dlq, identity)
+                  writers, dlq, identity)
 
 
 def main(settings: Settings) -> int:

@@ -8,9 +8,11 @@ import hashlib
 import logging
 import threading
 import time
+import queue
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 from deploy.queue.base import CommitFailed, Message, Subscriber
 from deploy.settings import Settings
@@ -36,16 +38,19 @@ class Stopped(Exception):
 @dataclass
 class _MessageRows:
     message: Message
-    events: bytes  # its events' JSONEachRow rows (schemas.warehouse.event_row), one per line
+    events: bytes | memoryview  # its events' JSONEachRow rows (schemas.warehouse.event_row), one per line
     links: list[dict]  # schemas.warehouse.link_document
     event_ids: list[str]
 
 
 class Worker:
-    def __init__(self, settings: Settings, make_subscriber: Callable[..., Subscriber], writer: BatchWriter,
+    def __init__(self, settings: Settings, make_subscriber: Callable[..., Subscriber], writers: Sequence[BatchWriter],
                  dead_letters: DeadLetters, identity: IdentityCache, clock: Callable[[], float] = time.monotonic):
+        """`writers`: one per batch that may be written at once (each with its own warehouse client)."""
         self._settings = settings
-        self._writer = writer
+        self._idle_writers: queue.SimpleQueue[BatchWriter] = queue.SimpleQueue()
+        for writer in writers:
+            self._idle_writers.put(writer)
         self._dead_letters = dead_letters
         self._identity = identity
         self._clock = clock
@@ -54,9 +59,10 @@ class Worker:
         self._stop_at = 0.0
         self._batch = self._new_batch()
         self.flushed_events = 0  # written to the warehouse by this worker (for logs and tests)
-        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
-        self._in_flight: Future | None = None
-        self._in_flight_offsets: dict[int, int] = {}
+        self._max_in_flight = len(writers)
+        self._write_threads = ThreadPoolExecutor(max_workers=self._max_in_flight, thread_name_prefix="writer")
+        # Batches being written, oldest first, with the offsets to commit once each is written.
+        self._in_flight: deque[tuple[Future, dict[int, int]]] = deque()
         # Start from a batch request's share of one partition (1,000 events over a few partitions), so the
         # very first poll does not ask for a whole batch's worth of messages of unknown size.
         self._events_per_message = 250.0
@@ -71,7 +77,7 @@ class Worker:
         self._stop.set()
 
     def run(self) -> None:
-        gc.disable()  # see _finish_write()
+        gc.disable()  # see _finish_oldest_write()
         try:
             while not self._stop.is_set():
                 self.step()
@@ -80,7 +86,7 @@ class Worker:
             log.warning("stopped while the warehouse was unavailable; the batch in hand was not committed"
                         " and will be delivered again")
         finally:
-            self._writer_thread.shutdown(wait=True)
+            self._write_threads.shutdown(wait=True)
             self._subscriber.close()
 
     def step(self) -> None:
@@ -96,21 +102,22 @@ class Worker:
             self._batch.add(item, self._clock())
             if isinstance(item, Decoded):
                 self._events_per_message = 0.8 * self._events_per_message + 0.2 * max(1, len(item.envelope.refs))
-        if self._in_flight is not None and self._in_flight.done():
-            self._finish_write()
+        while self._in_flight and self._in_flight[0][0].done():
+            self._finish_oldest_write()
         if self._batch.due(self._clock(), caught_up=not messages):
             self.flush()
 
     # --- flushing --------------------------------------------------------
     #
-    # A batch is polled, decoded and prepared (identities, rows) on this thread while the previous one is
-    # written to ClickHouse on the writer thread, and committed here once written: the queue clients are
-    # not thread-safe, and ClickHouse's insert time overlaps with all of our per-event work. At most one
-    # batch is being written at a time, so offsets are committed in order.
+    # A batch is polled, decoded and prepared (identities, rows) on this thread while earlier ones are
+    # written to ClickHouse on writer threads (as many at once as there are writers: ClickHouse runs
+    # inserts in parallel), and committed here once written, oldest first, so offsets are committed in
+    # order: a batch's offsets only after it and every batch before it are written. The queue clients are
+    # not thread-safe: only this thread polls and commits.
 
     def flush(self) -> None:
-        """Prepare the batch in hand (identities, rows) while the previous one is still being written, then
-        wait for that write, commit it, and start writing this one."""
+        """Prepare the batch in hand (identities, rows) while earlier ones are still being written, then
+        start writing it (after the oldest write is finished and committed, if all writers are busy)."""
         batch = self._batch
         if batch.empty():
             return
@@ -119,35 +126,43 @@ class Worker:
         self._attempt(lambda: self._identity.prefetch(anonymous_only))
         failures = [(u.message, u.reason) for u in batch.undecodable]
         per_message, seen = [], set()
-        for item in batch.decoded:
+        # Oldest first (links before the events they stamp); each envelope's lines are let go as soon as
+        # its rows are built, so a batch is never held twice over.
+        pending, batch.decoded = batch.decoded[::-1], []
+        while pending:
+            item = pending.pop()
             try:
                 per_message.append(self._rows(item.message, item.envelope, seen))
             except (KeyError, TypeError, ValueError) as exc:
                 failures.append((item.message, f"cannot build rows: {type(exc).__name__}: {exc}"))
         self._recent.add_all(seen)
         self._batch = self._new_batch()
-        self._finish_write()
-        self._in_flight = self._writer_thread.submit(self._write_batch, per_message, failures)
-        self._in_flight_offsets = batch.next_offsets
+        while len(self._in_flight) >= self._max_in_flight:
+            self._finish_oldest_write()
+        self._in_flight.append((self._write_threads.submit(self._write_batch, per_message, failures),
+                                batch.next_offsets))
 
     def drain(self) -> None:
         """Write and commit everything in hand before returning."""
         self.flush()
-        self._finish_write()
+        while self._in_flight:
+            self._finish_oldest_write()
 
     def _write_batch(self, per_message: list[_MessageRows], failures: list[tuple[Message, str]]) -> int:
-        """On the writer thread: the rows, then the dead letters; returns how many events were stored."""
-        rejected: list[tuple[Message, str]] = []
-        self._attempt(lambda: rejected.extend(self._write(per_message)))
-        self._attempt(lambda: self._dead_letters.send(failures + rejected))
+        """On a writer thread: the rows, then the dead letters; returns how many events were stored."""
+        writer = self._idle_writers.get()  # never waits: no more batches are in flight than writers
+        try:
+            rejected: list[tuple[Message, str]] = []
+            self._attempt(lambda: rejected.extend(self._write(writer, per_message)))
+            self._attempt(lambda: self._dead_letters.send(failures + rejected))
+        finally:
+            self._idle_writers.put(writer)
         not_stored = {id(m) for m, _ in rejected}
         return sum(len(rows.event_ids) for rows in per_message if id(rows.message) not in not_stored)
 
-    def _finish_write(self) -> None:
-        """Wait for the batch being written, then commit its offsets."""
-        if self._in_flight is None:
-            return
-        future, offsets, self._in_flight = self._in_flight, self._in_flight_offsets, None
+    def _finish_oldest_write(self) -> None:
+        """Wait for the oldest batch being written, then commit its offsets."""
+        future, offsets = self._in_flight.popleft()
         written = future.result()  # re-raises Stopped
         try:
             self._subscriber.commit(offsets)
@@ -162,32 +177,34 @@ class Worker:
         gc.collect()
 
     def _rows(self, message: Message, env, seen: set[str]) -> _MessageRows:
+        """A message's rows: its event lines as they are (usually), or rebuilt without the events already
+        written and with linked_user_id on those whose link this worker knows."""
         workspace = env.workspace
-        ingested_at = envelope.iso_ms(time.time())
-        unlinked = warehouse.row_suffix(ingested_at, None)
-        rows = _MessageRows(message, b"", [], [])
-        events = []
-        for (event_id, anonymous_id, user_id, timestamp), line in zip(env.refs, env.rows):
+        rows = _MessageRows(message, env.lines, [], [])
+        linked_at: dict[int, str] = {}  # index of an event → the user id to stamp on it
+        dropped: set[int] = set()  # indexes of events already written
+        for index, (event_id, anonymous_id, user_id, timestamp) in enumerate(env.refs):
             if event_id in self._recent or event_id in seen:
+                dropped.add(index)
                 continue
             seen.add(event_id)
-            suffix = unlinked
             if anonymous_id and user_id:
                 self._identity.link((workspace, anonymous_id), user_id)
                 rows.links.append(warehouse.link_document(workspace, event_id, anonymous_id, user_id, timestamp))
             elif anonymous_id:
                 linked = self._identity.user_for((workspace, anonymous_id))
                 if linked is not None:
-                    suffix = warehouse.row_suffix(ingested_at, linked)
-            events.append(warehouse.event_row(line, suffix))
+                    linked_at[index] = linked
             rows.event_ids.append(event_id)
-        rows.events = b"\n".join(events)
+        if linked_at or dropped:
+            rows.events = b"\n".join(warehouse.event_row(line, linked_at.get(i)) for i, line in enumerate(env.rows)
+                                      if i not in dropped)
         return rows
 
-    def _write(self, per_message: list[_MessageRows]) -> list[tuple[Message, str]]:
+    def _write(self, writer: BatchWriter, per_message: list[_MessageRows]) -> list[tuple[Message, str]]:
         """Write every message's rows; returns the messages ClickHouse rejected, with the reason."""
         try:
-            self._write_rows(per_message)
+            self._write_rows(writer, per_message)
             return []
         except RowsRejected:
             pass
@@ -195,20 +212,20 @@ class Worker:
         rejected = []
         for rows in per_message:
             try:
-                self._write_rows([rows])
+                self._write_rows(writer, [rows])
             except RowsRejected as exc:
                 rejected.append((rows.message, f"rejected by the warehouse: {exc}"))
         return rejected
 
-    def _write_rows(self, per_message: list[_MessageRows]) -> None:
+    def _write_rows(self, writer: BatchWriter, per_message: list[_MessageRows]) -> None:
         ids = [i for rows in per_message for i in rows.event_ids]
         token = hashlib.sha256("\n".join(ids).encode()).hexdigest()
         links = [r for rows in per_message for r in rows.links]
-        self._writer.write(warehouse.LINKS_TABLE, warehouse.LINK_COLUMNS, warehouse.encode(links) if links else b"",
-                           token + ":links")
+        writer.write(warehouse.LINKS_TABLE, warehouse.LINK_COLUMNS, warehouse.encode(links) if links else b"",
+                     token + ":links")
         if ids:
-            self._writer.write(warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS,
-                               _lines(rows.events for rows in per_message), token)
+            writer.write(warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS, _lines(rows.events for rows in per_message),
+                         token)
 
     def _attempt(self, action: Callable[[], None]) -> None:
         """Run `action`; while the warehouse or the dead-letter queue is
@@ -236,7 +253,7 @@ class Worker:
         self._identity.forget_unlinked()
 
 
-def _lines(bodies: Iterable[bytes]) -> Iterator[bytes]:
+def _lines(bodies: Iterable[bytes | memoryview]) -> Iterator[bytes | memoryview]:
     """Message bodies streamed as one JSONEachRow body (clickhouse-connect sends an iterator chunked),
     without joining a batch's worth of bytes into one more copy."""
     for body in bodies:

@@ -13,11 +13,12 @@ a thousand. Version 2 is a JSON header line, then one line per event:
 
 The header lists each event's [event_id, anonymous_id, user_id, timestamp]:
 all a consumer needs to dedupe and link identities. Each event line is already
-the event's `events` row as ClickHouse's JSONEachRow reads it, less the two
-columns only a consumer knows (schemas.warehouse.event_row appends them), so a
-consumer never parses or re-serialises an event's properties: it passes the
-front door's bytes through. orjson never writes a raw newline inside JSON, so
-the lines split cleanly.
+the event's `events` row as ClickHouse's JSONEachRow reads it (ClickHouse
+stamps ingested_at; schemas.warehouse.event_row adds linked_user_id when a
+consumer knows it), so a consumer never parses or re-serialises an event's
+properties: it passes the front door's bytes through, usually a whole
+record's lines at once. orjson never writes a raw newline inside JSON, so the
+lines split cleanly.
 
 Partitioning: an event's partition comes from its anonymous_id when it has one,
 else its user_id. Every event of one device therefore lands on one partition in
@@ -48,7 +49,12 @@ class Envelope:
     workspace: str
     received_at: str
     refs: list[list]  # per event: [event_id, anonymous_id, user_id, timestamp]
-    rows: list[bytes]  # per event: its JSONEachRow line, in the order of refs
+    lines: memoryview  # the event lines, one per ref and in their order, newline-separated (a view: no copy)
+
+    @property
+    def rows(self) -> list[bytes]:
+        """Each event's line, split out (a copy)."""
+        return bytes(self.lines).split(b"\n")
 
     def documents(self) -> list[dict[str, Any]]:
         """The event lines parsed (for tools and tests; consumers pass the bytes through)."""
@@ -92,7 +98,10 @@ def encode_records(workspace: str, received_at: str, events: Sequence[dict[str, 
 
 
 def decode(value: bytes) -> Envelope:
-    header, _, body = value.partition(b"\n")
+    """The envelope of a record, checked as far as it can be without parsing the event lines (ClickHouse
+    parses those; one it cannot read sends the record to the dead-letter topic)."""
+    end = value.find(b"\n")
+    header = value if end < 0 else value[:end]
     try:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
@@ -105,10 +114,10 @@ def decode(value: bytes) -> Envelope:
     for ref in refs:
         if not isinstance(ref, list) or len(ref) != 4 or not isinstance(ref[0], str) or not isinstance(ref[3], str):
             raise EnvelopeError("an event in the header is not [event_id, anonymous_id, user_id, timestamp]")
-    rows = body.split(b"\n") if body else []
-    if len(rows) != len(refs):
-        raise EnvelopeError(f"the header lists {len(refs)} events but {len(rows)} event lines follow")
-    for row in rows:
-        if not (row.startswith(b"{") and row.endswith(b"}")):
-            raise EnvelopeError("an event line is not a JSON object")
-    return Envelope(workspace, received_at, refs, rows)
+    lines = memoryview(value)[len(header) + 1:]
+    count = value.count(b"\n", len(header) + 1) + 1 if lines else 0
+    if count != len(refs):
+        raise EnvelopeError(f"the header lists {len(refs)} events but {count} event lines follow")
+    if refs and not (value.startswith(b"{", len(header) + 1) and value.endswith(b"}")):
+        raise EnvelopeError("the event lines are not JSON objects")
+    return Envelope(workspace, received_at, refs, lines)

@@ -8,15 +8,14 @@ A consumer, per batch of envelopes (schemas.envelope)::
 
     client = connect(settings)
     known = resolve_links(client, settings.clickhouse_database, {(ws, anonymous_id) for ...})
-    suffix = row_suffix(ingested_at, known.get((ws, anonymous_id)))
-    body = b"\\n".join(event_row(row, suffix) for row in envelope.rows ...)
+    body = envelope.lines, or b"\\n".join(event_row(line, known.get((ws, anonymous_id))) for ...)
     client.raw_insert(EVENTS_TABLE, EVENT_COLUMNS, body, fmt=INSERT_FORMAT,
                       settings={**INSERT_SETTINGS, "insert_deduplication_token": batch_token})
 
-Rows travel as JSONEachRow: the front door already wrote each event as its row (less ingested_at and
-linked_user_id, which a consumer appends), so a consumer passes the bytes through; ClickHouse parses them in
-C++ and fills the typed property columns itself (their DEFAULT expressions), so no property is converted or
-even parsed in Python.
+Rows travel as JSONEachRow: the front door already wrote each event as its row (ClickHouse stamps
+ingested_at; a consumer adds linked_user_id when it knows one), so a consumer passes the bytes through;
+ClickHouse parses them in C++ and fills the typed property columns itself (their DEFAULT expressions), so no
+property is converted or even parsed in Python.
 """
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ __all__ = [
     "EVENTS_TABLE", "LINKS_TABLE", "IDENTITY_MAP_TABLE", "IDENTITY_RESOLVED_VIEW", "EVENTS_DEDUPED_VIEW",
     "EVENTS_RESOLVED_VIEW", "PAYWALL_FUNNEL_VIEW", "MIGRATIONS_TABLE",
     "BASE_COLUMNS", "PROPERTY_COLUMNS", "EVENT_COLUMNS", "LINK_COLUMNS",
-    "INSERT_FORMAT", "INSERT_SETTINGS", "row_suffix", "event_row", "link_document", "encode", "is_link",
+    "INSERT_FORMAT", "INSERT_SETTINGS", "event_row", "link_document", "encode", "is_link",
     "resolve_links", "connect", "migrate", "describe_url",
     "WarehouseUnreachable",
 ]
@@ -82,17 +81,13 @@ INSERT_SETTINGS: dict[str, int | str] = {
 }
 
 
-def row_suffix(ingested_at: str, linked_user_id: str | None) -> bytes:
-    """What completes an envelope's event line (schemas.envelope) into an `events` row: the two columns
-    only a consumer knows. `linked_user_id`: the user id the consumer already knew for the event's
-    anonymous_id (None if none, or if the event carries its own user_id). Times are ISO 8601 strings
-    (schemas.envelope.iso_ms)."""
-    return b',"ingested_at":%s,"linked_user_id":%s}' % (orjson.dumps(ingested_at), orjson.dumps(linked_user_id))
-
-
-def event_row(line: bytes, suffix: bytes) -> bytes:
-    """An envelope's event line (a JSON object) completed with a row_suffix, as one JSONEachRow row."""
-    return line[:-1] + suffix
+def event_row(line: bytes, linked_user_id: str | None) -> bytes:
+    """An envelope's event line (schemas.envelope) as its `events` row: the line itself, or with the
+    user id the consumer already knew for the event's anonymous_id added as linked_user_id. ClickHouse
+    fills ingested_at (its default, the insert time) and the typed property columns."""
+    if linked_user_id is None:
+        return line
+    return line[:-1] + b',"linked_user_id":%s}' % orjson.dumps(linked_user_id)
 
 
 def encode(documents: list[dict]) -> bytes:

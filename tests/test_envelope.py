@@ -24,6 +24,8 @@ def test_round_trip_keeps_every_field_and_the_order():
     assert (env.workspace, env.received_at) == ("acme", RECEIVED)
     assert env.refs == [[e["event_id"], e["anonymous_id"], e["user_id"], e["timestamp"]] for e in events]
     assert env.documents() == [{"workspace": "acme", "received_at": RECEIVED, **e} for e in events]
+    # The lines are a view of the record itself: passing them on copies nothing.
+    assert env.lines.obj is value and bytes(env.lines) == value.split(b"\n", 1)[1]
     # A newline inside a property is escaped: one line per event.
     assert value.count(b"\n") == len(events)
 
@@ -46,7 +48,7 @@ def test_large_requests_split_into_records_under_the_cap():
     (b'{"v":2,"workspace":"acme","received_at":"t","events":[[1,null,null,"t"]]}\n{}', "is not [event_id"),
     (b'{"v":2,"workspace":"acme","received_at":"t","events":[["evt_1",null,"u","t"]]}', "1 events but 0"),
     (b'{"v":2,"workspace":"acme","received_at":"t","events":[["evt_1",null,"u","t"]]}\n{}\n{}', "1 events but 2"),
-    (b'{"v":2,"workspace":"acme","received_at":"t","events":[["evt_1",null,"u","t"]]}\n[1]', "not a JSON object"),
+    (b'{"v":2,"workspace":"acme","received_at":"t","events":[["evt_1",null,"u","t"]]}\n[1]', "not JSON objects"),
 ])
 def test_corrupt_records_are_refused_with_the_reason(value, reason):
     with pytest.raises(envelope.EnvelopeError, match=re.escape(reason)):

@@ -2,7 +2,7 @@
 warehouse: migrations, row builders, deduplication before any merge, identity resolution.
 
 The seeded world below (seed_world) is shared with tests/test_analytics_docs.py and tests/test_sql_cli.py;
-it is inserted the way the consumer inserts: envelope lines completed by event_row, and link_document, through the consumer's own
+it is inserted the way the consumer inserts: envelope lines through event_row, and link_document, through the consumer's own
 BatchWriter (clickhouse-connect, JSONEachRow), with insert_deduplication_token, merges stopped so every
 duplicate is physically present.
 """
@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -26,13 +26,12 @@ from schemas.migrations import (
 )
 from schemas.taxonomy import PROPERTY_TYPES
 from consumer.writer import BatchWriter
-from schemas.warehouse import EVENT_COLUMNS, LINK_COLUMNS, event_row, link_document, resolve_links, row_suffix
+from schemas.warehouse import EVENT_COLUMNS, LINK_COLUMNS, event_row, link_document, resolve_links
 
 from .warehouse_process import start_warehouse, stop_warehouse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UTC = timezone.utc
-INGESTED_AT = "2024-04-10T12:00:00.123Z"
 RECEIVED_AT = "2024-04-10T11:59:59.000Z"
 
 
@@ -120,11 +119,11 @@ ACME_EVENTS = sum(1 for ws, _, _ in WORLD if ws == "acme")  # 29
 
 def event_rows(items) -> bytes:
     """(workspace, event, linked_user_id) items as the consumer's JSONEachRow body: each event's line
-    from a front-door envelope, completed by the consumer's suffix."""
+    from a front-door envelope, with linked_user_id added where the consumer knows it."""
     rows = []
     for ws, e, linked in items:
         [line] = envelope.decode(envelope.encode_records(ws, RECEIVED_AT, [e])[0]).rows
-        rows.append(event_row(line, row_suffix(INGESTED_AT, linked)))
+        rows.append(event_row(line, linked))
     return b"\n".join(rows)
 
 
@@ -194,8 +193,9 @@ def scalar(client, sql: str, **params):
 
 def test_migration_files_are_numbered_and_say_what_they_do():
     migrations = load_migrations()
-    assert [m.name for m in migrations] == ["0001_events", "0002_identity", "0003_analyst_views"]
-    assert [m.number for m in migrations] == [1, 2, 3]
+    assert [m.name for m in migrations] == ["0001_events", "0002_identity", "0003_analyst_views",
+                                            "0004_ingested_at_default"]
+    assert [m.number for m in migrations] == [1, 2, 3, 4]
     assert all(m.description and len(m.checksum) == 64 for m in migrations)
 
 
@@ -210,7 +210,8 @@ def test_migrate_applies_once_and_records_it(client, warehouse_url):
     database = fresh_db()
     settings = settings_for(warehouse_url, database)
     assert database not in client.query("SHOW DATABASES").result_columns[0]
-    assert apply_migrations(client, settings) == ["0001_events", "0002_identity", "0003_analyst_views"]
+    assert apply_migrations(client, settings) == ["0001_events", "0002_identity", "0003_analyst_views",
+                                                  "0004_ingested_at_default"]
     assert apply_migrations(client, settings) == []
     rows = client.query(f"SELECT name, checksum, applied_at FROM {database}.schema_migrations ORDER BY name").result_rows
     assert [(r[0], r[1]) for r in rows] == [(m.name, m.checksum) for m in load_migrations()]
@@ -225,7 +226,7 @@ def test_migrate_applies_only_what_is_new(client, warehouse_url):
     settings = settings_for(warehouse_url, database)
     migrations = load_migrations()
     assert apply_migrations(client, settings, migrations[:1]) == ["0001_events"]
-    assert apply_migrations(client, settings) == ["0002_identity", "0003_analyst_views"]
+    assert apply_migrations(client, settings) == ["0002_identity", "0003_analyst_views", "0004_ingested_at_default"]
 
 
 def test_migrate_refuses_a_changed_applied_file(client, warehouse_url):
@@ -237,16 +238,16 @@ def test_migrate_refuses_a_changed_applied_file(client, warehouse_url):
     with pytest.raises(MigrationError, match="0001_events.*changed since they were applied"):
         apply_migrations(client, settings, [edited, *original[1:]])
     # Nothing was applied or recorded by the refused run.
-    assert scalar(client, f"SELECT count() FROM {database}.schema_migrations") == 3
+    assert scalar(client, f"SELECT count() FROM {database}.schema_migrations") == 4
 
 
 def test_a_new_migration_after_the_applied_ones_is_applied(client, warehouse_url):
     database = fresh_db()
     settings = settings_for(warehouse_url, database)
     apply_migrations(client, settings)
-    extra = Migration.from_text("0004_extra_view.sql", "-- 0004_extra_view: a test view.\n"
+    extra = Migration.from_text("0099_extra_view.sql", "-- 0099_extra_view: a test view.\n"
                                 "CREATE VIEW IF NOT EXISTS {{db}}.extra {{on_cluster}} AS SELECT 1 AS one\n")
-    assert apply_migrations(client, settings, [*load_migrations(), extra]) == ["0004_extra_view"]
+    assert apply_migrations(client, settings, [*load_migrations(), extra]) == ["0099_extra_view"]
     assert scalar(client, f"SELECT one FROM {database}.extra") == 1
 
 
@@ -267,7 +268,7 @@ def test_flokit_migrate_command(warehouse_url):
     first, second = run(), run()
     assert first.returncode == 0, first.stderr
     assert "applied 0001_events: the events table" in first.stdout
-    assert "3 applied now" in first.stdout
+    assert "4 applied now" in first.stdout
     assert second.returncode == 0 and "up to date" in second.stdout and "applied 0001" not in second.stdout
 
 
@@ -353,15 +354,15 @@ def test_event_columns_match_the_table(client, world):
     assert tuple(r[0] for r in client.query(f"DESCRIBE TABLE {world}.identity_links").result_rows) == LINK_COLUMNS
 
 
-def test_event_row_completes_an_envelope_line_into_an_events_row():
-    event = {"event_id": "evt_1", "event": "purchase_completed", "user_id": "u1", "anonymous_id": None,
+def test_event_row_is_the_envelope_line_with_linked_user_id_when_known():
+    event = {"event_id": "evt_1", "event": "purchase_completed", "user_id": None, "anonymous_id": "d",
              "timestamp": "2024-03-15T14:22:00.123Z", "properties": {"price": 59, "note": "a\nb"}}
     [line] = envelope.decode(envelope.encode_records("acme", "2024-03-15T14:22:01.000Z", [event])[0]).rows
-    doc = orjson.loads(event_row(line, row_suffix("2024-03-15T14:22:02.000Z", "u9")))
-    assert set(doc) == set(EVENT_COLUMNS)
-    assert doc == {**event, "workspace": "acme", "received_at": "2024-03-15T14:22:01.000Z",
-                   "ingested_at": "2024-03-15T14:22:02.000Z", "linked_user_id": "u9"}
-    assert orjson.loads(event_row(line, row_suffix("2024-03-15T14:22:02.000Z", None)))["linked_user_id"] is None
+    assert event_row(line, None) is line
+    doc = orjson.loads(event_row(line, "u9"))
+    # Every column but ingested_at, which ClickHouse stamps (its default).
+    assert set(doc) == set(EVENT_COLUMNS) - {"ingested_at"}
+    assert doc == {**event, "workspace": "acme", "received_at": "2024-03-15T14:22:01.000Z", "linked_user_id": "u9"}
 
 
 def test_the_warehouse_types_the_property_columns(client, warehouse_url):
@@ -380,7 +381,8 @@ def test_the_warehouse_types_the_property_columns(client, warehouse_url):
         f"SELECT * FROM {database}.events ORDER BY event_id").named_results()}
     first = rows["evt_0"]
     assert first["timestamp"].replace(tzinfo=UTC) == datetime(2024, 3, 15, 12, 22, 0, 123000, tzinfo=UTC)
-    assert first["ingested_at"].replace(tzinfo=UTC) == datetime(2024, 4, 10, 12, 0, 0, 123000, tzinfo=UTC)
+    # ingested_at: ClickHouse's insert time.
+    assert abs(first["ingested_at"].replace(tzinfo=UTC) - datetime.now(UTC)) < timedelta(minutes=5)
     assert orjson.loads(first["properties"]) == good
     assert (first["paywall_id"], first["plan_id"], first["price"], first["revenue"], first["is_trial"],
             first["trial_length_days"], first["currency"], first["plan_ids"]) == \
@@ -414,7 +416,7 @@ def test_link_document():
 def test_rows_round_trip_through_the_warehouse(client, world):
     got = next(client.query(f"SELECT * FROM {world}.events_deduped WHERE event_id = 'evt_a2'").named_results())
     assert got["timestamp"].replace(tzinfo=UTC) == datetime(2024, 3, 1, 10, 2, tzinfo=UTC)
-    assert got["ingested_at"].replace(tzinfo=UTC) == datetime(2024, 4, 10, 12, 0, 0, 123000, tzinfo=UTC)
+    assert abs(got["ingested_at"].replace(tzinfo=UTC) - datetime.now(UTC)) < timedelta(hours=1)
     assert (got["plan_id"], got["offer_id"], got["trial_length_days"], got["price"], got["currency"]) == \
         (ANNUAL, "offer_intro", 7, 59.99, "USD")
     assert got["plan_ids"] == [] and got["is_trial"] is None
