@@ -25,7 +25,8 @@ def build_worker(settings: Settings) -> Worker:
     # A client for each thread that queries at once: identity lookups (the poll thread) run while writer
     # threads insert, and a clickhouse-connect client refuses concurrent queries in its session.
     lookups = warehouse.connect(settings)
-    writers = [BatchWriter(warehouse.connect(settings), settings.clickhouse_database) for _ in range(2)]
+    writers = [BatchWriter(warehouse.connect(settings), settings.clickhouse_database)
+               for _ in range(max(1, settings.consumer_writes))]
     dlq = DeadLetters(components.make_dead_letter_publisher(settings), settings.topic,
                       settings.enqueue_timeout_seconds)
     identity = IdentityCache(lambda pairs: warehouse.resolve_links(lookups, settings.clickhouse_database, pairs))

@@ -53,6 +53,7 @@ class Settings:
     consumer_group: str = field(default="flokit-consumers", metadata={"env": "FLOKIT_CONSUMER_GROUP"})
     batch_max_events: int = field(default=50_000, metadata={"env": "FLOKIT_BATCH_MAX_EVENTS"})
     batch_max_seconds: float = field(default=1.0, metadata={"env": "FLOKIT_BATCH_MAX_SECONDS"})
+    consumer_writes: int = field(default=2, metadata={"env": "FLOKIT_CONSUMER_WRITES"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
