@@ -41,7 +41,7 @@ class Plan:
     flask_noop: bool
     generator_capacity: bool
     batch_conns: int = 8
-    single_conns: int = 32
+    single_conns: int = 64
     e2e_conns: int = 4
     open_fraction: float = 0.65
     consumer_timeout: float = 300.0
