@@ -44,6 +44,8 @@ class Plan:
     single_conns: int = 64
     e2e_conns: int = 4
     open_fraction: float = 0.65
+    # Lower open-loop rates too (full run): where the p99 target holds when the machine is not full.
+    lower_open_fractions: tuple[float, ...] = ()
     consumer_timeout: float = 300.0
     balance_attempts: int = 3
     e2e_at_target_seconds: float = 0  # e2e on Kafka at the target's offered rate (open loop); 0: skipped
@@ -52,7 +54,7 @@ class Plan:
 FULL = Plan("full", prefill_events=500_000, e2e_seconds=60, batch_seconds=20, single_seconds=20, open_seconds=20,
             noop_seconds=10, validation_seconds=3, single_raw_records=50_000, batch_bodies=40, single_bodies=5000,
             local_batch_seconds=10, producer_performance=True, flask_noop=True, generator_capacity=True,
-            e2e_at_target_seconds=60)
+            e2e_at_target_seconds=60, lower_open_fractions=(0.3, 0.5))
 QUICK = Plan("quick", prefill_events=25_000, e2e_seconds=10, batch_seconds=2, single_seconds=2, open_seconds=1,
              noop_seconds=1, validation_seconds=0.4, single_raw_records=3_000, batch_bodies=8, single_bodies=1000,
              local_batch_seconds=0, producer_performance=False, flask_noop=False, generator_capacity=False,
@@ -341,6 +343,12 @@ class Run:
         F["single_open_loop"] = self.phase(
             f"single open loop at {rate:,.0f} req/s", self.open_loop, api_url, bodies["single_path"], rate,
             plan.open_seconds, watch)
+        F["single_open_loop_lower"] = []
+        for fraction in plan.lower_open_fractions:
+            lower = max(10.0, round(F["single_saturation"]["requests_per_s"] * fraction, -1))
+            F["single_open_loop_lower"].append(self.phase(
+                f"single open loop at {lower:,.0f} req/s", self.open_loop, api_url, bodies["single_path"], lower,
+                plan.open_seconds, watch))
         self.record_rss("Kafka", api)
         api.stop()
 

@@ -93,6 +93,11 @@ def rows(r: dict) -> list[tuple]:
                     "no-op p50 / p99 / p999",
                     " / ".join(_fmt(_get(noop, "single_open_loop", "latency_ms", k)) for k in ("p50", "p99", "p999")),
                     ""))
+    for lower in _get(fd, "single_open_loop_lower") or []:
+        line(f"   open loop at {lower.get('offered_rate', 0):,.0f} req/s: p99 latency, ms", _get(lower, "latency_ms", "p99"),
+             TARGETS["single_p99_ms"], higher=False)
+        out.append(("   open loop p50 / p99 / p999, ms",
+                    " / ".join(_fmt(_get(lower, "latency_ms", k)) for k in ("p50", "p99", "p999")), "", "", "", "", ""))
     for key, label, raw_queue, raw_name in (
             ("e2e_kafka", "3. end to end (Kafka), events/s", raw_kafka, "raw Kafka produce, events/s"),
             ("e2e_local", "5. end to end (local log), events/s", raw_local, "raw local-log append, events/s")):
