@@ -35,6 +35,28 @@ def run_script(script: str, action: str, **env: str) -> None:
         raise RuntimeError(f"deploy/{script} {action} failed:\n{result.stdout}\n{result.stderr}")
 
 
+def kafka_topics(bootstrap: str) -> set[str]:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def delete_kafka_topics(bootstrap: str, names: set[str]) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        ordered = sorted(names)
+        for i in range(0, len(ordered), 100):
+            admin.delete_topics(ordered[i:i + 100])
+    finally:
+        admin.close()
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
