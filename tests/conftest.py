@@ -26,7 +26,7 @@ def kafka_bootstrap() -> str:
     yield bootstrap
     # The broker's data outlives the session (and the broker itself with FLOKIT_KEEP_SERVICES): drop the
     # topics this session made, or every run leaves hundreds of partitions behind and the broker spends
-    # more CPU on each later run and benchmark (880 topics had made it 3-4x busier).
+    # more CPU on each later run and benchmark (with 880 left over it used 3-4x the CPU under the same load).
     try:
         delete_kafka_topics(bootstrap, kafka_topics(bootstrap) - before)
     except KafkaError as exc:
