@@ -112,7 +112,8 @@ def decode(value: bytes) -> Envelope:
     if not isinstance(workspace, str) or not isinstance(received_at, str) or not isinstance(refs, list):
         raise EnvelopeError("envelope lacks workspace, received_at or events")
     for ref in refs:
-        if not isinstance(ref, list) or len(ref) != 4 or not isinstance(ref[0], str) or not isinstance(ref[3], str):
+        if not (isinstance(ref, list) and len(ref) == 4 and isinstance(ref[0], str) and isinstance(ref[3], str)
+                and (ref[1] is None or isinstance(ref[1], str)) and (ref[2] is None or isinstance(ref[2], str))):
             raise EnvelopeError("an event in the header is not [event_id, anonymous_id, user_id, timestamp]")
     lines = memoryview(value)[len(header) + 1:]
     count = value.count(b"\n", len(header) + 1) + 1 if lines else 0

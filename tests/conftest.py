@@ -12,7 +12,7 @@ from deploy.queue.kafka_queue import create_topics
 from deploy.settings import Settings
 from ingest_api.state.redis_state import RedisState
 
-from .services import delete_kafka_topics, kafka_topics, run_script, unique
+from .services import delete_issued_topics, run_script, unique
 
 KAFKA_PORT = os.environ.get("KAFKA_PORT", "19092")
 REDIS_PORT = os.environ.get("REDIS_PORT", "16379")
@@ -22,13 +22,13 @@ REDIS_PORT = os.environ.get("REDIS_PORT", "16379")
 def kafka_bootstrap() -> str:
     run_script("kafka.sh", "start", KAFKA_PORT=KAFKA_PORT)
     bootstrap = f"127.0.0.1:{KAFKA_PORT}"
-    before = kafka_topics(bootstrap)
     yield bootstrap
     # The broker's data outlives the session (and the broker itself with FLOKIT_KEEP_SERVICES): drop the
     # topics this session made, or every run leaves hundreds of partitions behind and the broker spends
     # more CPU on each later run and benchmark (with 880 left over it used 3-4x the CPU under the same load).
+    # Only ours, by name: a bench or another session may be using the same broker.
     try:
-        delete_kafka_topics(bootstrap, kafka_topics(bootstrap) - before)
+        delete_issued_topics(bootstrap)
     except KafkaError as exc:
         warnings.warn(f"could not delete this session's topics: {exc}")
     if os.environ.get("FLOKIT_KEEP_SERVICES") != "1":

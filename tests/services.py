@@ -35,30 +35,28 @@ def run_script(script: str, action: str, **env: str) -> None:
         raise RuntimeError(f"deploy/{script} {action} failed:\n{result.stdout}\n{result.stderr}")
 
 
-def kafka_topics(bootstrap: str) -> set[str]:
+def delete_issued_topics(bootstrap: str) -> int:
+    """Delete the topics named by this session's unique() names (and their `.dlq`); how many."""
     from kafka.admin import KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        return set(admin.list_topics())
+        ours = sorted(t for t in admin.list_topics() if t.removesuffix(".dlq") in ISSUED)
+        for i in range(0, len(ours), 100):
+            admin.delete_topics(ours[i:i + 100])
+        return len(ours)
     finally:
         admin.close()
 
 
-def delete_kafka_topics(bootstrap: str, names: set[str]) -> None:
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        ordered = sorted(names)
-        for i in range(0, len(ordered), 100):
-            admin.delete_topics(ordered[i:i + 100])
-    finally:
-        admin.close()
+# Every name unique() gave out in this test session (conftest deletes the Kafka topics among them at the end).
+ISSUED: set[str] = set()
 
 
 def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    ISSUED.add(name)
+    return name
 
 
 class ApiServer:

@@ -46,6 +46,7 @@ def test_large_requests_split_into_records_under_the_cap():
     (b'{"v":2,"workspace":"acme","events":[]}', "lacks"),
     (b'{"v":2,"workspace":"acme","received_at":"t","events":[["evt_1",null,null]]}\n{}', "is not [event_id"),
     (b'{"v":2,"workspace":"acme","received_at":"t","events":[[1,null,null,"t"]]}\n{}', "is not [event_id"),
+    (b'{"v":2,"workspace":"acme","received_at":"t","events":[["evt_1",["d"],null,"t"]]}\n{}', "is not [event_id"),
     (b'{"v":2,"workspace":"acme","received_at":"t","events":[["evt_1",null,"u","t"]]}', "1 events but 0"),
     (b'{"v":2,"workspace":"acme","received_at":"t","events":[["evt_1",null,"u","t"]]}\n{}\n{}', "1 events but 2"),
     (b'{"v":2,"workspace":"acme","received_at":"t","events":[["evt_1",null,"u","t"]]}\n[1]', "not JSON objects"),
