@@ -417,7 +417,7 @@ class Run:
 
     def saturate(self, server, url: str, path: str, bodies: dict, seconds: float, conns: int, what: str,
                  watch: dict) -> dict:
-        """wrk at saturation. wrk opens all its connections at once and gunicorn's gthread workers accept
+        """wrk at saturation. wrk opens all its connections at once and gunicorn's workers accept
         greedily, so now and then one worker gets (nearly) all keep-alive connections and the other idles:
         a run whose busiest worker used more than twice the CPU of the least busy one is repeated (up to
         Plan.balance_attempts runs, all kept in `attempts`); the first balanced run is the figure."""
