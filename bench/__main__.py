@@ -308,29 +308,16 @@ class Run:
         api, api_url = self.phase("start front door (Kafka)", procs.start_api, api_env, self.logs, "api-kafka")
         self.procs.append(api)
         watch = self.watch_front_door(api)
-        db = self.database("e2e_kafka")
-        settings = self.migrate(db)
-        env = self.consumer_env(db, f"bench-{self.run_id}-e2e", topic=e2e_topic, data_dir=self.tmp / "api-kafka")
-        R["e2e_kafka"] = self.phase(
-            "e2e (Kafka)", pipeline.end_to_end, env, settings, api_url, bodies["batch_path"], self.key,
-            seconds=plan.e2e_seconds, conns=plan.e2e_conns, log_dir=self.logs, watch=watch, name="e2e-kafka",
-            drain_timeout=plan.consumer_timeout)
+        R["e2e_kafka"] = self.end_to_end("e2e (Kafka)", "e2e-kafka", api_url, bodies, watch, topic=e2e_topic,
+                                         data_dir=self.tmp / "api-kafka")
         log(f"  e2e (Kafka): {R['e2e_kafka'].get('events_per_s') or 0:,.0f} events/s")
         if plan.e2e_at_target_seconds:
             from bench.report import TARGETS
-            db = self.database("e2e_target")
-            settings = self.migrate(db)
-            env = self.consumer_env(db, f"bench-{self.run_id}-e2e-target", topic=e2e_topic,
-                                    data_dir=self.tmp / "api-kafka")
-            # A new group on the same topic would start at its beginning: start it at the end instead by
-            # committing the current end offsets first.
-            self.commit_end_offsets(e2e_topic, f"bench-{self.run_id}-e2e-target")
             rate = TARGETS["e2e_events_per_s"] / bodies["batch_size"]
-            R["e2e_kafka_at_target"] = self.phase(
-                f"e2e (Kafka) at the target rate, {rate:g} requests/s open loop", pipeline.end_to_end, env,
-                settings, api_url, bodies["batch_path"], self.key, seconds=plan.e2e_at_target_seconds, conns=16,
-                log_dir=self.logs, watch=watch, name="e2e-kafka-target", drain_timeout=plan.consumer_timeout,
-                open_rate=rate)
+            R["e2e_kafka_at_target"] = self.end_to_end(
+                f"e2e (Kafka) at the target rate, {rate:g} requests/s open loop", "e2e-kafka-target", api_url,
+                bodies, watch, topic=e2e_topic, data_dir=self.tmp / "api-kafka", seconds=plan.e2e_at_target_seconds,
+                conns=16, open_rate=rate, start_at_end=True)
             log(f"  e2e (Kafka) at {rate * bodies['batch_size']:,.0f} events/s offered: "
                 f"{R['e2e_kafka_at_target'].get('events_per_s') or 0:,.0f} events/s, lag growth "
                 f"{R['e2e_kafka_at_target'].get('lag_growth_per_s_second_half')}/s")
@@ -387,13 +374,8 @@ class Run:
         api, api_url = self.phase("start front door (local log)", procs.start_api, api_env, self.logs, "api-local")
         self.procs.append(api)
         watch = self.watch_front_door(api)
-        db = self.database("e2e_local")
-        settings = self.migrate(db)
-        env = self.consumer_env(db, f"bench-{self.run_id}-e2e-local", topic=None, data_dir=local_dir)
-        R["e2e_local"] = self.phase(
-            "e2e (local log)", pipeline.end_to_end, env, settings, api_url, bodies["batch_path"], self.key,
-            seconds=plan.e2e_seconds, conns=plan.e2e_conns, log_dir=self.logs, watch=watch, name="e2e-local",
-            drain_timeout=plan.consumer_timeout)
+        R["e2e_local"] = self.end_to_end("e2e (local log)", "e2e-local", api_url, bodies, watch, topic=None,
+                                         data_dir=local_dir)
         log(f"  e2e (local log): {R['e2e_local'].get('events_per_s') or 0:,.0f} events/s")
         if plan.local_batch_seconds:
             R["frontdoor_local"] = {"batch_saturation": self.saturate(
@@ -477,6 +459,26 @@ class Run:
         log(f"  open loop {rate:,.0f} req/s: got {result['requests_per_s']:,.0f} req/s, p50 {lat.get('p50')} ms, "
             f"p99 {lat.get('p99')} ms, p999 {lat.get('p999')} ms; statuses {result['statuses']}")
         return result
+
+    def end_to_end(self, title: str, name: str, api_url: str, bodies: dict, watch: dict, *, topic: str | None,
+                   data_dir: Path, seconds: float | None = None, conns: int | None = None,
+                   open_rate: float | None = None, start_at_end: bool = False) -> dict:
+        """An end-to-end phase: a fresh database and consumer group (both named after `name`) behind the front
+        door at `api_url`, load from bench.loadgen (closed loop, or open loop at `open_rate` requests/s), until
+        every accepted event is a row. `start_at_end`: the group starts at the topic's current end (a topic
+        an earlier phase already filled), not at its beginning."""
+        from bench import pipeline
+
+        settings = self.migrate(self.database(name.replace("-", "_")))
+        group = f"bench-{self.run_id}-{name}"
+        if start_at_end:
+            self.commit_end_offsets(topic, group)
+        env = self.consumer_env(settings.clickhouse_database, group, topic=topic, data_dir=data_dir)
+        return self.phase(
+            title, pipeline.end_to_end, env, settings, api_url, bodies["batch_path"], self.key,
+            seconds=self.plan.e2e_seconds if seconds is None else seconds,
+            conns=self.plan.e2e_conns if conns is None else conns, log_dir=self.logs, watch=watch, name=name,
+            drain_timeout=self.plan.consumer_timeout, open_rate=open_rate)
 
     def commit_end_offsets(self, topic: str, group: str) -> None:
         from kafka import KafkaConsumer, TopicPartition

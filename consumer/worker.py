@@ -217,8 +217,8 @@ class Worker:
         ids = [i for rows in per_message for i in rows.event_ids]
         token = hashlib.sha256("\n".join(ids).encode()).hexdigest()
         links = [r for rows in per_message for r in rows.links]
-        writer.write(warehouse.LINKS_TABLE, warehouse.LINK_COLUMNS, warehouse.encode(links) if links else b"",
-                     token + ":links")
+        if links:
+            writer.write(warehouse.LINKS_TABLE, warehouse.LINK_COLUMNS, warehouse.encode(links), token + ":links")
         if ids:
             writer.write(warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS, _lines(rows.events for rows in per_message),
                          token)
