@@ -7,7 +7,8 @@ single-event endpoint: 1,470 against 800-900 requests/s with the same CPU
 (bench/README.md) — threads spent their time in GIL hand-offs (~15 futex calls
 a request), greenlets switch in user space. The worker monkey-patches the
 standard library before the app is imported, so kafka-python's I/O thread and
-redis-py's sockets become cooperative too.
+redis-py's sockets become cooperative too. HTTP is parsed by gevent's pywsgi
+(deploy/gunicorn_worker.py says why).
 
 No preload: the app (its Kafka producer, its state connections) is built in
 each worker after the fork.
@@ -19,10 +20,10 @@ _settings = Settings.from_env()
 wsgi_app = "ingest_api:create_app()"
 bind = _settings.api_bind
 workers = _settings.api_workers
-worker_class = "gevent"
+worker_class = "deploy.gunicorn_worker.Worker"
 worker_connections = _settings.api_connections
-# A stopping gevent worker waits for its open connections, idle keep-alive
-# ones included, so this is also how long a restart can wait for an idle client.
+# A stopping worker waits for its open connections, idle keep-alive ones
+# included, so this is also how long a restart can wait for an idle client.
 keepalive = _settings.api_keepalive_seconds
 graceful_timeout = 30
 timeout = 60

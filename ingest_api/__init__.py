@@ -18,6 +18,7 @@ from deploy.settings import Settings
 
 if TYPE_CHECKING:
     from deploy.queue.base import Publisher
+    from .coalesce import Coalescer
     from schemas.events import EventValidator
 
     from .state.base import FrontDoorState
@@ -33,6 +34,8 @@ class FrontDoor:
     clock: Callable[[], float]
     validator: EventValidator
     strict_validator: EventValidator
+    # (token, now) → state.admit's answer; concurrent requests share one state call
+    admission: Coalescer
 
 
 def create_app(settings: Settings | None = None, *, publisher: Publisher | None = None,
@@ -41,16 +44,19 @@ def create_app(settings: Settings | None = None, *, publisher: Publisher | None 
     from schemas.events import EventValidator
 
     from . import errors, events, health
+    from .coalesce import Coalescer
 
     settings = settings or Settings.from_env()
+    state = state or components.make_state(settings)
     app = Flask(__name__)
     app.extensions["flokit"] = FrontDoor(
         settings=settings,
         publisher=publisher or components.make_publisher(settings),
-        state=state or components.make_state(settings),
+        state=state,
         clock=clock,
         validator=EventValidator(strict_events=False, clock=clock),
         strict_validator=EventValidator(strict_events=True, clock=clock),
+        admission=Coalescer(lambda requests: state.admit_many(requests, settings.rate_limit_per_minute), "admission"),
     )
     errors.register(app)
     app.register_blueprint(events.bp)

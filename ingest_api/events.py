@@ -32,7 +32,7 @@ def batch_events():
 def _ingest(batch: bool) -> Response:
     ctx = current_app.extensions["flokit"]
     now = ctx.clock()
-    workspace, decision = auth.admit(request, ctx.state, ctx.settings.rate_limit_per_minute, now)
+    workspace, decision = auth.admit(request, ctx.admission, now)
     limit_headers = rate_limit.enforce(decision)
     try:
         response = _handle(ctx, workspace, batch, now)

@@ -143,3 +143,23 @@ def test_concurrent_duplicates_cannot_both_proceed(state):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert sorted(kinds) == ["in_progress"] * 7 + ["proceed"]
+
+
+def test_admit_many_is_admit_called_in_order(state):
+    """One call for many requests (what a worker's concurrent requests share) answers each as a
+    separate admit in the same order would: same workspaces, same counts, refusals counting nothing."""
+    key = state.create_key("acme")
+    other = state.create_key("other")
+    state.configure_workspace("acme", rate_limit_per_minute=3)
+    key_id, secret = split_key(key)
+    requests = [(key, T0), ("not-a-key", T0), (other, T0), (key, T0), ("fk_000000000000_" + secret, T0),
+                (key, T0), (key, T0), (key, T0 + 20)]
+    admitted = state.admit_many(requests, 100)
+    assert [a and a[0].name for a in admitted] == ["acme", None, "other", "acme", None, "acme", "acme", "acme"]
+    acme = [a[1] for a in admitted if a and a[0].name == "acme"]
+    # 3 a minute: three fit at T0, the fourth is refused, and 20 s later one more fits.
+    assert [d.allowed for d in acme] == [True, True, True, False, True]
+    assert [d.remaining for d in acme[:3]] == [2, 1, 0] and acme[3].retry_after == 20
+    assert admitted[2][1].remaining == 99
+    assert state.admit_many([], 100) == []
+    assert state.admit_many([("nope", T0)], 100) == [None]

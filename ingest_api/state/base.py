@@ -12,6 +12,7 @@ import math
 import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Sequence
 
 # Idempotency records answer retries for this long after the first attempt.
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 60 * 60
@@ -198,12 +199,20 @@ class FrontDoorState(ABC):
     def admit(self, token: str, default_limit: int, now: float) -> tuple[Workspace, RateDecision] | None:
         """Every request's first step: authenticate `token`, then count the request
         against its workspace's limit (`default_limit` if the workspace has none).
-        None for a key that is unknown, malformed or revoked (nothing counted).
-        One method so that a networked store can do it in one round trip."""
-        workspace = self.authenticate(token)
-        if workspace is None:
-            return None
-        return workspace, self.hit_rate_limit(workspace.name, workspace.rate_limit_per_minute or default_limit, now)
+        None for a key that is unknown, malformed or revoked (nothing counted)."""
+        return self.admit_many([(token, now)], default_limit)[0]
+
+    def admit_many(self, requests: Sequence[tuple[str, float]],
+                   default_limit: int) -> list[tuple[Workspace, RateDecision] | None]:
+        """`admit` for each (token, now), in order, as if called one after another.
+        One method so that a networked store can admit all the requests a worker
+        holds at once in one round trip (ingest_api.coalesce)."""
+        admitted = []
+        for token, now in requests:
+            workspace = self.authenticate(token)
+            admitted.append(None if workspace is None else (
+                workspace, self.hit_rate_limit(workspace.name, workspace.rate_limit_per_minute or default_limit, now)))
+        return admitted
 
     # idempotency
     @abstractmethod

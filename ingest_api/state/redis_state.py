@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import orjson
 import redis
@@ -27,21 +28,32 @@ end
 _GCRA = _GCRA_STEP + """
 return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 """
-# base.FrontDoorState.admit in one round trip: the key record, its workspace's
-# settings and the GCRA step. Returns false for an unknown or revoked key or a
-# wrong secret (compared as SHA-256 digests, so the comparison's timing tells
-# nothing about the secret), else {workspace, its own limit or '', strict,
+# base.FrontDoorState.admit_many in one round trip: for each request in order,
+# its key record, its workspace's settings and the GCRA step. KEYS are the key
+# records; ARGV is the namespace, the default limit, the window, then a
+# (secret's SHA-256, now) pair per key. Each result is 0 for an unknown or
+# revoked key or a wrong secret (compared as digests, so the comparison's timing
+# tells nothing about the secret), else {workspace, its own limit or '', strict,
 # previous tat or ''}.
 # It derives the workspace's keys from the key record, so it needs a standalone
 # Redis (or a primary with replicas), not Redis Cluster.
-_ADMIT = _GCRA_STEP + """
-local key = redis.call('HMGET', KEYS[1], 'workspace', 'hash', 'revoked')
-if not key[2] or key[2] ~= ARGV[1] or key[3] == '1' then return false end
-local ns, workspace = ARGV[5], key[1]
-local conf = redis.call('HMGET', ns .. ':workspace:' .. workspace, 'rate_limit', 'strict_events')
-local limit = tonumber(conf[1]) or tonumber(ARGV[3])
-local prev = gcra(ns .. ':rate:' .. workspace, tonumber(ARGV[2]), limit, tonumber(ARGV[4]))
-return {workspace, conf[1] or '', conf[2] or '0', prev or ''}
+_ADMIT_MANY = _GCRA_STEP + """
+local ns, default_limit, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for i, key_record in ipairs(KEYS) do
+  local secret_hash, now = ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i])
+  local key = redis.call('HMGET', key_record, 'workspace', 'hash', 'revoked')
+  if not key[2] or key[2] ~= secret_hash or key[3] == '1' then
+    out[i] = 0
+  else
+    local workspace = key[1]
+    local conf = redis.call('HMGET', ns .. ':workspace:' .. workspace, 'rate_limit', 'strict_events')
+    local limit = tonumber(conf[1]) or default_limit
+    local prev = gcra(ns .. ':rate:' .. workspace, now, limit, window)
+    out[i] = {workspace, conf[1] or '', conf[2] or '0', prev or ''}
+  end
+end
+return out
 """
 
 
@@ -50,7 +62,7 @@ class RedisState(FrontDoorState):
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
         self._ns = namespace
         self._gcra = self._redis.register_script(_GCRA)
-        self._admit = self._redis.register_script(_ADMIT)
+        self._admit_many = self._redis.register_script(_ADMIT_MANY)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self._ns, *parts))
@@ -115,19 +127,27 @@ class RedisState(FrontDoorState):
         decision, _ = gcra(float(prev) if prev is not None else None, now, limit)
         return decision
 
-    def admit(self, token: str, default_limit: int, now: float) -> tuple[Workspace, RateDecision] | None:
-        parts = split_key(token)
-        if parts is None:
-            return None
-        key_id, secret = parts
-        found = self._admit(keys=[self._k("key", key_id)],
-                            args=[hash_secret(secret), repr(now), default_limit, RATE_WINDOW_SECONDS, self._ns])
-        if not found:
-            return None
-        name, own_limit, strict, prev = found
-        workspace = Workspace(name.decode(), int(own_limit) if own_limit else None, strict == b"1")
-        decision, _ = gcra(float(prev) if prev else None, now, workspace.rate_limit_per_minute or default_limit)
-        return workspace, decision
+    def admit_many(self, requests: Sequence[tuple[str, float]],
+                   default_limit: int) -> list[tuple[Workspace, RateDecision] | None]:
+        keys, args, asked = [], [self._ns, default_limit, RATE_WINDOW_SECONDS], []
+        for token, now in requests:
+            parts = split_key(token)
+            asked.append(parts is not None)
+            if parts is not None:
+                keys.append(self._k("key", parts[0]))
+                args += [hash_secret(parts[1]), repr(now)]
+        found = iter(self._admit_many(keys=keys, args=args) if keys else ())
+        admitted = []
+        for (token, now), was_asked in zip(requests, asked):
+            result = next(found) if was_asked else 0
+            if not result:
+                admitted.append(None)
+                continue
+            name, own_limit, strict, prev = result
+            workspace = Workspace(name.decode(), int(own_limit) if own_limit else None, strict == b"1")
+            decision, _ = gcra(float(prev) if prev else None, now, workspace.rate_limit_per_minute or default_limit)
+            admitted.append((workspace, decision))
+        return admitted
 
     # idempotency: WATCH/MULTI so the rules stay in base.decide_idempotency
     def idempotency_begin(self, workspace: str, key: str, fingerprint: str,
