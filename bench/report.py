@@ -93,7 +93,7 @@ def rows(r: dict) -> list[tuple]:
                     "no-op p50 / p99 / p999",
                     " / ".join(_fmt(_get(noop, "single_open_loop", "latency_ms", k)) for k in ("p50", "p99", "p999")),
                     ""))
-    for lower in _get(fd, "single_open_loop_lower") or []:
+    for lower in _get(fd, "single_open_loop_more") or []:
         line(f"   open loop at {lower.get('offered_rate', 0):,.0f} req/s: p99 latency, ms", _get(lower, "latency_ms", "p99"),
              TARGETS["single_p99_ms"], higher=False)
         out.append(("   open loop p50 / p99 / p999, ms",

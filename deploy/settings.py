@@ -28,7 +28,9 @@ class Settings:
     dlq_topic: str = field(default="flokit.events.dlq", metadata={"env": "FLOKIT_DLQ_TOPIC"})
     partitions: int = field(default=4, metadata={"env": "FLOKIT_PARTITIONS"})
     replication_factor: int = field(default=1, metadata={"env": "FLOKIT_REPLICATION_FACTOR"})
-    kafka_linger_ms: int = field(default=5, metadata={"env": "FLOKIT_KAFKA_LINGER_MS"})
+    # 0: the front door already puts the events of concurrent requests into shared records
+    # (ingest_api.enqueue), so waiting to fill a batch only added latency (bench/README.md).
+    kafka_linger_ms: int = field(default=0, metadata={"env": "FLOKIT_KAFKA_LINGER_MS"})
 
     # Front-door shared state. Unset → a SQLite file under data_dir.
     redis_url: str = field(default="", metadata={"env": "FLOKIT_REDIS_URL"})

@@ -10,17 +10,18 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from flask import Flask
-
 from typing import TYPE_CHECKING
+
+from flask import Flask
 
 from deploy.settings import Settings
 
 if TYPE_CHECKING:
     from deploy.queue.base import Publisher
-    from .coalesce import Coalescer
     from schemas.events import EventValidator
 
+    from .coalesce import Coalescer
+    from .enqueue import Enqueuer
     from .state.base import FrontDoorState
 
 
@@ -36,6 +37,7 @@ class FrontDoor:
     strict_validator: EventValidator
     # (token, now) → state.admit's answer; concurrent requests share one state call
     admission: Coalescer
+    enqueuer: Enqueuer  # concurrent requests share queue records
 
 
 def create_app(settings: Settings | None = None, *, publisher: Publisher | None = None,
@@ -45,18 +47,21 @@ def create_app(settings: Settings | None = None, *, publisher: Publisher | None 
 
     from . import errors, events, health
     from .coalesce import Coalescer
+    from .enqueue import Enqueuer
 
     settings = settings or Settings.from_env()
     state = state or components.make_state(settings)
+    publisher = publisher or components.make_publisher(settings)
     app = Flask(__name__)
     app.extensions["flokit"] = FrontDoor(
         settings=settings,
-        publisher=publisher or components.make_publisher(settings),
+        publisher=publisher,
         state=state,
         clock=clock,
         validator=EventValidator(strict_events=False, clock=clock),
         strict_validator=EventValidator(strict_events=True, clock=clock),
         admission=Coalescer(lambda requests: state.admit_many(requests, settings.rate_limit_per_minute), "admission"),
+        enqueuer=Enqueuer(publisher, settings.enqueue_timeout_seconds),
     )
     errors.register(app)
     app.register_blueprint(events.bp)

@@ -7,7 +7,11 @@ hands it all to the next flush as one list, so a round trip is paid per flush,
 not per request. Nothing waits for a batch to fill: at low load a flush holds
 one item and costs what a direct call did; under load flushes grow by themselves.
 
-The flusher is a thread started on first use, in the process that uses it
+A flush that waits long (Kafka's acknowledgement) would make everything that
+arrives meanwhile wait for it: such a Coalescer has several flushers, each taking
+whatever is pending when it is free.
+
+Flushers are threads started on first use, in the process that uses them
 (gunicorn forks workers after import). Under gevent's monkey-patching it is a
 greenlet and the waits below are cooperative; elsewhere (tests, `flokit dev`)
 it is a plain thread.
@@ -37,9 +41,10 @@ class Coalescer(Generic[T, R]):
     `flush` shared with whatever else was submitted meanwhile. If `flush` raises,
     every caller of that flush gets the exception."""
 
-    def __init__(self, flush: Callable[[list[T]], Sequence[R]], name: str):
+    def __init__(self, flush: Callable[[list[T]], Sequence[R]], name: str, flushers: int = 1):
         self._flush = flush
         self._name = name
+        self._flushers = flushers
         self._cond = threading.Condition()
         self._pending: list[_Slot] = []
         self._pid: int | None = None
@@ -49,7 +54,8 @@ class Coalescer(Generic[T, R]):
         with self._cond:
             if self._pid != os.getpid():  # first use in this process
                 self._pid = os.getpid()
-                threading.Thread(target=self._run, name=f"coalesce-{self._name}", daemon=True).start()
+                for n in range(self._flushers):
+                    threading.Thread(target=self._run, name=f"coalesce-{self._name}-{n}", daemon=True).start()
             self._pending.append(slot)
             self._cond.notify()
         slot.done.wait()

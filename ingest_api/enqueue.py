@@ -1,32 +1,64 @@
-"""Handing accepted events to the queue: grouped into one record per partition,
-published, and acknowledged before the caller may answer 200."""
+"""Handing accepted events to the queue: the events of the requests a worker
+holds at once are grouped into one record per workspace and partition,
+published, and acknowledged before any of those requests may answer 200."""
 from __future__ import annotations
 
 import logging
+import time
+from typing import Sequence
 
 from deploy.queue.base import Publisher, QueueUnavailable, Record
 from schemas import envelope
 
+from .coalesce import Coalescer
 from .errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+# Publishes in flight at once per worker. Each waits for the queue's acknowledgement (Kafka's linger and
+# round trip, a few ms); whatever arrives meanwhile goes to the next free one, so a request waits for at most
+# a fraction of a publish before its own starts.
+PUBLISHERS = 4
 
 
-def publish(publisher: Publisher, workspace: str, received_at: str, events: list[dict], timeout: float) -> None:
-    """Durably enqueue `events` (each with its event_id) or raise ServiceUnavailable."""
-    try:
-        partitions = publisher.partition_count()
-        groups: dict[int, list[dict]] = {}
+class Enqueuer:
+    def __init__(self, publisher: Publisher, timeout: float):
+        self._publisher = publisher
+        self._timeout = timeout
+        self._requests = Coalescer(self._publish, "enqueue", flushers=PUBLISHERS)
+
+    def publish(self, workspace: str, received_at: str, events: list[dict]) -> None:
+        """Durably enqueue `events` (each with its event_id) or raise ServiceUnavailable."""
+        try:
+            self._requests.submit((workspace, received_at, events, time.monotonic() + self._timeout))
+        except QueueUnavailable as exc:
+            log.warning("enqueue failed: %s", exc)  # the detail names internal hosts: logged, not returned
+            raise ServiceUnavailable("queue_unavailable",
+                                     "the event queue did not accept the events in time; nothing was accepted,"
+                                     " retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc
+
+    def _publish(self, requests: list[tuple[str, str, list[dict], float]]) -> list[None]:
+        # One answer for all: if any record is not acknowledged, every request of the flush gets a 503
+        # (never a 200 for an event that may be lost; a retry of one that did arrive is deduped by the
+        # Idempotency-Key). The oldest request's deadline bounds the wait.
+        records = records_for([(workspace, received_at, events) for workspace, received_at, events, _ in requests],
+                              self._publisher.partition_count())
+        deadline = min(request[3] for request in requests)
+        self._publisher.publish(records, max(0.0, deadline - time.monotonic()))
+        return [None] * len(requests)
+
+
+def records_for(requests: Sequence[tuple[str, str, list[dict]]], partitions: int) -> list[Record]:
+    """The records of several requests' events: one (or more, if large) per workspace and partition, each
+    event keeping its own request's received_at, in request order within a partition."""
+    groups: dict[tuple[str, int], tuple[list[str], list[dict]]] = {}
+    for workspace, received_at, events in requests:
         for event in events:
-            groups.setdefault(envelope.partition_for(envelope.partition_key(event), partitions), []).append(event)
-        records = [Record(partition, value)
-                   for partition, group in groups.items()
-                   for value in envelope.encode_records(workspace, received_at, group)]
-        publisher.publish(records, timeout)
-    except QueueUnavailable as exc:
-        log.warning("enqueue failed: %s", exc)  # the detail names internal hosts: logged, not returned
-        raise ServiceUnavailable("queue_unavailable",
-                                 "the event queue did not accept the events in time; nothing was accepted, retry later",
-                                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc
+            times, grouped = groups.setdefault(
+                (workspace, envelope.partition_for(envelope.partition_key(event), partitions)), ([], []))
+            times.append(received_at)
+            grouped.append(event)
+    return [Record(partition, value)
+            for (workspace, partition), (times, grouped) in groups.items()
+            for value in envelope.encode_records(workspace, times, grouped)]

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, request
 from schemas import envelope
 from schemas.events import EventInvalid, validate_batch_shape
 
-from . import auth, enqueue, idempotency, rate_limit
+from . import auth, idempotency, rate_limit
 from .body import parse_json, read_body
 from .errors import ApiError, BadRequest, json_response
 from .ids import new_event_ids
@@ -90,7 +90,7 @@ def _accept(ctx, workspace, batch: bool, items: list, event_ids: list[str], now:
                          extra={"accepted": 0, "rejected": len(errors), "event_ids": [], "errors": errors})
 
     received_at = envelope.iso_ms(now)
-    enqueue.publish(ctx.publisher, workspace.name, received_at, accepted, ctx.settings.enqueue_timeout_seconds)
+    ctx.enqueuer.publish(workspace.name, received_at, accepted)
     if not batch:
         return json_response({"status": "ok", "event_id": ids[0]})
     return json_response({"status": "ok", "accepted": len(accepted), "rejected": len(errors),

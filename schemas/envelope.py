@@ -75,25 +75,41 @@ def iso_ms(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def encode_records(workspace: str, received_at: str, events: Sequence[dict[str, Any]],
+def encode_records(workspace: str, received_at: str | Sequence[str], events: Sequence[dict[str, Any]],
                    max_bytes: int = MAX_RECORD_BYTES) -> list[bytes]:
     """Validated events (each with its event_id) as one or more envelopes, each at
     most about `max_bytes` long; an event larger than that on its own still gets
-    an envelope of its own. Each event is serialised once."""
-    fields = b'"workspace":%s,"received_at":%s' % (orjson.dumps(workspace), orjson.dumps(received_at))
-    head, row_head = b'{"v":%d,%s,"events":[' % (VERSION, fields), b"{" + fields + b","
-    records, refs, rows, size = [], [], [], 0
-    for event in events:
-        row = row_head + orjson.dumps(event)[1:]
+    an envelope of its own. Each event is serialised once. `received_at` is every
+    event's, or one per event (events of several requests enqueued together); a
+    header carries its first event's."""
+    times = [received_at] * len(events) if isinstance(received_at, str) else received_at
+    quoted_workspace = orjson.dumps(workspace)
+    heads: dict[str, bytes] = {}
+
+    def row_head(at: str) -> bytes:
+        if at not in heads:
+            heads[at] = b'{"workspace":%s,"received_at":%s,' % (quoted_workspace, orjson.dumps(at))
+        return heads[at]
+
+    records, refs, rows, size, first = [], [], [], 0, ""
+
+    def close_record() -> None:
+        head = b'{"v":%d,"workspace":%s,"received_at":%s,"events":[' % (VERSION, quoted_workspace, orjson.dumps(first))
+        records.append(head + b",".join(refs) + b"]}\n" + b"\n".join(rows))
+
+    for at, event in zip(times, events):
+        row = row_head(at) + orjson.dumps(event)[1:]
         ref = orjson.dumps([event["event_id"], event.get("anonymous_id"), event.get("user_id"), event["timestamp"]])
         if rows and size + len(row) + len(ref) + 2 > max_bytes:
-            records.append(head + b",".join(refs) + b"]}\n" + b"\n".join(rows))
+            close_record()
             refs, rows, size = [], [], 0
+        if not rows:
+            first = at
         refs.append(ref)
         rows.append(row)
         size += len(row) + len(ref) + 2
     if rows:
-        records.append(head + b",".join(refs) + b"]}\n" + b"\n".join(rows))
+        close_record()
     return records
 
 

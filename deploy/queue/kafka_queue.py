@@ -26,7 +26,7 @@ class KafkaPublisher(Publisher):
     the broker is down instead of refusing to start.
     """
 
-    def __init__(self, bootstrap: str, topic: str, timeout: float, *, linger_ms: int = 5,
+    def __init__(self, bootstrap: str, topic: str, timeout: float, *, linger_ms: int = 0,
                  compression: str | None = None):
         self._bootstrap = bootstrap
         self._topic = topic
