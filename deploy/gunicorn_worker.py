@@ -26,5 +26,8 @@ class Worker(GeventPyWSGIWorker):
     wsgi_handler = _Handler
 
     def init_process(self):
-        self.server_class = type("Server", (self.server_class,), {"idle_seconds": self.cfg.keepalive})
+        # max_accept 1, as gunicorn's own gevent worker sets with several workers: gevent's default takes up
+        # to 100 waiting connections per wake-up, so a burst of new clients all landed on one worker.
+        self.server_class = type("Server", (self.server_class,), {"idle_seconds": self.cfg.keepalive,
+                                                                   "max_accept": 1 if self.cfg.workers > 1 else 100})
         super().init_process()

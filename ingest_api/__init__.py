@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, *, publisher: Publisher | None 
     from . import errors, events, health
     from .coalesce import Coalescer
     from .enqueue import Enqueuer
+    from .fast_routes import FastRoutes
 
     settings = settings or Settings.from_env()
     state = state or components.make_state(settings)
@@ -66,4 +67,5 @@ def create_app(settings: Settings | None = None, *, publisher: Publisher | None 
     errors.register(app)
     app.register_blueprint(events.bp)
     app.register_blueprint(health.bp)
+    app.wsgi_app = FastRoutes(app)
     return app

@@ -22,7 +22,10 @@ def read_body(request: Request, max_bytes: int) -> bytes:
         raise UnsupportedMediaType("unsupported_media_type", f"the body must be UTF-8, not {charset}")
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
-    raw = request.stream.read(max_bytes + 1)
+    try:
+        raw = request.stream.read(max_bytes + 1)
+    except OSError:  # the server's reader: the connection ended (or broke) before Content-Length bytes came
+        raise BadRequest("invalid_body", "the body ended before its Content-Length; send the whole body") from None
     if len(raw) > max_bytes:
         raise _too_large(max_bytes)
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()

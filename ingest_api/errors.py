@@ -62,16 +62,17 @@ def json_response(body: dict, status: int = 200, headers: dict[str, str] | None 
     return Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
 
 
-def register(app: Flask) -> None:
-    app.register_error_handler(ApiError, lambda exc: exc.response())
-
-    @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException):
-        # Werkzeug's own errors (404, 405, …) in our shape, code from the name.
+def error_response(exc: Exception) -> Response:
+    """Any exception as the API's error response: ours as they are, Werkzeug's own (404, 405, a client that
+    disconnected mid-body, …) in our shape with the code from their name, anything else a logged 500."""
+    if isinstance(exc, ApiError):
+        return exc.response()
+    if isinstance(exc, HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
         return json_response({"error": code, "message": exc.description or exc.name}, exc.code or 500)
+    log.error("unhandled error", exc_info=exc)
+    return json_response({"error": "internal_error", "message": "an unexpected error occurred; it has been logged"}, 500)
 
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        log.exception("unhandled error")
-        return json_response({"error": "internal_error", "message": "an unexpected error occurred; it has been logged"}, 500)
+
+def register(app: Flask) -> None:
+    app.register_error_handler(Exception, error_response)

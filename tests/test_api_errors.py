@@ -158,3 +158,43 @@ def test_invalid_idempotency_key(server, key):
 def test_unknown_routes_and_methods_answer_json(server, key):
     assert_error(requests.get(server.url + "/v1/nope", timeout=10), 404, "not_found")
     assert_error(requests.get(server.url + "/v1/events", timeout=10), 405, "method_not_allowed")
+
+
+def test_a_body_shorter_than_its_content_length_is_a_json_4xx(server, key):
+    """A client that sends part of its body and stops (half-closes) gets our error shape, not a 500."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"event\": \"payw")
+        sock.shutdown(socket.SHUT_WR)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert 400 <= status < 500, raw
+    doc = orjson.loads(body)
+    assert doc["error"] and doc["message"]
+
+
+def test_an_unexpected_error_on_the_ingest_path_is_a_logged_json_500(tmp_path, caplog):
+    """A bug cannot be produced for real: a state store that raises stands in for one. The ingest routes
+    skip Flask (ingest_api.fast_routes) and must still answer in the API's shape."""
+    from deploy.queue.local_log import LocalLogPublisher
+    from deploy.settings import Settings
+    from ingest_api import create_app
+    from ingest_api.state.sqlite_state import SqliteState
+
+    class BrokenState(SqliteState):
+        def admit_many(self, requests, default_limit):
+            raise RuntimeError("a bug")
+
+    app = create_app(Settings(data_dir=tmp_path), publisher=LocalLogPublisher(tmp_path / "q.sqlite3", 4, 5),
+                     state=BrokenState(tmp_path / "state.sqlite3"))
+    resp = app.test_client().post("/v1/events", json=GOOD, headers={"Authorization": "Bearer fk_x_y"})
+    assert resp.status_code == 500
+    assert resp.get_json()["error"] == "internal_error" and "logged" in resp.get_json()["message"]
+    assert "a bug" in caplog.text
