@@ -12,9 +12,9 @@ arrives meanwhile wait for it: such a Coalescer has several flushers, each takin
 whatever is pending when it is free.
 
 Flushers are threads started on first use, in the process that uses them
-(gunicorn forks workers after import). Under gevent's monkey-patching it is a
-greenlet and the waits below are cooperative; elsewhere (tests, `flokit dev`)
-it is a plain thread.
+(gunicorn forks workers after import). Under gevent's monkey-patching they are
+greenlets and the waits below are cooperative; elsewhere (tests, the Flask
+test client) they are plain threads.
 """
 from __future__ import annotations
 

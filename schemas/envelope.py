@@ -1,9 +1,10 @@
 """The queue's record format: a versioned envelope (contract between the front
 door and the consumers).
 
-One record carries the accepted events of one request that fall in one
-partition, so a 1,000-event batch costs a handful of queue appends rather than
-a thousand. Version 2 is a JSON header line, then one line per event:
+One record carries the accepted events of one workspace that fall in one
+partition, from one request or from the several a front-door worker enqueues
+together (ingest_api.enqueue), so a 1,000-event batch costs a handful of queue
+appends rather than a thousand, and so do a hundred concurrent single events. Version 2 is a JSON header line, then one line per event:
 
     {"v":2,"workspace":"acme","received_at":"2026-11-26T10:00:00.123Z",
      "events":[["evt_…","dev_9"|null,"usr_1"|null,"2024-03-15T14:22:00.000Z"],…]}
@@ -12,7 +13,9 @@ a thousand. Version 2 is a JSON header line, then one line per event:
     …
 
 The header lists each event's [event_id, anonymous_id, user_id, timestamp]:
-all a consumer needs to dedupe and link identities. Each event line is already
+all a consumer needs to dedupe and link identities. Its received_at is its
+first event's; each event line carries the event's own (events enqueued
+together may come from requests received a few milliseconds apart). Each event line is already
 the event's `events` row as ClickHouse's JSONEachRow reads it (ClickHouse
 stamps ingested_at; schemas.warehouse.event_row adds linked_user_id when a
 consumer knows it), so a consumer never parses or re-serialises an event's
@@ -47,7 +50,7 @@ class EnvelopeError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Envelope:
     workspace: str
-    received_at: str
+    received_at: str  # the first event's (each line has its own)
     refs: list[list]  # per event: [event_id, anonymous_id, user_id, timestamp]
     lines: memoryview  # the event lines, one per ref and in their order, newline-separated (a view: no copy)
 
