@@ -56,7 +56,7 @@ class Plan:
     e2e_at_target_seconds: float = 0  # e2e on Kafka at the target's offered rate (open loop); 0: skipped
 
 
-FULL = Plan("full", prefill_events=500_000, e2e_seconds=60, batch_seconds=20, single_seconds=20, open_seconds=20,
+FULL = Plan("full", prefill_events=1_000_000, e2e_seconds=60, batch_seconds=20, single_seconds=20, open_seconds=20,
             noop_seconds=10, validation_seconds=3, single_raw_records=50_000, batch_bodies=40, single_bodies=5000,
             local_batch_seconds=10, producer_performance=True, flask_noop=True, generator_capacity=True,
             e2e_at_target_seconds=60, lower_open_fractions=(0.3, 0.5), target_open_rates=(3000.0,))

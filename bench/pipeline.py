@@ -82,10 +82,24 @@ def consumer_alone(env: dict[str, str], settings, expected: int, log_dir: Path, 
         "ready_at_s": None if ready_t is None else round(ready_t, 3),
         "first_rows_at_s": round(first_row_t, 3) if first_row_t is not None else None,
         "events_per_s": round(expected / (done_t - (ready_t or 0.0)), 1),
+        "events_per_s_steady": _steady_rate(samples, expected),
         "cpu_cores_used": _cpu_delta(cpu0, cpu1, elapsed),
         "machine_busy": round((busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * 2, 2),
         "consumer_peak_rss_mb": peak, "samples": samples,
     }
+
+
+def _steady_rate(samples: list[tuple[float, int]], expected: int) -> float | None:
+    """Rows/s from the sample where 10 % of the backlog was visible to the one where 90 % was: the drain rate
+    with the pipeline full, without its filling (the first batch polled before any insert starts) and its
+    emptying (the last insert alone)."""
+    t10 = next((t for t, rows in samples if rows >= 0.1 * expected), None)
+    t90 = next((t for t, rows in samples if rows >= 0.9 * expected), None)
+    if t10 is None or t90 is None or t90 <= t10:
+        return None
+    rows10 = next(rows for t, rows in samples if t == t10)
+    rows90 = next(rows for t, rows in samples if t == t90)
+    return round((rows90 - rows10) / (t90 - t10), 1)
 
 
 def _ready_at(consumer, wall_start: float, mono_start: float) -> float | None:

@@ -129,6 +129,8 @@ def rows(r: dict) -> list[tuple]:
             continue
         line(label, _get(c, "events_per_s"), TARGETS["consumer_events_per_s"],
              limits=[("raw ClickHouse insert, rows/s", raw_ch)])
+        line("   the same with the pipeline full (10 % → 90 % of the rows)", _get(c, "events_per_s_steady"),
+             TARGETS["consumer_events_per_s"], limits=[("raw ClickHouse insert, rows/s", raw_ch)])
     cap = _get(noop, "loadgen_closed_capacity")
     if cap:
         oc = _get(noop, "loadgen_open_capacity")

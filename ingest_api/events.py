@@ -6,6 +6,8 @@ returned only after the queue acknowledged every accepted event.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import Blueprint, Request, Response, current_app, request
 
 from schemas import envelope
@@ -15,6 +17,9 @@ from . import auth, idempotency, rate_limit
 from .body import parse_json, read_body
 from .errors import ApiError, BadRequest, json_response
 from .ids import new_event_ids
+
+if TYPE_CHECKING:
+    from . import FrontDoor
 
 bp = Blueprint("events", __name__)
 
@@ -34,7 +39,7 @@ def batch_events():
     return ingest(current_app.extensions["flokit"], request, batch=True)
 
 
-def ingest(ctx, request: Request, batch: bool) -> Response:
+def ingest(ctx: FrontDoor, request: Request, batch: bool) -> Response:
     now = ctx.clock()
     workspace, decision = auth.admit(request, ctx.admission, now)
     limit_headers = rate_limit.enforce(decision)
@@ -47,7 +52,7 @@ def ingest(ctx, request: Request, batch: bool) -> Response:
     return response
 
 
-def _handle(ctx, request: Request, workspace, batch: bool, now: float) -> Response:
+def _handle(ctx: FrontDoor, request: Request, workspace, batch: bool, now: float) -> Response:
     document = parse_json(read_body(request, ctx.settings.max_body_bytes))
     try:
         items = validate_batch_shape(document) if batch else [document]
