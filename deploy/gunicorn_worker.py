@@ -15,9 +15,16 @@ from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
 
 class _Handler(PyWSGIHandler):
+    _served = False  # one handler per connection
+
     def read_requestline(self):
-        # Nothing within keepalive seconds: '' closes the connection, as at EOF.
-        with gevent.Timeout(self.server.idle_seconds, False):
+        # '' closes the connection, as at EOF: after keepalive idle seconds, or (keepalive 0,
+        # keep-alive off) after the first request.
+        idle = self.server.idle_seconds
+        if idle <= 0 and self._served:
+            return ""
+        self._served = True
+        with gevent.Timeout(idle if idle > 0 else None, False):
             return super().read_requestline()
         return ""
 
