@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -256,7 +257,8 @@ class Run:
         self.key = self.state.create_key(self.workspace)
         R["config"].update({"workspace": self.workspace, "rate_limit_per_minute": 10**9,
                             "api_workers": int(os.environ.get("FLOKIT_API_WORKERS") or len(os.sched_getaffinity(0))),
-                            "api_worker_class": "gevent",
+                            "api_worker_class": runpy.run_path(
+                                str(Path(__file__).resolve().parent.parent / "deploy" / "gunicorn.conf.py"))["worker_class"],
                             "api_connections": int(os.environ.get("FLOKIT_API_CONNECTIONS") or 1000),
                             "batch_max_events": int(os.environ.get("FLOKIT_BATCH_MAX_EVENTS") or 50_000),
                             "kafka": self.bootstrap, "redis": self.redis_url, "warehouse": self.warehouse_url})

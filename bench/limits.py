@@ -4,7 +4,7 @@
 * the other per-event CPU steps of the path, for the profile: envelope encoding (front door), envelope decoding
   and schemas.warehouse.event_row over envelope lines, every event stamped (consumer's worst case);
 * raw Kafka produce: a bare kafka-python producer with the front door's own settings (acks=all, idempotent,
-  linger 5 ms, 512 KiB batches) publishing the same envelopes, pipelined; and Kafka's own Java
+  its linger, 512 KiB batches) publishing the same envelopes, pipelined; and Kafka's own Java
   ProducerPerformance with the same record size;
 * raw local-log append: deploy.queue.local_log.LocalLogPublisher, one publish per 1,000-event request, as the
   front door does in embedded mode;
@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import orjson
+
+from deploy.settings import Settings
 
 
 def _rate(count: float, seconds: float) -> float:
@@ -96,12 +98,14 @@ def path_steps(raw_events: list[dict], normalized: list[dict], partitions: int =
 
 # --- Kafka ----------------------------------------------------------------------------------------------
 
+_LINGER_MS = Settings().kafka_linger_ms  # the front door's own
+
 
 def kafka_produce(bootstrap: str, topic: str, requests: list[list[tuple[int, bytes, int]]]) -> dict:
     """Publish every request's records with the front door's producer settings, pipelined, then flush."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=_LINGER_MS,
                              batch_size=512 * 1024, max_request_size=16 * 1024 * 1024,
                              request_timeout_ms=30_000, max_block_ms=30_000, allow_auto_create_topics=False)
     try:
@@ -135,7 +139,7 @@ def producer_performance(bootstrap: str, topic: str, records: int, record_size: 
     cmd = ["java", "-Xmx512m", "-cp", libs[-1] + "/*", "org.apache.kafka.tools.ProducerPerformance",
            "--topic", topic, "--num-records", str(records), "--record-size", str(record_size), "--throughput", "-1",
            "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "enable.idempotence=true",
-           "linger.ms=5", "batch.size=524288", "max.request.size=16777216"]
+           f"linger.ms={_LINGER_MS}", "batch.size=524288", "max.request.size=16777216"]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     wall = time.perf_counter() - start

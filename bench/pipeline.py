@@ -93,13 +93,11 @@ def _steady_rate(samples: list[tuple[float, int]], expected: int) -> float | Non
     """Rows/s from the sample where 10 % of the backlog was visible to the one where 90 % was: the drain rate
     with the pipeline full, without its filling (the first batch polled before any insert starts) and its
     emptying (the last insert alone)."""
-    t10 = next((t for t, rows in samples if rows >= 0.1 * expected), None)
-    t90 = next((t for t, rows in samples if rows >= 0.9 * expected), None)
-    if t10 is None or t90 is None or t90 <= t10:
+    first = next(((t, rows) for t, rows in samples if rows >= 0.1 * expected), None)
+    last = next(((t, rows) for t, rows in samples if rows >= 0.9 * expected), None)
+    if first is None or last is None or last[0] <= first[0]:
         return None
-    rows10 = next(rows for t, rows in samples if t == t10)
-    rows90 = next(rows for t, rows in samples if t == t90)
-    return round((rows90 - rows10) / (t90 - t10), 1)
+    return round((last[1] - first[1]) / (last[0] - first[0]), 1)
 
 
 def _ready_at(consumer, wall_start: float, mono_start: float) -> float | None:

@@ -25,18 +25,12 @@ bp = Blueprint("events", __name__)
 
 
 # Served through ingest_api.fast_routes, which calls ingest() without Flask's per-request machinery. The
-# Flask routes stay: through them Flask's routing answers other methods on these paths (405, OPTIONS).
+# Flask rules stay: through them Flask's routing answers other methods on these paths (405, OPTIONS).
 ROUTES = {"/v1/events": False, "/v1/batch/events": True}  # path → batch?
 
-
-@bp.post("/v1/events")
-def single_event():
-    return ingest(current_app.extensions["flokit"], request, batch=False)
-
-
-@bp.post("/v1/batch/events")
-def batch_events():
-    return ingest(current_app.extensions["flokit"], request, batch=True)
+for _path, _batch in ROUTES.items():
+    bp.add_url_rule(_path, "batch_events" if _batch else "single_event", methods=["POST"],
+                    view_func=lambda batch=_batch: ingest(current_app.extensions["flokit"], request, batch))
 
 
 def ingest(ctx: FrontDoor, request: Request, batch: bool) -> Response:
