@@ -249,6 +249,7 @@ class Run:
             self.warehouse, self.warehouse_url = warehouse_started.result()
             self.procs.append(self.warehouse)
             pool.shutdown()
+        from deploy.settings import Settings
         from ingest_api.state.redis_state import RedisState
 
         self.state = RedisState(self.redis_url)
@@ -260,7 +261,7 @@ class Run:
                             "api_worker_class": runpy.run_path(
                                 str(Path(__file__).resolve().parent.parent / "deploy" / "gunicorn.conf.py"))["worker_class"],
                             "api_connections": int(os.environ.get("FLOKIT_API_CONNECTIONS") or 1000),
-                            "batch_max_events": int(os.environ.get("FLOKIT_BATCH_MAX_EVENTS") or 50_000),
+                            "batch_max_events": Settings.from_env().batch_max_events,
                             "kafka": self.bootstrap, "redis": self.redis_url, "warehouse": self.warehouse_url})
         requests = list(workload.request_records(normalized, 4, self.workspace))
         R["workload"]["prefill_records_per_request"] = round(sum(map(len, requests)) / len(requests), 2)

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from deploy.queue.base import CommitFailed, Message, Subscriber
 from deploy.settings import Settings
@@ -38,7 +38,7 @@ class Stopped(Exception):
 @dataclass
 class _MessageRows:
     message: Message
-    events: bytes | memoryview  # its events' JSONEachRow rows (schemas.warehouse.event_row), one per line
+    events: list[bytes | memoryview]  # its events' JSONEachRow rows (schemas.warehouse.event_row), in pieces
     links: list[dict]  # schemas.warehouse.link_document
     event_ids: list[str]
 
@@ -78,6 +78,7 @@ class Worker:
 
     def run(self) -> None:
         gc.disable()  # see _finish_oldest_write()
+        gc.freeze()  # and leave what start-up made (modules, clients) out of those collections
         try:
             while not self._stop.is_set():
                 self.step()
@@ -118,9 +119,18 @@ class Worker:
     def flush(self) -> None:
         """Prepare the batch in hand (identities, rows) while earlier ones are still being written, then
         start writing it (after the oldest write is finished and committed, if all writers are busy)."""
-        batch = self._batch
-        if batch.empty():
+        if self._batch.empty():
             return
+        offsets = self._batch.next_offsets
+        per_message, failures = self._prepare(self._batch)
+        self._batch = self._new_batch()  # and its decoded headers are gone before this waits for a writer
+        while len(self._in_flight) >= self._max_in_flight:
+            self._finish_oldest_write()
+        self._in_flight.append((self._write_threads.submit(self._write_batch, per_message, failures), offsets))
+
+    def _prepare(self, batch: Batch) -> tuple[list[_MessageRows], list[tuple[Message, str]]]:
+        """The batch's rows per message, after looking up the identities it needs; and the messages that
+        cannot be written, with the reason."""
         anonymous_only = {(d.envelope.workspace, anonymous_id) for d in batch.decoded
                           for _, anonymous_id, user_id, _ in d.envelope.refs if anonymous_id and not user_id}
         self._attempt(lambda: self._identity.prefetch(anonymous_only))
@@ -132,11 +142,7 @@ class Worker:
             except (KeyError, TypeError, ValueError) as exc:
                 failures.append((item.message, f"cannot build rows: {type(exc).__name__}: {exc}"))
         self._recent.add_all(seen)
-        self._batch = self._new_batch()
-        while len(self._in_flight) >= self._max_in_flight:
-            self._finish_oldest_write()
-        self._in_flight.append((self._write_threads.submit(self._write_batch, per_message, failures),
-                                batch.next_offsets))
+        return per_message, failures
 
     def drain(self) -> None:
         """Write and commit everything in hand before returning."""
@@ -176,7 +182,7 @@ class Worker:
         """A message's rows: its event lines as they are (usually), or rebuilt without the events already
         written and with linked_user_id on those whose link this worker knows."""
         workspace = env.workspace
-        rows = _MessageRows(message, env.lines, [], [])
+        rows = _MessageRows(message, [env.lines], [], [])
         linked_at: dict[int, str] = {}  # index of an event → the user id to stamp on it
         dropped: set[int] = set()  # indexes of events already written
         for index, (event_id, anonymous_id, user_id, timestamp) in enumerate(env.refs):
@@ -193,8 +199,7 @@ class Worker:
                     linked_at[index] = linked
             rows.event_ids.append(event_id)
         if linked_at or dropped:
-            rows.events = b"\n".join(warehouse.event_row(line, linked_at.get(i)) for i, line in enumerate(env.rows)
-                                      if i not in dropped)
+            rows.events = _edited(env.lines, linked_at, dropped)
         return rows
 
     def _write(self, writer: BatchWriter, per_message: list[_MessageRows]) -> list[tuple[Message, str]]:
@@ -220,8 +225,7 @@ class Worker:
         if links:
             writer.write(warehouse.LINKS_TABLE, warehouse.LINK_COLUMNS, warehouse.encode(links), token + ":links")
         if ids:
-            writer.write(warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS, _lines(rows.events for rows in per_message),
-                         token)
+            writer.write(warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS, _body(per_message), token)
 
     def _attempt(self, action: Callable[[], None]) -> None:
         """Run `action`; while the warehouse or the dead-letter queue is
@@ -249,10 +253,37 @@ class Worker:
         self._identity.forget_unlinked()
 
 
-def _lines(bodies: Iterable[bytes | memoryview]) -> Iterator[bytes | memoryview]:
-    """Message bodies streamed as one JSONEachRow body (clickhouse-connect sends an iterator chunked),
-    without joining a batch's worth of bytes into one more copy."""
-    for body in bodies:
-        if body:
-            yield body
+def _edited(lines: memoryview, linked_at: dict[int, str], dropped: set[int]) -> list[bytes | memoryview]:
+    """A record's event lines (a view of the record) without the `dropped` ones and with linked_user_id on
+    the `linked_at` ones, as pieces of a JSONEachRow body: runs of untouched lines stay views of the record,
+    only an edited line is new bytes. So a batch in flight holds each event's bytes once."""
+    record = lines.obj  # lines is the record's tail: offsets in the record are offsets in lines + base
+    base = len(record) - len(lines)
+    pieces: list[bytes | memoryview] = []
+    kept = start = base  # kept: the first byte not yet in a piece; start: where line `index` starts
+    index = 0
+    for target in sorted(linked_at.keys() | dropped):
+        while index < target:
+            start = record.find(b"\n", start) + 1
+            index += 1
+        end = record.find(b"\n", start)
+        end = len(record) if end < 0 else end
+        if kept < start:
+            pieces.append(lines[kept - base:start - base])  # untouched lines, each with its newline
+        if target not in dropped:
+            pieces.append(warehouse.event_row(record[start:end], linked_at[target]) + b"\n")
+        kept = start = end + 1
+        index = target + 1
+    if kept < len(record):
+        pieces.append(lines[kept - base:])
+    return pieces
+
+
+def _body(per_message: list[_MessageRows]) -> Iterator[bytes | memoryview]:
+    """The messages' rows streamed as one JSONEachRow body (clickhouse-connect sends an iterator chunked),
+    without joining a batch's worth of bytes into one more copy. ClickHouse skips the blank line an edited
+    last line leaves."""
+    for rows in per_message:
+        if rows.event_ids:  # not every event dropped
+            yield from rows.events
             yield b"\n"

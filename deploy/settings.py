@@ -53,7 +53,8 @@ class Settings:
 
     # Consumer.
     consumer_group: str = field(default="flokit-consumers", metadata={"env": "FLOKIT_CONSUMER_GROUP"})
-    batch_max_events: int = field(default=50_000, metadata={"env": "FLOKIT_BATCH_MAX_EVENTS"})
+    # Large inserts cost ClickHouse less per row (bench/README.md: 100,000-row blocks ~25 % less CPU than 50,000).
+    batch_max_events: int = field(default=100_000, metadata={"env": "FLOKIT_BATCH_MAX_EVENTS"})
     batch_max_seconds: float = field(default=1.0, metadata={"env": "FLOKIT_BATCH_MAX_SECONDS"})
     consumer_writes: int = field(default=2, metadata={"env": "FLOKIT_CONSUMER_WRITES"})
 
