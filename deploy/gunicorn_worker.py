@@ -16,6 +16,29 @@ from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
 class _Handler(PyWSGIHandler):
     _served = False  # one handler per connection
+    _head: bytearray | None = None  # the response head, held until the body's first piece is sent
+
+    def _write_with_headers(self, data):
+        # pywsgi sends the response head and the body in two sends; one costs half the syscalls and, on
+        # loopback, half the receiving side's TCP work (bench/README.md: ~14 % of a worker's CPU went to
+        # sending at 3,000 requests/s). The head is the first thing sent; the next send carries both.
+        self._head = bytearray()
+        try:
+            super()._write_with_headers(data)
+        finally:
+            head, self._head = self._head, None
+            if head:  # no body followed
+                super()._sendall(head)
+
+    def _sendall(self, data):
+        head = self._head
+        if head is None:
+            super()._sendall(data)
+        elif not head:
+            head += data
+        else:
+            self._head = None
+            super()._sendall(head + data)
 
     def read_requestline(self):
         # '' closes the connection, as at EOF: after keepalive idle seconds, or (keepalive 0,
