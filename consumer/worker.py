@@ -179,7 +179,7 @@ class Worker:
         gc.collect()
 
     def _rows(self, message: Message, env, seen: set[str]) -> _MessageRows:
-        """A message's rows: its event lines as they are (usually), or rebuilt without the events already
+        """A message's rows: its event lines as they are, or edited (_edited): without the events already
         written and with linked_user_id on those whose link this worker knows."""
         workspace = env.workspace
         rows = _MessageRows(message, [env.lines], [], [])
