@@ -12,7 +12,9 @@ from itertools import islice
 
 
 class RecentIds:
-    def __init__(self, capacity: int = 200_000):
+    # About a batch of the largest size, a second or more of ingest: the copies it is for come back within
+    # seconds. Every id it holds costs ~120 bytes of the consumer's memory.
+    def __init__(self, capacity: int = 100_000):
         self._capacity = capacity
         self._ids: dict[str, None] = {}  # insertion-ordered: the oldest go first
 

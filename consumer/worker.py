@@ -18,7 +18,7 @@ from deploy.queue.base import CommitFailed, Message, Subscriber
 from deploy.settings import Settings
 from schemas import warehouse
 
-from .batch import Batch
+from .batch import Batch, BatchSizes
 from .dead_letters import DeadLetters
 from .decode import Decoded, decode
 from .dedupe import RecentIds
@@ -55,6 +55,7 @@ class Worker:
         self._identity = identity
         self._clock = clock
         self._recent = RecentIds()
+        self._sizes = BatchSizes(settings.batch_max_events)
         self._stop = threading.Event()
         self._stop_at = 0.0
         self._batch = self._new_batch()
@@ -69,7 +70,7 @@ class Worker:
         self._subscriber = make_subscriber(on_revoke=self._on_revoke)
 
     def _new_batch(self) -> Batch:
-        return Batch(self._settings.batch_max_events, self._settings.batch_max_seconds)
+        return Batch(self._sizes.next, self._settings.batch_max_seconds)
 
     def stop(self) -> None:
         """Finish the batch in hand, commit it and leave the group (safe from a signal handler)."""
@@ -95,7 +96,7 @@ class Worker:
         now = self._clock()
         # A message holds one request's events for one partition (1 to ~1,000): ask for as many messages
         # as the batch has room for events, by the running average, so batches (and memory) stay bounded.
-        room = max(1, self._settings.batch_max_events - self._batch.events)
+        room = max(1, self._batch.max_events - self._batch.events)
         wanted = max(1, min(10_000, int(room / self._events_per_message)))
         messages = self._subscriber.poll(wanted, timeout=min(0.5, self._batch.seconds_left(now)))
         for message in messages:
@@ -106,6 +107,7 @@ class Worker:
         while self._in_flight and self._in_flight[0][0].done():
             self._finish_oldest_write()
         if self._batch.due(self._clock(), caught_up=not messages):
+            self._sizes.flushed(self._batch, caught_up=not messages)
             self.flush()
 
     # --- flushing --------------------------------------------------------
