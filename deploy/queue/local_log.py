@@ -100,6 +100,20 @@ class GroupBusy(RuntimeError):
     """Another subscriber of the same group already reads this local log."""
 
 
+def _journal_mode_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """Switch to WAL, waiting out other connections as any statement does. SQLite answers "database is
+    locked" to this pragma at once, without its busy handler, while another process is creating the file
+    (seen with four processes opening a new log together)."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _connect(path: Path, busy_timeout: float, synchronous: str = "FULL") -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), with the
     file created and its schema in place."""
@@ -107,7 +121,7 @@ def _connect(path: Path, busy_timeout: float, synchronous: str = "FULL") -> sqli
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # no-op once the file exists
-        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+        if _journal_mode_wal(conn, busy_timeout).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot put {path} in WAL mode")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL back to 64 MB after a checkpoint

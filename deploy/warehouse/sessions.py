@@ -3,7 +3,8 @@
 A real ClickHouse session keeps a query context between requests. Here every request runs on a fresh chdb
 handle, so a session is the list of its successful SET/USE statements, replayed on each new handle before
 that request's own URL settings (which, as in ClickHouse, apply to that one query only). Temporary tables do
-not outlive their request. As in ClickHouse, one session runs one query at a time, and expires after
+not outlive their request. As in ClickHouse, one session runs one query at a time (a query that arrives
+while the session's previous one is still finishing waits up to LOCK_WAIT_SECONDS for it), and expires after
 `session_timeout` seconds unused.
 """
 from __future__ import annotations
@@ -14,6 +15,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from deploy.warehouse.errors import SESSION_IS_LOCKED, SESSION_NOT_FOUND, ClickHouseError
+
+
+LOCK_WAIT_SECONDS = 1.0
 
 
 class Session:
@@ -47,9 +51,13 @@ class Sessions:
                 if check:
                     raise ClickHouseError.of(SESSION_NOT_FOUND, f"Session {session_id} not found")
                 session = self._items[session_id] = Session(timeout)
-            if not session.lock.acquire(blocking=False):
-                raise ClickHouseError.of(SESSION_IS_LOCKED, f"Session {session_id} is locked by a concurrent client")
-            session.timeout = timeout
+            session.last_used = time.monotonic()  # not expired by anyone while this waits for it below
+        # The session's previous request may still be finishing: its client already has the whole response
+        # (sent inside the session) and may send the next query before that request's thread lets go. So
+        # wait a moment for it; a truly concurrent query in one session still gets SESSION_IS_LOCKED.
+        if not session.lock.acquire(timeout=LOCK_WAIT_SECONDS):
+            raise ClickHouseError.of(SESSION_IS_LOCKED, f"Session {session_id} is locked by a concurrent client")
+        session.timeout = timeout
         try:
             yield session
         finally:
