@@ -32,6 +32,9 @@ class Batch:
     def empty(self) -> bool:
         return not self.next_offsets
 
+    def full(self) -> bool:
+        return self.events >= self.max_events
+
     def due(self, now: float, caught_up: bool = False) -> bool:
         """Full, or max_seconds old; or, once the queue has nothing more for now (`caught_up`), a quarter
         of that: a consumer that has caught up does not sit on events, yet a trickle of events still
@@ -39,7 +42,7 @@ class Batch:
         if self.empty():
             return False
         age = now - self.started_at
-        return self.events >= self.max_events or age >= self.max_seconds or (caught_up and age >= self.max_seconds / 4)
+        return self.full() or age >= self.max_seconds or (caught_up and age >= self.max_seconds / 4)
 
     def seconds_left(self, now: float) -> float:
         return self.max_seconds if self.started_at is None else max(0.0, self.started_at + self.max_seconds - now)
@@ -62,5 +65,5 @@ class BatchSizes:
     def flushed(self, batch: Batch, caught_up: bool) -> None:
         if caught_up:
             self.next = self._first()
-        elif batch.events >= batch.max_events:
+        elif batch.full():
             self.next = min(self.largest, 2 * self.next)
