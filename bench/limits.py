@@ -98,14 +98,16 @@ def path_steps(raw_events: list[dict], normalized: list[dict], partitions: int =
 
 # --- Kafka ----------------------------------------------------------------------------------------------
 
-_LINGER_MS = Settings().kafka_linger_ms  # the front door's own
+def _linger_ms() -> int:
+    """The front door's own linger: its setting as the processes this run starts read it (with --env)."""
+    return Settings.from_env().kafka_linger_ms
 
 
 def kafka_produce(bootstrap: str, topic: str, requests: list[list[tuple[int, bytes, int]]]) -> dict:
     """Publish every request's records with the front door's producer settings, pipelined, then flush."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=_LINGER_MS,
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=_linger_ms(),
                              batch_size=512 * 1024, max_request_size=16 * 1024 * 1024,
                              request_timeout_ms=30_000, max_block_ms=30_000, allow_auto_create_topics=False)
     try:
@@ -139,7 +141,7 @@ def producer_performance(bootstrap: str, topic: str, records: int, record_size: 
     cmd = ["java", "-Xmx512m", "-cp", libs[-1] + "/*", "org.apache.kafka.tools.ProducerPerformance",
            "--topic", topic, "--num-records", str(records), "--record-size", str(record_size), "--throughput", "-1",
            "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "enable.idempotence=true",
-           f"linger.ms={_LINGER_MS}", "batch.size=524288", "max.request.size=16777216"]
+           f"linger.ms={_linger_ms()}", "batch.size=524288", "max.request.size=16777216"]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     wall = time.perf_counter() - start
