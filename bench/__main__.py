@@ -167,13 +167,35 @@ class Run:
     # --- helpers ---------------------------------------------------------------------------------------
 
     def phase(self, title: str, fn, *a, **kw):
+        from bench import procs
+
+        # The disk writes of earlier phases (a 1,000,000-event pre-fill is ~300 MB in the broker's log and as
+        # much in the local log) stay dirty in the page cache until the kernel writes them back, 30 s later
+        # (vm.dirty_expire_centisecs): in the middle of a later phase, on the same 2 cores. Write them now.
+        dirty_kb, t = procs.dirty_kb(), time.monotonic()
+        os.sync()
+        synced = round(time.monotonic() - t, 2)
         log(f"{title} …")
         t = time.monotonic()
-        load = __import__("bench.procs", fromlist=["loadavg"]).loadavg()
+        load = procs.loadavg()
         try:
             return fn(*a, **kw)
         finally:
-            self.results["phase_seconds"][title] = {"seconds": round(time.monotonic() - t, 1), "loadavg_before": load}
+            self.results["phase_seconds"][title] = {"seconds": round(time.monotonic() - t, 1), "loadavg_before": load,
+                                                    "dirty_kb_before": dirty_kb, "sync_seconds": synced}
+
+    def drop_database(self, database: str) -> None:
+        """Drop a phase's database once its figures are taken, so that the background merges of its parts
+        do not run during the phases after it (kept with --keep)."""
+        from schemas import warehouse
+
+        if self.args.keep:
+            return
+        client = warehouse.connect(self.settings_for("default"))
+        try:
+            client.command(f"DROP DATABASE IF EXISTS {database} SYNC")
+        finally:
+            client.close()
 
     def topic(self, suffix: str, partitions: int = 4) -> str:
         from deploy.queue.kafka_queue import create_topics
@@ -276,6 +298,7 @@ class Run:
         L["clickhouse_insert"] = self.phase(
             "limit: raw ClickHouse insert", limits.clickhouse_insert, self.settings_for(self.database("raw")),
             normalized, R["config"]["batch_max_events"])
+        self.drop_database(self.database("raw"))
         prefill_topic = self.topic("prefill")
         L["kafka_produce"] = self.phase("limit: raw Kafka produce (pre-fills the consumer topic)",
                                         limits.kafka_produce, self.bootstrap, prefill_topic, requests)
@@ -306,6 +329,7 @@ class Run:
             R[key] = self.phase(f"{key}: draining {plan.prefill_events:,} events", pipeline.consumer_alone, env,
                                 settings, plan.prefill_events, self.logs, self.watch(), plan.consumer_timeout, key)
             log(f"  {key}: {R[key]['events_per_s']:,.0f} events/s")
+            self.drop_database(db)
         del normalized, requests
 
         # --- front door on Kafka: end to end, then saturation ------------------------------------------
@@ -481,11 +505,14 @@ class Run:
         if start_at_end:
             self.commit_end_offsets(topic, group)
         env = self.consumer_env(settings.clickhouse_database, group, topic=topic, data_dir=data_dir)
-        return self.phase(
-            title, pipeline.end_to_end, env, settings, api_url, bodies["batch_path"], self.key,
-            seconds=self.plan.e2e_seconds if seconds is None else seconds,
-            conns=self.plan.e2e_conns if conns is None else conns, log_dir=self.logs, watch=watch, name=name,
-            drain_timeout=self.plan.consumer_timeout, open_rate=open_rate)
+        try:
+            return self.phase(
+                title, pipeline.end_to_end, env, settings, api_url, bodies["batch_path"], self.key,
+                seconds=self.plan.e2e_seconds if seconds is None else seconds,
+                conns=self.plan.e2e_conns if conns is None else conns, log_dir=self.logs, watch=watch, name=name,
+                drain_timeout=self.plan.consumer_timeout, open_rate=open_rate)
+        finally:
+            self.drop_database(settings.clickhouse_database)
 
     def commit_end_offsets(self, topic: str, group: str) -> None:
         from kafka import KafkaConsumer, TopicPartition

@@ -87,6 +87,12 @@ def kafka_broker_pid(port: int) -> int | None:
         return None
 
 
+def dirty_kb() -> int:
+    """The page cache's dirty data (written, not yet on disk), in kB."""
+    line = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("Dirty:"))
+    return int(line.split()[1])
+
+
 def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
