@@ -249,3 +249,25 @@ def test_publishing_from_many_threads_loses_and_duplicates_nothing(backend):
             assert (t + i + j) % PARTITIONS == p
             per_thread[t].append((i, j))
         assert all(seq == sorted(seq) for seq in per_thread.values())
+
+
+def test_at_end_once_every_partition_is_read_to_its_end(backend):
+    pub = backend.publisher()
+    publish_numbered(pub, per_partition=5)
+    sub = backend.subscriber(unique("g"))
+    assert not sub.at_end()  # nothing read yet: not known
+    got: list[Message] = []
+    deadline = time.monotonic() + 20
+    while not got and time.monotonic() < deadline:
+        got += sub.poll(3, 0.5)
+    assert 0 < len(got) <= 3 and not sub.at_end()  # 17 or more still there
+    while len(got) < 20 and time.monotonic() < deadline:
+        got += sub.poll(1000, 0.5)
+        assert sub.at_end() == (len(got) == 20)  # never before the last message is polled
+    assert len(got) == 20 and sub.at_end()
+
+    pub.publish([Record(2, b"one more")], 10)
+    more: list[Message] = []
+    while not more and time.monotonic() < deadline:
+        more = sub.poll(1000, 0.5)
+    assert [m.value for m in more] == [b"one more"] and sub.at_end()

@@ -82,6 +82,11 @@ class Subscriber(ABC):
     def assignment(self) -> set[int]:
         """The partitions this member currently reads."""
 
+    def at_end(self) -> bool:
+        """True when, as of the queue's last answer, every assigned partition has been read to its end:
+        nothing more is there to poll right now. False when not, or not known."""
+        return False
+
     def close(self) -> None:
         """Leave the group; uncommitted messages go to whichever member takes
         the partition next."""

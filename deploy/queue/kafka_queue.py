@@ -186,5 +186,18 @@ class KafkaSubscriber(Subscriber):
     def assignment(self) -> set[int]:
         return {tp.partition for tp in self._consumer.assignment()}
 
+    def at_end(self) -> bool:
+        # Each fetch answer carries its partition's high watermark (the next offset to be written).
+        consumer = self._consumer
+        partitions = consumer.assignment()
+        try:
+            for tp in partitions:
+                end = consumer.highwater(tp)
+                if end is None or (consumer.position(tp, timeout_ms=0) or 0) < end:
+                    return False
+        except IllegalStateError:  # revoked meanwhile
+            return False
+        return bool(partitions)
+
     def close(self) -> None:
         self._consumer.close(autocommit=False)

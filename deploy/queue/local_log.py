@@ -342,6 +342,7 @@ class LocalLogSubscriber(Subscriber):
         self._data_version: int | None = None
         self._next_prune = time.monotonic() + prune_interval
         self._rotation = 0
+        self._at_end = False  # as of the last fetch (at_end())
 
     def _partition_count(self) -> int:
         if self._partitions is None:
@@ -350,6 +351,9 @@ class LocalLogSubscriber(Subscriber):
 
     def assignment(self) -> set[int]:
         return set(range(self._partition_count()))
+
+    def at_end(self) -> bool:
+        return self._at_end
 
     def _fetch(self, max_messages: int) -> list[Message]:
         db = self._db
@@ -360,6 +364,7 @@ class LocalLogSubscriber(Subscriber):
             return []
         out: list[Message] = []
         size = 0
+        at_end = True  # every partition read to its end in this snapshot
         db.execute("BEGIN")  # one snapshot for every partition
         try:
             first = self._rotation = (self._rotation + 1) % count  # no partition starves the others
@@ -367,19 +372,24 @@ class LocalLogSubscriber(Subscriber):
                 partition = (first + i) % count
                 want = max_messages - len(out)
                 if want <= 0 or size >= self._max_poll_bytes:
+                    at_end = False
                     break
                 position = self._positions.get(partition, 0)
+                rows = 0
                 for offset, value in db.execute(
                         "SELECT offset, value FROM log WHERE partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
                         (partition, position, want)):
                     out.append(Message(partition, offset, value))
                     position = offset + 1
                     size += len(value)
+                    rows += 1
                     if size >= self._max_poll_bytes:
                         break
+                at_end = at_end and rows < want and size < self._max_poll_bytes
                 self._positions[partition] = position
         finally:
             db.execute("COMMIT")
+        self._at_end = at_end
         return out
 
     def poll(self, max_messages: int, timeout: float) -> list[Message]:

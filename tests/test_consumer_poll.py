@@ -1,0 +1,60 @@
+"""consumer.worker.Worker.step: how long a poll may wait, with a batch in hand."""
+from __future__ import annotations
+
+from consumer.worker import Worker
+from deploy.queue.base import Message, Subscriber
+from deploy.settings import Settings
+from schemas import envelope
+
+
+class ScriptedSubscriber(Subscriber):
+    """A stand-in queue that answers polls from a script and records each poll's timeout (the worker's
+    decision under test; the real queues' at_end() is tested in test_queue_contract.py)."""
+
+    def __init__(self, answers: list[list[Message]], at_end: bool):
+        self.answers, self.end, self.timeouts = answers, at_end, []
+
+    def poll(self, max_messages, timeout):
+        self.timeouts.append(timeout)
+        return self.answers.pop(0) if self.answers else []
+
+    def commit(self, offsets):
+        pass
+
+    def assignment(self):
+        return {0}
+
+    def at_end(self):
+        return self.end
+
+
+def message() -> Message:
+    event = {"event_id": "evt_1", "event": "paywall_viewed", "user_id": None, "anonymous_id": "d",
+             "timestamp": "2024-03-15T14:22:00.000Z", "properties": {}}
+    return Message(0, 0, envelope.encode_records("acme", "2024-03-15T14:22:01.000Z", [event])[0])
+
+
+def steps(at_end: bool) -> list[float]:
+    """Two steps of a worker (max 1 s batches): the first polls one message at t=100, the second at
+    t=100.1; returns the timeouts the two polls were given."""
+    now = [100.0]
+    subscriber = ScriptedSubscriber([[message()]], at_end)
+    settings = Settings.from_env({}, batch_max_seconds=1.0)
+    # Nothing is written: the batch is not due within these steps (no writer, warehouse or identities).
+    worker = Worker(settings, lambda on_revoke: subscriber, writers=[object()], dead_letters=None,
+                    identity=None, clock=lambda: now[0])
+    worker.step()
+    now[0] = 100.1
+    worker.step()
+    return subscriber.timeouts
+
+
+def test_with_the_queue_read_to_its_end_a_poll_waits_only_until_the_batch_is_due_as_caught_up():
+    # due() flushes a caught-up batch at a quarter of its max age: 0.25 s, 0.15 s after the second poll.
+    first, second = steps(at_end=True)
+    assert first == 0.5  # nothing in hand: at_end does not matter
+    assert abs(second - 0.15) < 1e-9
+
+
+def test_otherwise_a_poll_waits_until_it_comes_back_empty_or_the_batch_is_due_by_age():
+    assert steps(at_end=False) == [0.5, 0.5]
