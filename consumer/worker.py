@@ -110,8 +110,12 @@ class Worker:
                 self._events_per_message = 0.8 * self._events_per_message + 0.2 * max(1, len(item.envelope.refs))
         while self._in_flight and self._in_flight[0][0].done():
             self._finish_oldest_write()
-        if self._batch.due(self._clock(), caught_up=not messages):
-            self._sizes.flushed(self._batch, caught_up=not messages)
+        # Caught up: nothing came, and nothing is left. A poll can also come back empty with messages still
+        # there (a fetch answer slower than the poll's wait, on a busy machine): that is not the end of a
+        # backlog, and must not flush a part of a batch nor shrink the next one.
+        caught_up = not messages and self._subscriber.at_end()
+        if self._batch.due(self._clock(), caught_up=caught_up):
+            self._sizes.flushed(self._batch, caught_up=caught_up)
             self.flush()
 
     # --- flushing --------------------------------------------------------

@@ -1,5 +1,8 @@
-"""consumer.worker.Worker.step: how long a poll may wait, with a batch in hand."""
+"""consumer.worker.Worker.step: how long a poll may wait with a batch in hand, and when an empty poll means
+the consumer has caught up."""
 from __future__ import annotations
+
+import pytest
 
 from consumer.worker import Worker
 from deploy.queue.base import Message, Subscriber
@@ -28,25 +31,39 @@ class ScriptedSubscriber(Subscriber):
         return self.end
 
 
+class Flushed(BaseException):
+    """Raised by NoFlush (a BaseException: the worker retries any Exception of a flush)."""
+
+
+class NoFlush:
+    def prefetch(self, keys):
+        raise Flushed()
+
+
 def message() -> Message:
     event = {"event_id": "evt_1", "event": "paywall_viewed", "user_id": None, "anonymous_id": "d",
              "timestamp": "2024-03-15T14:22:00.000Z", "properties": {}}
     return Message(0, 0, envelope.encode_records("acme", "2024-03-15T14:22:01.000Z", [event])[0])
 
 
-def steps(at_end: bool) -> list[float]:
-    """Two steps of a worker (max 1 s batches): the first polls one message at t=100, the second at
-    t=100.1; returns the timeouts the two polls were given."""
+def worker_after_steps(at_end: bool, second_step_at: float) -> tuple[Worker, ScriptedSubscriber]:
+    """A worker (batches of at most 1 s) whose first step polls one message at t=100 and whose second
+    step, at `second_step_at`, polls nothing."""
     now = [100.0]
     subscriber = ScriptedSubscriber([[message()]], at_end)
     settings = Settings.from_env({}, batch_max_seconds=1.0)
-    # Nothing is written: the batch is not due within these steps (no writer, warehouse or identities).
+    # Nothing may be written: a flush starts with the identity lookups, which stop the test here.
     worker = Worker(settings, lambda on_revoke: subscriber, writers=[object()], dead_letters=None,
-                    identity=None, clock=lambda: now[0])
+                    identity=NoFlush(), clock=lambda: now[0])
     worker.step()
-    now[0] = 100.1
+    now[0] = second_step_at
     worker.step()
-    return subscriber.timeouts
+    return worker, subscriber
+
+
+def steps(at_end: bool) -> list[float]:
+    """The timeouts the two polls were given, the second at t=100.1 (the batch is not due yet)."""
+    return worker_after_steps(at_end, 100.1)[1].timeouts
 
 
 def test_with_the_queue_read_to_its_end_a_poll_waits_only_until_the_batch_is_due_as_caught_up():
@@ -58,3 +75,14 @@ def test_with_the_queue_read_to_its_end_a_poll_waits_only_until_the_batch_is_due
 
 def test_otherwise_a_poll_waits_until_it_comes_back_empty_or_the_batch_is_due_by_age():
     assert steps(at_end=False) == [0.5, 0.5]
+
+
+def test_an_empty_poll_with_messages_still_there_is_not_caught_up():
+    # 0.3 s old: a caught-up batch would be due (a quarter of 1 s); a slow fetch is not the end of a backlog.
+    worker, _ = worker_after_steps(at_end=False, second_step_at=100.3)
+    assert worker._batch.events == 1  # still in hand: not flushed (NoFlush would have raised)
+
+
+def test_an_empty_poll_at_the_end_is_caught_up():
+    with pytest.raises(Flushed):
+        worker_after_steps(at_end=True, second_step_at=100.3)
