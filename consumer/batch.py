@@ -42,16 +42,10 @@ class Batch:
         if self.empty():
             return False
         age = now - self.started_at
-        return self.full() or age >= self.max_seconds or (caught_up and age >= self._caught_up_seconds())
+        return self.full() or age >= self.max_seconds or (caught_up and age >= self.max_seconds / 4)
 
-    def seconds_left(self, now: float, caught_up: bool = False) -> float:
-        """Until the batch is due by its age (`caught_up`: by the caught-up rule of due())."""
-        if self.started_at is None:
-            return self.max_seconds
-        return max(0.0, self.started_at + (self._caught_up_seconds() if caught_up else self.max_seconds) - now)
-
-    def _caught_up_seconds(self) -> float:
-        return self.max_seconds / 4
+    def seconds_left(self, now: float) -> float:
+        return self.max_seconds if self.started_at is None else max(0.0, self.started_at + self.max_seconds - now)
 
 
 class BatchSizes:

@@ -98,11 +98,11 @@ class Worker:
         # as the batch has room for events, by the running average, so batches (and memory) stay bounded.
         room = max(1, self._batch.max_events - self._batch.events)
         wanted = max(1, min(10_000, int(room / self._events_per_message)))
-        # Once the queue's last answer said every partition is read to its end, wait for more only until the
-        # batch is due as caught up, instead of until a poll comes back empty (half a second at the end of
-        # a backlog, with the last batch in hand).
-        at_end = not self._batch.empty() and self._subscriber.at_end()
-        messages = self._subscriber.poll(wanted, timeout=min(0.5, self._batch.seconds_left(now, caught_up=at_end)))
+        # Half a second without a message is what tells the end of a burst from a steady stream whose
+        # polls happen to reach the end of the queue every time (seen at 25,000 events/s offered: waiting
+        # only until a batch is a quarter of max_seconds old flushed four inserts a second, not one, and
+        # the warehouse's CPU went from 0.36 to 0.65 cores).
+        messages = self._subscriber.poll(wanted, timeout=min(0.5, self._batch.seconds_left(now)))
         for message in messages:
             item = decode(message)
             self._batch.add(item, self._clock())

@@ -1,8 +1,6 @@
 """consumer.batch: when a batch in hand is written."""
 from __future__ import annotations
 
-import pytest
-
 from consumer.batch import Batch, BatchSizes
 from consumer.decode import decode
 from deploy.queue.base import Message
@@ -41,12 +39,3 @@ def test_batch_sizes_start_at_a_quarter_double_when_full_and_reset_when_caught_u
     assert flushed(60) == 100  # written by age, not full: the size stays
     assert flushed(30, caught_up=True) == 25  # the queue ran dry: the next burst starts small again
     assert BatchSizes(largest=2).next == 1
-
-
-def test_seconds_left_until_due_by_age_or_as_caught_up():
-    batch = Batch(max_events=10, max_seconds=1.0)
-    assert batch.seconds_left(100.0) == 1.0 and batch.seconds_left(100.0, caught_up=True) == 1.0  # empty
-    batch.add(decode(message(0, 4)), now=100.0)
-    assert batch.seconds_left(100.1) == pytest.approx(0.9)
-    assert batch.seconds_left(100.1, caught_up=True) == pytest.approx(0.15)
-    assert batch.seconds_left(100.3, caught_up=True) == 0.0 and batch.due(100.3, caught_up=True)
