@@ -53,8 +53,10 @@ class Settings:
 
     # Consumer.
     consumer_group: str = field(default="flokit-consumers", metadata={"env": "FLOKIT_CONSUMER_GROUP"})
-    # Large inserts cost ClickHouse less per row (bench/README.md: 100,000-row blocks ~25 % less CPU than 50,000).
-    batch_max_events: int = field(default=100_000, metadata={"env": "FLOKIT_BATCH_MAX_EVENTS"})
+    # Large inserts cost ClickHouse less per row (bench/README.md: 100,000-row blocks ~25 % less CPU than 50,000);
+    # a worker holds up to three batches (two being written, one being read): 90,000 events keep its peak RSS
+    # under 300 MB with a margin (bench/README.md: 269-270 MB against 292-301 with 100,000, same rate).
+    batch_max_events: int = field(default=90_000, metadata={"env": "FLOKIT_BATCH_MAX_EVENTS"})
     batch_max_seconds: float = field(default=1.0, metadata={"env": "FLOKIT_BATCH_MAX_SECONDS"})
     consumer_writes: int = field(default=2, metadata={"env": "FLOKIT_CONSUMER_WRITES"})
 
