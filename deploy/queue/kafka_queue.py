@@ -139,6 +139,10 @@ class KafkaSubscriber(Subscriber):
                  on_revoke: Callable[[set[int]], None] | None = None, client_id: str | None = None):
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
+        from . import kafka_recv
+
+        kafka_recv.install()  # fetch answers of megabytes: read them in large pieces, not 4 KiB per GIL hand-off
+
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
                 if on_revoke and revoked:
