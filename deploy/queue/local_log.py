@@ -364,7 +364,6 @@ class LocalLogSubscriber(Subscriber):
             return []
         out: list[Message] = []
         size = 0
-        at_end = True  # every partition read to its end in this snapshot
         db.execute("BEGIN")  # one snapshot for every partition
         try:
             first = self._rotation = (self._rotation + 1) % count  # no partition starves the others
@@ -372,24 +371,22 @@ class LocalLogSubscriber(Subscriber):
                 partition = (first + i) % count
                 want = max_messages - len(out)
                 if want <= 0 or size >= self._max_poll_bytes:
-                    at_end = False
                     break
                 position = self._positions.get(partition, 0)
-                rows = 0
                 for offset, value in db.execute(
                         "SELECT offset, value FROM log WHERE partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
                         (partition, position, want)):
                     out.append(Message(partition, offset, value))
                     position = offset + 1
                     size += len(value)
-                    rows += 1
                     if size >= self._max_poll_bytes:
                         break
-                at_end = at_end and rows < want and size < self._max_poll_bytes
                 self._positions[partition] = position
         finally:
             db.execute("COMMIT")
-        self._at_end = at_end
+        # Every partition was read to its end in this snapshot unless a bound stopped a read (a partition
+        # that gave all it was asked for leaves len(out) at max_messages).
+        self._at_end = len(out) < max_messages and size < self._max_poll_bytes
         return out
 
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
