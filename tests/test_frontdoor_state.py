@@ -163,3 +163,30 @@ def test_admit_many_is_admit_called_in_order(state):
     assert admitted[2][1].remaining == 99
     assert state.admit_many([], 100) == []
     assert state.admit_many([("nope", T0)], 100) == [None]
+
+
+def test_redis_admission_keeps_one_connection_and_reconnects_after_losing_it(redis_url):
+    # admit_many runs once per flush of a worker's admission coalescer, on a connection of its own (no
+    # checkout from the pool per call). If Redis closed it, the first call after an idle second (when that
+    # happens unseen: a restart, Redis's idle timeout) finds out before sending, and connects again.
+    import time
+
+    import redis
+
+    from ingest_api.state import redis_state as store_module
+
+    store = RedisState(redis_url, namespace=unique("test"))
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        key = store.create_key("acme")
+        assert store.admit_many([(key, T0)], 100)[0][0].name == "acme"
+        first = store._admission.client_id()
+        assert store.admit_many([(key, T0 + 1)], 100)[0][0].name == "acme"
+        assert store._admission.client_id() == first  # the same connection
+        assert admin.client_kill_filter(_id=first) == 1
+        time.sleep(store_module.ADMISSION_RECHECK_SECONDS + 0.1)
+        assert store.admit_many([(key, T0 + 2)], 100)[0][0].name == "acme"
+        assert store._admission.client_id() != first
+    finally:
+        admin.close()
+        store.close()
