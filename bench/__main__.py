@@ -481,7 +481,7 @@ class Run:
 
         cpu0, busy0, t0 = pipeline._cpu(watch), procs.machine_cpu(), time.monotonic()
         result = loadgen.spawn(url, "/v1/events", bodies_path, self.key, seconds=seconds, conns=self.plan.single_conns,
-                               open_rate=rate, max_requests=int(rate * seconds) + 1)
+                               open_rate=rate, max_requests=int(rate * seconds) + 1, warmup=True)
         elapsed = time.monotonic() - t0
         result["cpu_cores_used"] = pipeline._cpu_delta(cpu0, pipeline._cpu(watch), elapsed)
         busy1 = procs.machine_cpu()

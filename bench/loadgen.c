@@ -56,7 +56,7 @@ static void vec_push(Vec *a, double x) {
 
 /* options */
 static char host[64] = "127.0.0.1";
-static int port, nconns = 32, closed_loop, batch;
+static int port, nconns = 32, closed_loop, batch, warmup;
 static double open_rate, seconds, drain_seconds = 15.0;
 static long max_requests;
 
@@ -74,6 +74,8 @@ static size_t pending_head;
    for the server's keep-alive timeout to close it while a request is on its way */
 static int *idle, idle_head, nidle;
 static int stop_sending;
+static int warming;  /* the warm-up round is on: answers are checked, not counted */
+static long warmup_ok, warmup_answers;
 static char protocol_errors[5][80];
 static int nprotocol_errors;
 
@@ -191,6 +193,14 @@ static void on_data(Conn *c) {
         if (!c->busy) { protocol_error("answer without a request"); drop(c); return; }
         c->busy = 0;
         outstanding--;
+        if (warming) {
+            warmup_answers++;
+            warmup_ok += status == 200;
+            memmove(c->buf, c->buf + total, c->blen - total);
+            c->blen -= total;
+            if (close_after) drop(c);
+            return;
+        }
         if (status > 0 && status < 600) statuses[status]++;
         if (status == 200) {
             ok++;
@@ -294,12 +304,37 @@ static void load_requests(const char *path, const char *req_path, const char *ke
     if (!nrequests) { fprintf(stderr, "loadgen: no bodies in %s\n", path); exit(2); }
 }
 
+static void poll_once(struct epoll_event *evs, int timeout_ms) {
+    int n = epoll_wait(ep, evs, 256, timeout_ms);
+    for (int k = 0; k < n; k++) {
+        Conn *c = &conns[evs[k].data.u32];
+        if (c->fd < 0) continue;
+        if ((evs[k].events & EPOLLOUT) && c->busy) flush_out(c);
+        if (c->fd >= 0 && (evs[k].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) on_readable(c);
+    }
+}
+
+/* --warmup: one request on every connection, all answered, before the clock starts. The server then holds
+   every connection (accepted, its handler started) and the measured run is its steady state, not the
+   accepting of a few hundred connections opened in the same millisecond. Not counted in the result. */
+static void run_warmup(void) {
+    warming = 1;
+    for (int c = 0; c < nconns; c++) { sent_count++; send_on(&conns[c], now()); }
+    struct epoll_event evs[256];
+    double until = now() + 30;
+    while (outstanding > 0 && now() < until) poll_once(evs, 100);
+    warming = 0;
+    sent_count = 0;
+    outstanding = 0;
+    for (int c = 0; c < nconns; c++) conns[c].busy = 0;
+}
+
 int main(int argc, char **argv) {
     const char *url = NULL, *req_path = "/v1/events", *bodies = NULL, *key = "";
     static struct option opts[] = {
         {"url", 1, 0, 'u'}, {"path", 1, 0, 'p'}, {"bodies", 1, 0, 'b'}, {"key", 1, 0, 'k'},
         {"open-rate", 1, 0, 'r'}, {"closed", 0, 0, 'c'}, {"conns", 1, 0, 'n'}, {"seconds", 1, 0, 's'},
-        {"max-requests", 1, 0, 'm'}, {"drain-seconds", 1, 0, 'd'}, {0, 0, 0, 0}};
+            {"max-requests", 1, 0, 'm'}, {"drain-seconds", 1, 0, 'd'}, {"warmup", 0, 0, 'w'}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
@@ -313,13 +348,14 @@ int main(int argc, char **argv) {
         case 's': seconds = atof(optarg); break;
         case 'm': max_requests = atol(optarg); break;
         case 'd': drain_seconds = atof(optarg); break;
+        case 'w': warmup = 1; break;
         default: goto usage;
         }
     }
     if (!url || !bodies || seconds <= 0 || nconns <= 0 || (closed_loop == (open_rate > 0))) {
     usage:
         fprintf(stderr, "usage: loadgen --url http://127.0.0.1:PORT --bodies FILE (--open-rate R | --closed) "
-                        "--seconds S [--path P] [--key K] [--conns C] [--max-requests N] [--drain-seconds D]\n");
+                        "--seconds S [--path P] [--key K] [--conns C] [--max-requests N] [--drain-seconds D] [--warmup]\n");
         return 2;
     }
     if (seconds > 600) { fprintf(stderr, "loadgen: --seconds is at most 600\n"); return 2; }
@@ -337,12 +373,14 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nconns; i++)
         if (connect_one(&conns[i]) < 0) { perror("connect"); return 2; }
 
+    if (warmup) run_warmup();
     double t0 = now(), deadline = t0 + seconds, next_progress = t0, end_sending = 0, drain_until = 0;
     long total = 0, i = 0;
     if (closed_loop) {
         for (int c = 0; c < nconns; c++) next_for(&conns[c]);
     } else {
-        for (int c = 0; c < nconns; c++) { conns[c].queued = 1; idle[nidle++] = c; }
+        for (int c = 0; c < nconns; c++)
+            if (!conns[c].queued) { conns[c].queued = 1; idle[nidle++] = c; }  /* (a reconnected one may be) */
         total = (long)(seconds * open_rate);
         if (max_requests && max_requests < total) total = max_requests;
     }
@@ -403,9 +441,9 @@ int main(int argc, char **argv) {
     printf("}, \"errors\": %ld, \"unanswered\": %ld, \"protocol_errors\": [", errors,
            outstanding + (long)(pending.n - pending_head));
     for (int k = 0; k < nprotocol_errors; k++) printf("%s\"%s\"", k ? ", " : "", protocol_errors[k]);
-    printf("], \"seconds_sending\": %.3f, \"seconds\": %.3f, \"requests_per_s\": %.1f, \"events_per_s\": %.1f, "
-           "\"late_dispatch\": %ld, \"latency_ms\": ",
-           elapsed_sending, elapsed, elapsed_sending > 0 ? ok / elapsed_sending : 0.0,
+    printf("], \"warmup_requests\": %ld, \"warmup_ok\": %ld, \"seconds_sending\": %.3f, \"seconds\": %.3f, "
+           "\"requests_per_s\": %.1f, \"events_per_s\": %.1f, \"late_dispatch\": %ld, \"latency_ms\": ",
+           warmup_answers, warmup_ok, elapsed_sending, elapsed, elapsed_sending > 0 ? ok / elapsed_sending : 0.0,
            elapsed_sending > 0 ? events / elapsed_sending : 0.0, late_dispatch);
     print_percentiles(&latency);
     printf(", \"service_ms\": ");

@@ -10,6 +10,9 @@ wrk cannot report progress while it runs (the end-to-end phase samples accepted 
   keep-alive connection, or waits for one. Latency is measured from the moment it was DUE, not sent, so a
   slow server cannot hide its queueing by slowing the generator down (no coordinated omission).
 * closed loop (`--closed`): each connection sends its next request as soon as the previous one is answered.
+* `--warmup`: one request on every connection, all answered, before the clock starts; not counted. The
+  open-loop latency phases use it, so that they measure a server holding its clients' connections, not one
+  accepting a few hundred connections opened in the same millisecond (bench/README.md).
 
 It is C (one epoll loop that wakes when the next request is due, requests pre-formatted) because it shares the two cores
 with what it measures: the asyncio generator it replaced took 0.29-0.38 of a core at 3,000 requests/s
@@ -53,12 +56,15 @@ def binary() -> Path:
 
 
 def spawn(url: str, path: str, bodies: str, key: str, *, seconds: float, conns: int, open_rate: float | None = None,
-          max_requests: int = 0, on_progress=None, drain_seconds: float = 15.0) -> dict:
-    """Run the generator in its own process; `on_progress(dict)` is called for each progress line."""
+          max_requests: int = 0, on_progress=None, drain_seconds: float = 15.0, warmup: bool = False) -> dict:
+    """Run the generator in its own process; `on_progress(dict)` is called for each progress line. `warmup`:
+    one request on every connection, answered, before the clock starts (not counted: the run measures the
+    server holding every connection, not accepting them)."""
     cmd = [str(binary()), "--url", url, "--path", path, "--bodies", bodies, "--key", key,
            "--conns", str(conns), "--seconds", str(seconds), "--max-requests", str(max_requests),
            "--drain-seconds", str(drain_seconds)]
     cmd += ["--closed"] if open_rate is None else ["--open-rate", str(open_rate)]
+    cmd += ["--warmup"] if warmup else []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     result = None
     try:

@@ -82,6 +82,16 @@ def test_open_loop_latency_counts_from_when_a_request_was_due(server, tmp_path):
     assert result["latency_ms"]["p50"] > 10 * result["service_ms"]["p50"] / 2
 
 
+def test_a_warm_up_request_per_connection_is_sent_first_and_not_counted(server, tmp_path):
+    url, seen = server()
+    bodies = tmp_path / "bodies.jsonl"
+    bodies.write_bytes(b'{"n":1}\n')
+    result = loadgen.spawn(url, "/v1/events", str(bodies), "k", seconds=0.5, conns=4, open_rate=100, warmup=True)
+    assert len(seen) == 54  # 4 before the clock, 50 in the run
+    assert result["warmup_requests"] == result["warmup_ok"] == 4
+    assert result["sent"] == result["ok"] == result["latency_ms"]["n"] == 50 and result["statuses"] == {"200": 50}
+
+
 def test_closed_loop_on_the_batch_endpoint_counts_accepted_events(server, tmp_path):
     url, seen = server()
     bodies = tmp_path / "bodies.jsonl"
