@@ -304,3 +304,20 @@ def test_a_worker_over_its_share_waits_a_bounded_time():
     worker_balance._SLOT.pack_into(table, 3 * worker_balance._SLOT.size, 103, 0,
                                    time.monotonic() - worker_balance.STALE_SECONDS - 1)
     assert not a.should_wait(50)  # is out of the comparison too
+
+
+def test_what_a_worker_built_at_start_is_frozen_out_of_the_collectors_sight():
+    import gc
+
+    from deploy.gunicorn_worker import Worker
+
+    built = []
+    worker = Worker.__new__(Worker)  # just what load_wsgi uses: the app to load
+    worker.app = SimpleNamespace(wsgi=lambda: built.append(object()) or (lambda environ, start_response: []))
+    worker.cfg = SimpleNamespace(reload=False)
+    before = gc.get_freeze_count()
+    try:
+        worker.load_wsgi()
+        assert built and gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
