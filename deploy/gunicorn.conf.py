@@ -7,7 +7,7 @@ single-event endpoint: 1,470 against 800-900 requests/s with the same CPU
 (bench/README.md) — threads spent their time in GIL hand-offs (~15 futex calls
 a request), greenlets switch in user space. The worker monkey-patches the
 standard library before the app is imported, so kafka-python's I/O thread and
-redis-py's sockets become cooperative too. HTTP is parsed by gevent's pywsgi
+redis-py's sockets become cooperative too. HTTP is parsed by httptools
 (deploy/gunicorn_worker.py says why).
 
 No preload: the app (its Kafka producer, its state connections) is built in

@@ -1,4 +1,5 @@
-"""deploy/gunicorn_worker.py: pywsgi with gunicorn's keep-alive setting applied. Real gunicorn, Kafka, Redis."""
+"""deploy/gunicorn_worker.py: gunicorn's keep-alive setting, connections spread over the workers, the start-up
+freeze. Real gunicorn, Kafka, Redis (HTTP itself: tests/test_http_handler.py)."""
 from __future__ import annotations
 
 import socket
@@ -7,7 +8,6 @@ from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import orjson
-import pytest
 
 from .services import api_server
 
@@ -55,176 +55,6 @@ def test_keepalive_0_serves_one_request_per_connection(production_env, workspace
                 sock.sendall(_request(key))
                 assert _response(sock).startswith(b"HTTP/1.1 200")
                 assert sock.recv(1) == b""
-
-
-def test_a_response_head_and_body_go_out_in_one_send():
-    # pywsgi's own handler sends them apart (two syscalls per response). Served in-process by gevent's
-    # WSGIServer with the worker's handler; the handler's socket records what it is asked to send.
-    import gevent
-    from gevent import socket as gsocket
-    from gevent.pywsgi import WSGIServer
-
-    from deploy.gunicorn_worker import _Handler
-
-    sends: list[bytes] = []
-
-    class RecordingSocket:
-        def __init__(self, sock):
-            self._real = sock  # (not `_sock`: pywsgi reads that name when it closes)
-
-        def sendall(self, data):
-            sends.append(bytes(data))
-            return self._real.sendall(data)
-
-        def __getattr__(self, name):
-            return getattr(self._real, name)
-
-    class Recording(_Handler):
-        def __init__(self, sock, *args, **kwargs):
-            super().__init__(sock, *args, **kwargs)
-            self.socket = RecordingSocket(self.socket)
-
-    def app(environ, start_response):
-        body = b'{"ok":true}' if environ["PATH_INFO"] == "/body" else b""
-        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-        return [body]
-
-    server = WSGIServer(("127.0.0.1", 0), app, handler_class=Recording)
-    server.idle_seconds = 5
-    server.log = SimpleNamespace(access=lambda *args: None)  # gunicorn's access log
-    server.start()
-    try:
-        for path, body in ((b"/body", b'{"ok":true}'), (b"/empty", b"")):
-            sends.clear()
-            with gsocket.create_connection(("127.0.0.1", server.server_port), timeout=5) as sock:
-                sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                received = b""
-                while chunk := sock.recv(65536):
-                    received += chunk
-            assert len(sends) == 1, sends
-            assert sends[0] == received and received.startswith(b"HTTP/1.1 200") and received.endswith(b"\r\n\r\n" + body)
-    finally:
-        server.stop()
-        gevent.get_hub().join(timeout=0)
-
-
-# --- the header reader (RequestHeaders) and the access-log hook, served in-process by gevent's WSGIServer ---
-
-def _serve(handler_class, app, access_log_enabled=False):
-    from gevent.pywsgi import WSGIServer
-
-    accessed = []
-    server = WSGIServer(("127.0.0.1", 0), app, handler_class=handler_class)
-    server.idle_seconds = 5
-    server.log = SimpleNamespace(access=lambda *args: accessed.append(args), access_log_enabled=access_log_enabled)
-    server.start()
-    return server, accessed
-
-
-def _exchange(server, raw: bytes) -> bytes:
-    from gevent import socket as gsocket
-
-    with gsocket.create_connection(("127.0.0.1", server.server_port), timeout=5) as sock:
-        sock.sendall(raw)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
-
-
-def _environ_app(environ, start_response):
-    body = orjson.dumps({k: v for k, v in environ.items() if isinstance(v, str) and k.isupper()}
-                        | {"body": environ["wsgi.input"].read().decode()})
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-    return [body]
-
-
-HEADERS = (b"POST /p/a%20b?q=1&r=2 HTTP/1.1\r\nHost: example.test:8080\r\n"
-           b"Content-Type: application/json; charset=utf-8\r\nX-Multi: a\r\nx-multi:b  \r\n"
-           b"X_Under: dropped\r\nCookie: a=1\r\nCookie: b=2\r\nIdempotency-Key:   spaced value \t\r\n"
-           b"Authorization: Bearer fk_x.y\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
-
-
-def test_the_environ_is_pywsgis_own():
-    # The reference is gevent's pywsgi with its own header parsing (the email package): every key and
-    # value of the environ must come out the same through RequestHeaders.
-    import gevent
-    from gunicorn.workers.ggevent import PyWSGIHandler
-
-    from deploy.gunicorn_worker import _Handler
-
-    environs = []
-    for handler in (PyWSGIHandler, _Handler):
-        server, _ = _serve(handler, _environ_app)
-        try:
-            head, _, body = _exchange(server, HEADERS).partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200")
-            environ = orjson.loads(body)
-            environs.append({k: v for k, v in environ.items() if k not in ("REMOTE_PORT", "SERVER_PORT")})
-        finally:
-            server.stop()
-    gevent.get_hub().join(timeout=0)
-    reference, ours = environs
-    assert ours == reference
-    assert ours["HTTP_X_MULTI"] == "a,b" and ours["HTTP_COOKIE"] == "a=1; b=2"
-    assert ours["HTTP_IDEMPOTENCY_KEY"] == "spaced value" and "HTTP_X_UNDER" not in ours
-    assert ours["CONTENT_TYPE"] == "application/json; charset=utf-8" and ours["CONTENT_LENGTH"] == "2"
-    assert ours["PATH_INFO"] == "/p/a b" and ours["QUERY_STRING"] == "q=1&r=2" and ours["body"] == "{}"
-
-
-def test_a_chunked_body_ignores_content_length():
-    from deploy.gunicorn_worker import _Handler
-
-    server, _ = _serve(_Handler, _environ_app)
-    try:
-        raw = (b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n"
-               b"Connection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
-        head, _, body = _exchange(server, raw).partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200")
-        environ = orjson.loads(body)
-        assert environ["body"] == "abcde" and "CONTENT_LENGTH" not in environ
-    finally:
-        server.stop()
-
-
-@pytest.mark.parametrize("headers, why", [
-    (b"Host: x\r\nNoColonHere\r\n", "a line without a colon"),
-    (b"Host: x\r\nX-A: 1\r\n  folded\r\n", "a folded line"),
-    (b"Host: x\r\nBad Name: 1\r\n", "a name with a space"),
-    (b"Host : x\r\n", "white space before the colon"),
-    (b"".join(b"X-%d: v\r\n" % i for i in range(101)), "101 headers"),
-    (b"X-Long: " + b"v" * 70_000 + b"\r\n", "a line over 64 KiB"),
-])
-def test_malformed_headers_are_a_400_that_says_what_is_wrong(headers, why):
-    from deploy.gunicorn_worker import _Handler
-
-    called = []
-    server, _ = _serve(_Handler, lambda environ, start_response: called.append(environ))
-    try:
-        answer = _exchange(server, b"GET / HTTP/1.1\r\n" + headers + b"\r\n")
-    finally:
-        server.stop()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400"), why
-    assert b"Connection: close" in head and b"Content-Type: application/json" in head
-    error = orjson.loads(body)
-    assert error["error"] == "invalid_http" and error["message"].startswith("the request is not valid HTTP/1.1"), why
-    assert not called  # the app never saw it
-
-
-def test_the_access_log_hook_runs_only_when_the_access_log_is_on():
-    from deploy.gunicorn_worker import _Handler
-
-    for enabled in (False, True):
-        server, accessed = _serve(_Handler, _environ_app, access_log_enabled=enabled)
-        try:
-            assert _exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200")
-        finally:
-            server.stop()
-        assert len(accessed) == (1 if enabled else 0)
-        if enabled:  # gunicorn's hook gets the request's headers from RequestHeaders.items()
-            _resp, req_headers, _environ, _time = accessed[0]
-            assert ("Host", "x") in req_headers
 
 
 # --- connections spread over the workers (deploy/worker_balance.py) ---

@@ -1,0 +1,271 @@
+"""HTTP/1.1 connections of the front door's gevent workers, parsed by httptools.
+
+gevent's pywsgi server keeps accepting connections, building the base environ and
+running the WSGI app; what it hands each connection to is this handler instead of
+its own. pywsgi reads a request line by line in Python (and its headers through
+the email package); httptools is llhttp, Node.js's parser, in C (the one uvicorn
+uses). At saturation on the single-event endpoint, interleaved: 6,540-7,519
+against 5,946-6,527 requests/s, 0.22-0.25 against 0.26-0.28 ms of worker CPU
+per request (bench/README.md).
+
+What the handler promises, each one tested (tests/test_http_handler.py):
+- keep-alive as HTTP/1.0 and 1.1 define it (llhttp decides), pipelined requests
+  answered in order, an idle connection closed after `server.idle_seconds`
+  (gunicorn's keepalive; 0: one request per connection);
+- request bodies by Content-Length or chunked, `Expect: 100-continue` answered;
+  the body is read whole before the app runs, up to `server.max_body_bytes` + 1
+  bytes (the app refuses larger ones with a 413; the rest is read and dropped);
+  a client that stops sending mid-body still gets the app's answer (its reads
+  past what came raise OSError, as a socket's would);
+- the environ of pywsgi's own handler (header names with `_` left out, repeated
+  headers joined; `wsgi.input` a BytesIO of the body);
+- a request it cannot parse, or over 100 headers or a 64 KiB head, is a 400 in
+  the API's error shape, and the connection is closed;
+- a response goes out in one send (status line, headers, body), with
+  Content-Length (the app's, or the length of what it returned) and Date; an
+  app that raises gets a 500 in the API's error shape;
+- gunicorn's access log, when it is on.
+"""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from collections import deque
+from email.utils import formatdate
+from io import BytesIO
+from urllib.parse import unquote_to_bytes
+
+import httptools
+import orjson
+from gunicorn.workers.ggevent import GeventResponse
+
+MAX_HEADERS = 100
+MAX_HEAD_BYTES = 65536
+
+
+class _RequestTooLarge(Exception):
+    """A head over the limits (raised in a parser callback; httptools then raises HttpParserCallbackError)."""
+
+
+class _CutShort(BytesIO):
+    """The body of a request whose client stopped sending before its end: reading past what came is an
+    OSError, as reading the socket would have been (ingest_api.body answers it with a 400)."""
+
+    def read(self, size=-1):
+        data = super().read(size)
+        if size is None or size < 0 or len(data) < size:
+            raise OSError("the client closed the connection before the end of the body")
+        return data
+
+
+class _Request:
+    __slots__ = ("url", "headers", "head_bytes", "body", "body_bytes", "method", "version", "keep_alive")
+
+    def __init__(self):
+        self.method = None  # set once the head is complete
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+
+
+def _error(status: bytes, code: str, message: str) -> bytes:
+    body = orjson.dumps({"error": code, "message": message})
+    return (b"HTTP/1.1 " + status + b"\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+_INTERNAL_ERROR = (b"500 Internal Server Error", "internal_error", "an unexpected error occurred; it has been logged")
+_date_second = 0
+_date = b""
+
+
+def _http_date() -> bytes:
+    """The Date header's value, formatted once a second."""
+    global _date_second, _date
+    now = int(time.time())
+    if now != _date_second:
+        _date_second, _date = now, formatdate(now, usegmt=True).encode()
+    return _date
+
+
+class HttptoolsHandler:
+    """One connection: pywsgi's handler interface (`handler_class(sock, address, server).handle()`)."""
+
+    def __init__(self, sock, address, server):
+        self.socket = sock
+        self.client_address = address
+        self.server = server
+        self._parser = httptools.HttpRequestParser(self)
+        self._current: _Request | None = None
+        self._complete: deque[_Request] = deque()
+        self._max_body = getattr(server, "max_body_bytes", 8 * 1024 * 1024) + 1
+
+    # --- httptools callbacks -------------------------------------------------------------------------------
+
+    def on_message_begin(self):
+        self._current = _Request()
+
+    def on_url(self, url: bytes):
+        request = self._current
+        request.url += url
+        request.head_bytes += len(url)
+        if request.head_bytes > MAX_HEAD_BYTES:
+            raise _RequestTooLarge("the request line and headers are over 64 KiB")
+
+    def on_header(self, name: bytes, value: bytes):
+        request = self._current
+        request.headers.append((name, value))
+        request.head_bytes += len(name) + len(value) + 4
+        if len(request.headers) > MAX_HEADERS:
+            raise _RequestTooLarge(f"more than {MAX_HEADERS} headers")
+        if request.head_bytes > MAX_HEAD_BYTES:
+            raise _RequestTooLarge("the request line and headers are over 64 KiB")
+
+    def on_headers_complete(self):
+        request, parser = self._current, self._parser
+        request.method = parser.get_method()
+        request.version = parser.get_http_version()
+        request.keep_alive = parser.should_keep_alive()
+        if request.version == "1.1" and any(name.lower() == b"expect" and value.lower() == b"100-continue"
+                                            for name, value in request.headers):
+            self.socket.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # the client waits for it before the body
+
+    def on_body(self, body: bytes):
+        request = self._current
+        if request.body_bytes < self._max_body:
+            request.body.append(body)
+        request.body_bytes += len(body)
+
+    def on_message_complete(self):
+        self._complete.append(self._current)
+        self._current = None
+
+    # --- the connection ------------------------------------------------------------------------------------
+
+    def handle(self):
+        sock = self.socket
+        idle = self.server.idle_seconds
+        sock.settimeout(idle if idle > 0 else None)  # the wait for bytes, between requests or within one
+        try:
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except OSError:  # the idle timeout, a reset
+                    return
+                if not data:
+                    if self._current is not None and self._current.method is not None:  # a body cut short
+                        self._respond(self._current, cut_short=True)
+                    return
+                try:
+                    self._parser.feed_data(data)
+                except httptools.HttpParserUpgrade:
+                    sock.sendall(_error(b"400 Bad Request", "invalid_http", "protocol upgrades are not supported"))
+                    return
+                except httptools.HttpParserError as exc:
+                    cause = exc.__context__ if isinstance(exc.__context__, _RequestTooLarge) else exc
+                    status = b"431 Request Header Fields Too Large" if cause is not exc else b"400 Bad Request"
+                    sock.sendall(_error(status, "invalid_http", f"the request is not valid HTTP/1.1: {cause}"[:300]))
+                    return
+                while self._complete:
+                    if not self._respond(self._complete.popleft()) or idle <= 0:
+                        return
+        except OSError:  # the client went away while we answered
+            return
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _environ(self, request: _Request, cut_short: bool = False) -> dict:
+        environ = self.server.get_environ()
+        environ["REQUEST_METHOD"] = request.method.decode("latin-1")
+        path, _, query = request.url.partition(b"?")
+        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
+        environ["QUERY_STRING"] = query.decode("latin-1")
+        environ["RAW_URI"] = request.url.decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+        environ["REMOTE_ADDR"] = str(self.client_address[0])
+        environ["REMOTE_PORT"] = str(self.client_address[1])
+        chunked = False
+        for name, value in request.headers:
+            if b"_" in name:  # as pywsgi: HTTP_X_A would not tell X-A from X_A
+                continue
+            key = name.decode("latin-1").upper().replace("-", "_")
+            value = value.decode("latin-1").strip()
+            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+                environ.setdefault(key, value)
+                continue
+            if key == "TRANSFER_ENCODING" and value.lower() == "chunked":
+                chunked = True
+            key = "HTTP_" + key
+            if key in environ:
+                environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
+            else:
+                environ[key] = value
+        if chunked:  # llhttp read the body by its chunks; a Content-Length beside them says nothing
+            environ.pop("CONTENT_LENGTH", None)
+        environ["wsgi.input"] = (_CutShort if cut_short else BytesIO)(b"".join(request.body))
+        environ["wsgi.input_terminated"] = True
+        environ["gunicorn.sock"] = self.socket
+        return environ
+
+    def _respond(self, request: _Request, cut_short: bool = False) -> bool:
+        """Run the app for `request` and send its answer; whether the connection stays open."""
+        started: list = []
+
+        def start_response(status, headers, exc_info=None):
+            if exc_info and started and started[2]:
+                raise exc_info[1].with_traceback(exc_info[2])
+            started[:] = [status, headers, False]
+
+        keep_alive = request.keep_alive
+        log = self.server.log
+        started_at = time.monotonic() if log.access_log_enabled else 0.0
+        environ = self._environ(request, cut_short)
+        try:
+            result = self.server.application(environ, start_response)
+            try:
+                body = b"".join(result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+            head = self._head(request, *started[:2], len(body))
+        except Exception:
+            log.exception("Error handling request %s", request.url[:200])
+            self.socket.sendall(_error(*_INTERNAL_ERROR))
+            return False
+        keep_alive = keep_alive and b"\r\nConnection: close\r\n" not in head
+        self.socket.sendall(head + body if request.method != b"HEAD" else head)
+        if started_at:
+            log.access(GeventResponse(started[0], started[1], len(body)),
+                       [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers], environ,
+                       timedelta(seconds=time.monotonic() - started_at))
+        return keep_alive
+
+    def _head(self, request: _Request, status: str, headers, body_length: int) -> bytes:
+        head = bytearray(b"HTTP/1.1 ")
+        head += status.encode("latin-1")
+        head += b"\r\n"
+        has_length = close = False
+        for name, value in headers:
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise ValueError(f"a line break in the response header {name!r}")
+            lower = name.lower()
+            if lower == "content-length":
+                has_length = True
+            elif lower == "connection":
+                close = value.lower() == "close"
+                continue  # the handler's own Connection header follows
+            head += f"{name}: {value}\r\n".encode("latin-1")
+        if not has_length and status[:3] not in ("204", "304"):
+            head += b"Content-Length: %d\r\n" % body_length
+        head += b"Date: " + _http_date() + b"\r\n"
+        if close or not request.keep_alive:
+            head += b"Connection: close\r\n"
+        elif request.version == "1.0":
+            head += b"Connection: keep-alive\r\n"
+        head += b"\r\n"
+        return bytes(head)
