@@ -134,7 +134,7 @@ def rows(r: dict) -> list[tuple]:
     cap = _get(noop, "loadgen_closed_capacity")
     if cap:
         oc = _get(noop, "loadgen_open_capacity")
-        out.append(("   load generator (bench.loadgen) on the no-op: closed-loop req/s; open-loop rate, p99 ms",
+        out.append(("   load generator (bench/loadgen.c) on the no-op: closed-loop req/s; open-loop rate, p99 ms",
                     f"{_fmt(cap.get('requests_per_s'))}; {_fmt(_get(oc, 'offered_rate'))}, "
                     f"{_fmt(_get(oc, 'latency_ms', 'p99'))}", "", "", "", "", ""))
     lb = _get(r, "frontdoor_local", "batch_saturation")
