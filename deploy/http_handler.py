@@ -19,8 +19,8 @@ What the handler promises, each one tested (tests/test_http_handler.py):
   past what came raise OSError, as a socket's would);
 - the environ of pywsgi's own handler (header names with `_` left out, repeated
   headers joined; `wsgi.input` a BytesIO of the body);
-- a request it cannot parse, or over 100 headers or a 64 KiB head, is a 400 in
-  the API's error shape, and the connection is closed;
+- a request it cannot parse is a 400 in the API's error shape (over 100 headers
+  or a 64 KiB head: a 431), and the connection is closed;
 - a response goes out in one send (status line, headers, body), with
   Content-Length (the app's, or the length of what it returned) and Date; an
   app that raises gets a 500 in the API's error shape;
@@ -29,8 +29,8 @@ What the handler promises, each one tested (tests/test_http_handler.py):
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from collections import deque
+from datetime import timedelta
 from email.utils import formatdate
 from io import BytesIO
 from urllib.parse import unquote_to_bytes
@@ -100,7 +100,7 @@ class HttptoolsHandler:
         self._parser = httptools.HttpRequestParser(self)
         self._current: _Request | None = None
         self._complete: deque[_Request] = deque()
-        self._max_body = getattr(server, "max_body_bytes", 8 * 1024 * 1024) + 1
+        self._max_body = server.max_body_bytes + 1  # the front door's limit (Worker.init_process sets it)
 
     # --- httptools callbacks -------------------------------------------------------------------------------
 
@@ -134,8 +134,9 @@ class HttptoolsHandler:
 
     def on_body(self, body: bytes):
         request = self._current
-        if request.body_bytes < self._max_body:
-            request.body.append(body)
+        room = self._max_body - request.body_bytes
+        if room > 0:
+            request.body.append(body if len(body) <= room else body[:room])
         request.body_bytes += len(body)
 
     def on_message_complete(self):

@@ -230,7 +230,7 @@ def test_a_body_over_the_limit_is_not_buffered_and_the_connection_stays_usable(s
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100_000)
         _, body, rest = _read_response(sock)
         seen = orjson.loads(body)
-        assert seen["declared"] == "100000" and 11 <= seen["got"] < 100_000
+        assert seen["declared"] == "100000" and seen["got"] == 11
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nsmall")
         assert orjson.loads(_read_response(sock, rest)[1]) == {"declared": "5", "got": 5}
 
