@@ -304,8 +304,13 @@ static void load_requests(const char *path, const char *req_path, const char *ke
     if (!nrequests) { fprintf(stderr, "loadgen: no bodies in %s\n", path); exit(2); }
 }
 
-static void poll_once(struct epoll_event *evs, int timeout_ms) {
-    int n = epoll_wait(ep, evs, 256, timeout_ms);
+/* Wait up to `wait` seconds for the sockets and serve what is ready. epoll_pwait2: a nanosecond timeout, so a
+   request goes out when it is due without a timer's system calls of its own. */
+static void poll_once(struct epoll_event *evs, double wait) {
+    if (wait < 0) wait = 0;
+    struct timespec timeout = {.tv_sec = (time_t)wait, .tv_nsec = (long)((wait - (double)(time_t)wait) * 1e9)};
+    int n = epoll_pwait2(ep, evs, 256, &timeout, NULL);
+    if (n < 0 && errno != EINTR) { perror("epoll_pwait2"); exit(2); }
     for (int k = 0; k < n; k++) {
         Conn *c = &conns[evs[k].data.u32];
         if (c->fd < 0) continue;
@@ -322,7 +327,7 @@ static void run_warmup(void) {
     for (int c = 0; c < nconns; c++) { sent_count++; send_on(&conns[c], now()); }
     struct epoll_event evs[256];
     double until = now() + 30;
-    while (outstanding > 0 && now() < until) poll_once(evs, 100);
+    while (outstanding > 0 && now() < until) poll_once(evs, 0.1);
     warming = 0;
     sent_count = 0;
     outstanding = 0;
@@ -410,20 +415,7 @@ int main(int argc, char **argv) {
         } else if (drain_until < wake) {
             wake = drain_until;
         }
-        /* epoll_pwait2: a nanosecond timeout, so a request goes out when it is due without a timer's
-           system calls of its own */
-        double wait = wake - now();
-        if (wait < 0) wait = 0;
-        struct timespec timeout = {.tv_sec = (time_t)wait, .tv_nsec = (long)((wait - (double)(time_t)wait) * 1e9)};
-        int n = epoll_pwait2(ep, evs, 256, &timeout, NULL);
-        if (n < 0 && errno != EINTR) { perror("epoll_wait"); return 2; }
-        for (int k = 0; k < n; k++) {
-            uint32_t id = evs[k].data.u32;
-            Conn *c = &conns[id];
-            if (c->fd < 0) continue;
-            if ((evs[k].events & EPOLLOUT) && c->busy) flush_out(c);
-            if (c->fd >= 0 && (evs[k].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) on_readable(c);
-        }
+        poll_once(evs, wake - now());
     }
     progress();
     double tend = now(), elapsed_sending = end_sending - t0, elapsed = tend - t0;

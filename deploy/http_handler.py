@@ -218,11 +218,9 @@ class HttptoolsHandler:
         started: list = []
 
         def start_response(status, headers, exc_info=None):
-            if exc_info and started and started[2]:
-                raise exc_info[1].with_traceback(exc_info[2])
-            started[:] = [status, headers, False]
+            # Nothing is sent before the app returns, so a second call (with exc_info) simply replaces the first.
+            started[:] = [status, headers]
 
-        keep_alive = request.keep_alive
         log = self.server.log
         started_at = time.monotonic() if log.access_log_enabled else 0.0
         environ = self._environ(request, cut_short)
@@ -233,12 +231,11 @@ class HttptoolsHandler:
             finally:
                 if hasattr(result, "close"):
                     result.close()
-            head = self._head(request, *started[:2], len(body))
+            head, keep_alive = self._head(request, *started, len(body))
         except Exception:
             log.exception("Error handling request %s", request.url[:200])
             self.socket.sendall(_error(*_INTERNAL_ERROR))
             return False
-        keep_alive = keep_alive and b"\r\nConnection: close\r\n" not in head
         self.socket.sendall(head + body if request.method != b"HEAD" else head)
         if started_at:
             log.access(GeventResponse(started[0], started[1], len(body)),
@@ -246,7 +243,8 @@ class HttptoolsHandler:
                        timedelta(seconds=time.monotonic() - started_at))
         return keep_alive
 
-    def _head(self, request: _Request, status: str, headers, body_length: int) -> bytes:
+    def _head(self, request: _Request, status: str, headers, body_length: int) -> tuple[bytes, bool]:
+        """The response's status line and headers, and whether the connection stays open after it."""
         head = bytearray(b"HTTP/1.1 ")
         head += status.encode("latin-1")
         head += b"\r\n"
@@ -264,9 +262,10 @@ class HttptoolsHandler:
         if not has_length and status[:3] not in ("204", "304"):
             head += b"Content-Length: %d\r\n" % body_length
         head += b"Date: " + _http_date() + b"\r\n"
-        if close or not request.keep_alive:
+        keep_alive = request.keep_alive and not close
+        if not keep_alive:
             head += b"Connection: close\r\n"
         elif request.version == "1.0":
             head += b"Connection: keep-alive\r\n"
         head += b"\r\n"
-        return bytes(head)
+        return bytes(head), keep_alive

@@ -38,8 +38,8 @@ class ConnectionBalance:
         self._pid = pid or os.getpid()
         self._waiting_since: float | None = None
 
-    def publish(self, connections: int) -> None:
-        _SLOT.pack_into(self._table, self._slot, self._pid, connections, time.monotonic())
+    def publish(self, connections: int, now: float | None = None) -> None:
+        _SLOT.pack_into(self._table, self._slot, self._pid, connections, time.monotonic() if now is None else now)
 
     def leave(self) -> None:
         """This worker accepts no more (it is stopping): the others stop comparing themselves with it."""
@@ -48,7 +48,7 @@ class ConnectionBalance:
     def should_wait(self, connections: int) -> bool:
         """Whether to leave the next connection to a less loaded worker (and publish `connections`)."""
         now = time.monotonic()
-        _SLOT.pack_into(self._table, self._slot, self._pid, connections, now)
+        self.publish(connections, now)
         fewest = None
         for offset in range(0, TABLE_BYTES, _SLOT.size):
             pid, held, written = _SLOT.unpack_from(self._table, offset)
