@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from deploy.queue.base import Publisher
     from schemas.events import EventValidator
 
-    from .coalesce import Coalescer
+    from .admission import Admission
     from .enqueue import Enqueuer
     from .state.base import FrontDoorState
 
@@ -35,8 +35,8 @@ class FrontDoor:
     clock: Callable[[], float]
     validator: EventValidator
     strict_validator: EventValidator
-    # (token, now) → state.admit's answer; concurrent requests share one state call
-    admission: Coalescer
+    # the key check and rate-limit count of every request (state.admit_many, shared by concurrent requests)
+    admission: Admission
     enqueuer: Enqueuer  # concurrent requests share queue records
 
 
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, publisher: Publisher | None 
     from schemas.events import EventValidator
 
     from . import errors, events, health
-    from .coalesce import Coalescer
+    from .admission import Admission
     from .enqueue import Enqueuer
     from .fast_routes import FastRoutes
 
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, *, publisher: Publisher | None 
         clock=clock,
         validator=EventValidator(strict_events=False, clock=clock),
         strict_validator=EventValidator(strict_events=True, clock=clock),
-        admission=Coalescer(lambda requests: state.admit_many(requests, settings.rate_limit_per_minute), "admission"),
+        admission=Admission(state, settings.rate_limit_per_minute),
         enqueuer=Enqueuer(publisher, settings.enqueue_timeout_seconds),
     )
     errors.register(app)

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 from flask import Request
 
-from .coalesce import Coalescer
+from .admission import Admission
 from .errors import Unauthorized
 from .state.base import RateDecision, Workspace
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flokit"'}
 
 
-def admit(request: Request, admission: Coalescer, now: float) -> tuple[Workspace, RateDecision]:
-    """The caller's workspace and this request's rate-limit decision, or Unauthorized
-    (`admission` is FrontDoorState.admit, shared with concurrent requests)."""
+def admit(request: Request, admission: Admission, now: float) -> tuple[Workspace, RateDecision]:
+    """The caller's workspace and this request's rate-limit decision, or Unauthorized."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.strip().partition(" ")
     if not header:
         raise Unauthorized("missing_api_key", "send your API key as 'Authorization: Bearer <key>'", headers=_CHALLENGE)
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("invalid_api_key", "the Authorization header must be 'Bearer <key>'", headers=_CHALLENGE)
-    admitted = admission.submit((token.strip(), now))
+    admitted = admission.admit(token.strip(), now)
     if admitted is None:
         # Never echo the key: it may be a real key of someone else's.
         raise Unauthorized("invalid_api_key", "the API key is unknown or revoked", headers=_CHALLENGE)

@@ -50,6 +50,14 @@ class Coalescer(Generic[T, R]):
         self._pid: int | None = None
 
     def submit(self, item: T) -> R:
+        slot = self.post(item)
+        slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
+
+    def post(self, item: T) -> _Slot:
+        """Hand `item` to the next flush without waiting for it (`submit` waits)."""
         slot = _Slot(item)
         with self._cond:
             if self._pid != os.getpid():  # first use in this process
@@ -58,10 +66,7 @@ class Coalescer(Generic[T, R]):
                     threading.Thread(target=self._run, name=f"coalesce-{self._name}-{n}", daemon=True).start()
             self._pending.append(slot)
             self._cond.notify()
-        slot.done.wait()
-        if slot.error is not None:
-            raise slot.error
-        return slot.result
+        return slot
 
     def _run(self) -> None:
         while True:

@@ -147,22 +147,36 @@ def test_concurrent_duplicates_cannot_both_proceed(state):
 
 def test_admit_many_is_admit_called_in_order(state):
     """One call for many requests (what a worker's concurrent requests share) answers each as a
-    separate admit in the same order would: same workspaces, same counts, refusals counting nothing."""
+    separate admit in the same order would: same workspaces, same counts, refusals counting nothing.
+    An entry with a count of n stands for n requests of that key, one after another."""
     key = state.create_key("acme")
     other = state.create_key("other")
     state.configure_workspace("acme", rate_limit_per_minute=3)
     key_id, secret = split_key(key)
-    requests = [(key, T0), ("not-a-key", T0), (other, T0), (key, T0), ("fk_000000000000_" + secret, T0),
-                (key, T0), (key, T0), (key, T0 + 20)]
+    requests = [(key, T0, 1), ("not-a-key", T0, 1), (other, T0, 2), (key, T0, 1), ("fk_000000000000_" + secret, T0, 1),
+                (key, T0, 2), (key, T0 + 20, 1)]
     admitted = state.admit_many(requests, 100)
-    assert [a and a[0].name for a in admitted] == ["acme", None, "other", "acme", None, "acme", "acme", "acme"]
-    acme = [a[1] for a in admitted if a and a[0].name == "acme"]
+    assert [a and a[0].name for a in admitted] == ["acme", None, "other", "acme", None, "acme", "acme"]
+    acme = [d for a in admitted if a and a[0].name == "acme" for d in a[1]]
     # 3 a minute: three fit at T0, the fourth is refused, and 20 s later one more fits.
     assert [d.allowed for d in acme] == [True, True, True, False, True]
     assert [d.remaining for d in acme[:3]] == [2, 1, 0] and acme[3].retry_after == 20
-    assert admitted[2][1].remaining == 99
+    assert [d.remaining for d in admitted[2][1]] == [99, 98]
     assert state.admit_many([], 100) == []
-    assert state.admit_many([("nope", T0)], 100) == [None]
+    assert state.admit_many([("nope", T0, 1)], 100) == [None]
+
+
+def test_counting_n_requests_at_once_is_counting_them_one_by_one(state, tmp_path):
+    # count_requests(n) is how a worker takes a grant of requests ahead (ingest_api.admission): the same
+    # decisions as n calls in a row, on either store, and the same stored state afterwards.
+    one_by_one = SqliteState(tmp_path / "reference.sqlite3")
+    try:
+        for now, n in [(T0, 4), (T0, 3), (T0 + 0.5, 2), (T0 + 9, 10), (T0 + 9.01, 1), (T0 + 70, 7)]:
+            expected = [one_by_one.hit_rate_limit("acme", 6, now) for _ in range(n)]
+            assert state.count_requests("acme", 6, now, n) == expected
+        assert [d.allowed for d in state.count_requests("acme", 6, T0 + 70, 3)] == [False] * 3
+    finally:
+        one_by_one.close()
 
 
 def test_redis_admission_keeps_one_connection_and_reconnects_after_losing_it(redis_url):
@@ -179,13 +193,13 @@ def test_redis_admission_keeps_one_connection_and_reconnects_after_losing_it(red
     admin = redis.Redis.from_url(redis_url)
     try:
         key = store.create_key("acme")
-        assert store.admit_many([(key, T0)], 100)[0][0].name == "acme"
+        assert store.admit_many([(key, T0, 1)], 100)[0][0].name == "acme"
         first = store._admission.client_id()
-        assert store.admit_many([(key, T0 + 1)], 100)[0][0].name == "acme"
+        assert store.admit_many([(key, T0 + 1, 1)], 100)[0][0].name == "acme"
         assert store._admission.client_id() == first  # the same connection
         assert admin.client_kill_filter(_id=first) == 1
         time.sleep(store_module.ADMISSION_RECHECK_SECONDS + 0.1)
-        assert store.admit_many([(key, T0 + 2)], 100)[0][0].name == "acme"
+        assert store.admit_many([(key, T0 + 2, 1)], 100)[0][0].name == "acme"
         assert store._admission.client_id() != first
     finally:
         admin.close()

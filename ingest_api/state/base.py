@@ -134,6 +134,20 @@ def gcra(tat: float | None, now: float, limit: int) -> tuple[RateDecision, float
     return RateDecision(True, limit, remaining, math.ceil(new_tat - now), 0), new_tat
 
 
+def gcra_run(tat: float | None, now: float, limit: int, count: int) -> tuple[list[RateDecision], float | None]:
+    """`count` requests at `now`, one after another: their decisions (the allowed ones first; a refused one
+    changes nothing, so every one after it is refused too) and the tat to store (None: none allowed)."""
+    decisions: list[RateDecision] = []
+    stored = None
+    while len(decisions) < count:
+        decision, new_tat = gcra(tat, now, limit)
+        if new_tat is None:
+            return decisions + [decision] * (count - len(decisions)), stored
+        decisions.append(decision)
+        tat = stored = new_tat
+    return decisions, stored
+
+
 # --- idempotency -----------------------------------------------------------
 
 
@@ -193,25 +207,31 @@ class FrontDoorState(ABC):
 
     # limits
     @abstractmethod
+    def count_requests(self, workspace: str, limit: int, now: float, count: int) -> list[RateDecision]:
+        """Count `count` requests of `workspace` at `now` against `limit` per minute, one after another,
+        atomically across processes (base.gcra_run)."""
+
     def hit_rate_limit(self, workspace: str, limit: int, now: float) -> RateDecision:
-        """Count one request of `workspace` against `limit` per minute, atomically across processes."""
+        """Count one request of `workspace` against `limit` per minute."""
+        return self.count_requests(workspace, limit, now, 1)[0]
 
     def admit(self, token: str, default_limit: int, now: float) -> tuple[Workspace, RateDecision] | None:
         """Every request's first step: authenticate `token`, then count the request
         against its workspace's limit (`default_limit` if the workspace has none).
         None for a key that is unknown, malformed or revoked (nothing counted)."""
-        return self.admit_many([(token, now)], default_limit)[0]
+        admitted = self.admit_many([(token, now, 1)], default_limit)[0]
+        return None if admitted is None else (admitted[0], admitted[1][0])
 
-    def admit_many(self, requests: Sequence[tuple[str, float]],
-                   default_limit: int) -> list[tuple[Workspace, RateDecision] | None]:
-        """`admit` for each (token, now), in order, as if called one after another.
-        One method so that a networked store can admit all the requests a worker
-        holds at once in one round trip (ingest_api.coalesce)."""
+    def admit_many(self, requests: Sequence[tuple[str, float, int]],
+                   default_limit: int) -> list[tuple[Workspace, list[RateDecision]] | None]:
+        """For each (token, now, count), in order: `admit` called `count` times, as the
+        decisions of those requests. One method so that a networked store can admit
+        all the requests a worker holds at once in one round trip (ingest_api.admission)."""
         admitted = []
-        for token, now in requests:
+        for token, now, count in requests:
             workspace = self.authenticate(token)
-            admitted.append(None if workspace is None else (
-                workspace, self.hit_rate_limit(workspace.name, workspace.rate_limit_per_minute or default_limit, now)))
+            admitted.append(None if workspace is None else (workspace, self.count_requests(
+                workspace.name, workspace.rate_limit_per_minute or default_limit, now, count)))
         return admitted
 
     # idempotency

@@ -9,39 +9,46 @@ import redis
 
 from .base import (IDEMPOTENCY_WINDOW_SECONDS, RATE_WINDOW_SECONDS, ApiKeyInfo, FrontDoorState,
                    IdempotencyOutcome, RateDecision, StoredResponse, Workspace, decide_idempotency,
-                   failed_record, finished_record, gcra, hash_secret, new_key, secret_matches, split_key)
+                   failed_record, finished_record, gcra_run, hash_secret, new_key, secret_matches, split_key)
 
-# GCRA's store step, atomically; returns the previous tat so that Python
-# (base.gcra) computes the decision with the same arithmetic as SQLite's.
+# GCRA's store step for `count` requests one after another, atomically; returns the
+# previous tat so that Python (base.gcra_run) computes the decisions with the same
+# arithmetic as SQLite's.
 _GCRA_STEP = """
-local function gcra(rate_key, now, limit, window)
+local function gcra(rate_key, now, limit, window, count)
   local prev = redis.call('GET', rate_key)
   local tat = tonumber(prev) or now
-  if tat < now then tat = now end
-  local new_tat = tat + window / limit
-  if now >= new_tat - window then
-    redis.call('SET', rate_key, string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+  local stored = nil
+  for _ = 1, count do
+    if tat < now then tat = now end
+    local new_tat = tat + window / limit
+    if now < new_tat - window then break end
+    tat = new_tat
+    stored = new_tat
+  end
+  if stored then
+    redis.call('SET', rate_key, string.format('%.6f', stored), 'PX', math.ceil((stored - now) * 1000) + 1000)
   end
   return prev
 end
 """
 _GCRA = _GCRA_STEP + """
-return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 """
-# base.FrontDoorState.admit_many in one round trip: for each request in order,
-# its key record, its workspace's settings and the GCRA step. KEYS are the key
-# records; ARGV is the namespace, the default limit, the window, then a
-# (secret's SHA-256, now) pair per key. Each result is 0 for an unknown or
-# revoked key or a wrong secret (compared as digests, so the comparison's timing
-# tells nothing about the secret), else {workspace, its own limit or '', strict,
-# previous tat or ''}.
+# base.FrontDoorState.admit_many in one round trip: for each entry in order, its
+# key record, its workspace's settings and the GCRA step for its count of
+# requests. KEYS are the key records; ARGV is the namespace, the default limit,
+# the window, then a (secret's SHA-256, now, count) triple per key. Each result
+# is 0 for an unknown or revoked key or a wrong secret (compared as digests, so
+# the comparison's timing tells nothing about the secret), else {workspace, its
+# own limit or '', strict, previous tat or ''}.
 # It derives the workspace's keys from the key record, so it needs a standalone
 # Redis (or a primary with replicas), not Redis Cluster.
 _ADMIT_MANY = _GCRA_STEP + """
 local ns, default_limit, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 for i, key_record in ipairs(KEYS) do
-  local secret_hash, now = ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i])
+  local secret_hash, now, count = ARGV[1 + 3 * i], tonumber(ARGV[2 + 3 * i]), tonumber(ARGV[3 + 3 * i])
   local key = redis.call('HMGET', key_record, 'workspace', 'hash', 'revoked')
   if not key[2] or key[2] ~= secret_hash or key[3] == '1' then
     out[i] = 0
@@ -49,7 +56,7 @@ for i, key_record in ipairs(KEYS) do
     local workspace = key[1]
     local conf = redis.call('HMGET', ns .. ':workspace:' .. workspace, 'rate_limit', 'strict_events')
     local limit = tonumber(conf[1]) or default_limit
-    local prev = gcra(ns .. ':rate:' .. workspace, now, limit, window)
+    local prev = gcra(ns .. ':rate:' .. workspace, now, limit, window, count)
     out[i] = {workspace, conf[1] or '', conf[2] or '0', prev or ''}
   end
 end
@@ -127,31 +134,31 @@ class RedisState(FrontDoorState):
         return [self._workspace(n.decode()) for n in sorted(self._redis.smembers(self._k("workspaces")))]
 
     # limits
-    def hit_rate_limit(self, workspace: str, limit: int, now: float) -> RateDecision:
-        prev = self._gcra(keys=[self._k("rate", workspace)], args=[repr(now), limit, RATE_WINDOW_SECONDS])
-        decision, _ = gcra(float(prev) if prev is not None else None, now, limit)
-        return decision
+    def count_requests(self, workspace: str, limit: int, now: float, count: int) -> list[RateDecision]:
+        prev = self._gcra(keys=[self._k("rate", workspace)], args=[repr(now), limit, RATE_WINDOW_SECONDS, count])
+        return gcra_run(float(prev) if prev is not None else None, now, limit, count)[0]
 
-    def admit_many(self, requests: Sequence[tuple[str, float]],
-                   default_limit: int) -> list[tuple[Workspace, RateDecision] | None]:
+    def admit_many(self, requests: Sequence[tuple[str, float, int]],
+                   default_limit: int) -> list[tuple[Workspace, list[RateDecision]] | None]:
         keys, args, asked = [], [self._ns, default_limit, RATE_WINDOW_SECONDS], []
-        for token, now in requests:
+        for token, now, count in requests:
             parts = split_key(token)
             asked.append(parts is not None)
             if parts is not None:
                 keys.append(self._k("key", parts[0]))
-                args += [hash_secret(parts[1]), repr(now)]
+                args += [hash_secret(parts[1]), repr(now), count]
         found = iter(self._admit_many(keys=keys, args=args, client=self._admission_client()) if keys else ())
         admitted = []
-        for (token, now), was_asked in zip(requests, asked):
+        for (token, now, count), was_asked in zip(requests, asked):
             result = next(found) if was_asked else 0
             if not result:
                 admitted.append(None)
                 continue
             name, own_limit, strict, prev = result
             workspace = Workspace(name.decode(), int(own_limit) if own_limit else None, strict == b"1")
-            decision, _ = gcra(float(prev) if prev else None, now, workspace.rate_limit_per_minute or default_limit)
-            admitted.append((workspace, decision))
+            decisions, _ = gcra_run(float(prev) if prev else None, now, workspace.rate_limit_per_minute or default_limit,
+                                    count)
+            admitted.append((workspace, decisions))
         return admitted
 
     def _admission_client(self) -> redis.Redis:

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 
 from .base import (ApiKeyInfo, FrontDoorState, IdempotencyOutcome, RateDecision, StoredResponse, Workspace,
-                   decide_idempotency, failed_record, finished_record, gcra, new_key, secret_matches,
+                   decide_idempotency, failed_record, finished_record, gcra_run, new_key, secret_matches,
                    split_key)
 
 _SCHEMA = """
@@ -107,14 +107,14 @@ class SqliteState(FrontDoorState):
         return [Workspace(n, r, bool(s)) for n, r, s in rows]
 
     # limits
-    def hit_rate_limit(self, workspace: str, limit: int, now: float) -> RateDecision:
+    def count_requests(self, workspace: str, limit: int, now: float, count: int) -> list[RateDecision]:
         with self._tx() as db:
             row = db.execute("SELECT tat FROM rate_limits WHERE workspace = ?", (workspace,)).fetchone()
-            decision, new_tat = gcra(row[0] if row else None, now, limit)
+            decisions, new_tat = gcra_run(row[0] if row else None, now, limit, count)
             if new_tat is not None:
                 db.execute("INSERT INTO rate_limits (workspace, tat) VALUES (?, ?)"
                            " ON CONFLICT (workspace) DO UPDATE SET tat = excluded.tat", (workspace, new_tat))
-        return decision
+        return decisions
 
     # idempotency
     def idempotency_begin(self, workspace: str, key: str, fingerprint: str,
