@@ -2,18 +2,17 @@
 from the body, and every request counts against that workspace's rate limit."""
 from __future__ import annotations
 
-from flask import Request
-
 from .admission import Admission
 from .errors import Unauthorized
+from .request import IngestRequest
 from .state.base import RateDecision, Workspace
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flokit"'}
 
 
-def admit(request: Request, admission: Admission, now: float) -> tuple[Workspace, RateDecision]:
+def admit(request: IngestRequest, admission: Admission, now: float) -> tuple[Workspace, RateDecision]:
     """The caller's workspace and this request's rate-limit decision, or Unauthorized."""
-    header = request.headers.get("Authorization", "")
+    header = request.header("Authorization", "")
     scheme, _, token = header.strip().partition(" ")
     if not header:
         raise Unauthorized("missing_api_key", "send your API key as 'Authorization: Bearer <key>'", headers=_CHALLENGE)

@@ -8,19 +8,20 @@ from __future__ import annotations
 import zlib
 
 import orjson
-from flask import Request
-
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .request import IngestRequest
 
 
-def read_body(request: Request, max_bytes: int) -> bytes:
-    if request.mimetype != "application/json":
+def read_body(request: IngestRequest, max_bytes: int) -> bytes:
+    mimetype, params = request.media_type()
+    if mimetype != "application/json":
         raise UnsupportedMediaType("unsupported_media_type",
                                    f"Content-Type must be application/json, not {request.content_type or 'missing'!r}")
-    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    charset = params.get("charset", "utf-8").lower()
     if charset not in ("utf-8", "utf8"):
         raise UnsupportedMediaType("unsupported_media_type", f"the body must be UTF-8, not {charset}")
-    if request.content_length is not None and request.content_length > max_bytes:
+    length = request.content_length
+    if length is not None and length > max_bytes:
         raise _too_large(max_bytes)
     try:
         raw = request.stream.read(max_bytes + 1)
@@ -28,7 +29,7 @@ def read_body(request: Request, max_bytes: int) -> bytes:
         raise BadRequest("invalid_body", "the body ended before its Content-Length; send the whole body") from None
     if len(raw) > max_bytes:
         raise _too_large(max_bytes)
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    encoding = request.header("Content-Encoding", "identity").strip().lower()
     if encoding in ("gzip", "x-gzip"):
         return _gunzip(raw, max_bytes)
     if encoding != "identity":

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Request, Response, current_app, request
+from flask import Blueprint, current_app, request
 
 from schemas import envelope
 from schemas.events import EventInvalid, validate_batch_shape
 
 from . import auth, idempotency, rate_limit
 from .body import parse_json, read_body
-from .errors import ApiError, BadRequest, json_response
+from .errors import ApiError, BadRequest, JsonResponse, json_response
 from .ids import new_event_ids
+from .request import IngestRequest
 
 if TYPE_CHECKING:
     from . import FrontDoor
@@ -30,10 +31,11 @@ ROUTES = {"/v1/events": False, "/v1/batch/events": True}  # path → batch?
 
 for _path, _batch in ROUTES.items():
     bp.add_url_rule(_path, "batch_events" if _batch else "single_event", methods=["POST"],
-                    view_func=lambda batch=_batch: ingest(current_app.extensions["flokit"], request, batch))
+                    view_func=lambda batch=_batch: ingest(current_app.extensions["flokit"], IngestRequest(request.environ),
+                                                         batch))
 
 
-def ingest(ctx: FrontDoor, request: Request, batch: bool) -> Response:
+def ingest(ctx: FrontDoor, request: IngestRequest, batch: bool) -> JsonResponse:
     now = ctx.clock()
     workspace, decision = auth.admit(request, ctx.admission, now)
     limit_headers = rate_limit.enforce(decision)
@@ -42,11 +44,11 @@ def ingest(ctx: FrontDoor, request: Request, batch: bool) -> Response:
     except ApiError as exc:
         exc.headers = {**limit_headers, **exc.headers}
         raise
-    response.headers.extend(limit_headers)
+    response.headers.update(limit_headers)
     return response
 
 
-def _handle(ctx: FrontDoor, request: Request, workspace, batch: bool, now: float) -> Response:
+def _handle(ctx: FrontDoor, request: IngestRequest, workspace, batch: bool, now: float) -> JsonResponse:
     document = parse_json(read_body(request, ctx.settings.max_body_bytes))
     try:
         items = validate_batch_shape(document) if batch else [document]
@@ -54,13 +56,13 @@ def _handle(ctx: FrontDoor, request: Request, workspace, batch: bool, now: float
         raise BadRequest(exc.code, exc.message) from None
     event_ids = new_event_ids(len(items), now)
 
-    key = request.headers.get("Idempotency-Key")
+    key = request.header("Idempotency-Key")
     if key is None:
         return _accept(ctx, workspace, batch, items, event_ids, now)
     key = idempotency.valid_key(key)
     begun = idempotency.begin(ctx.state, workspace.name, key, idempotency.fingerprint(request.path, document),
                               event_ids, now)
-    if isinstance(begun, Response):
+    if isinstance(begun, JsonResponse):
         return begun
     try:
         response = _accept(ctx, workspace, batch, items, begun, now)
@@ -76,7 +78,7 @@ def _handle(ctx: FrontDoor, request: Request, workspace, batch: bool, now: float
     return response
 
 
-def _accept(ctx, workspace, batch: bool, items: list, event_ids: list[str], now: float) -> Response:
+def _accept(ctx, workspace, batch: bool, items: list, event_ids: list[str], now: float) -> JsonResponse:
     validator = ctx.strict_validator if workspace.strict_events else ctx.validator
     accepted, errors = [], []
     for index, item in enumerate(items):

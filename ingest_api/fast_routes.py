@@ -3,16 +3,18 @@
 Flask's per-request machinery (request and app contexts, URL matching,
 before/after hooks, response finalising) was about 14 % of a single-event
 request's CPU (bench/README.md). POST /v1/events and POST /v1/batch/events
-skip it: the same handler (events.ingest) gets a Werkzeug request directly,
-and any exception becomes the same error response Flask's handlers give
-(errors.error_response). Every other method and path goes to Flask.
+skip it: the same handler (events.ingest) gets the environ as an
+IngestRequest, and any exception becomes the same error response Flask's
+handlers give (errors.error_response). Every other method and path goes to
+Flask.
 """
 from __future__ import annotations
 
-from flask import Flask, Request
+from flask import Flask
 
 from . import events
 from .errors import error_response
+from .request import IngestRequest
 
 
 class FastRoutes:
@@ -25,9 +27,7 @@ class FastRoutes:
         if batch is None or environ.get("REQUEST_METHOD") != "POST":
             return self._flask(environ, start_response)
         try:
-            # populate_request=False: no `environ["werkzeug.request"]` back reference, a cycle that left every
-            # request's objects to the cyclic garbage collector instead of freeing them when it ends
-            response = events.ingest(self._ctx, Request(environ, populate_request=False), batch)
+            response = events.ingest(self._ctx, IngestRequest(environ), batch)
         except Exception as exc:
             response = error_response(exc)
         return response(environ, start_response)

@@ -6,9 +6,7 @@ import hashlib
 import re
 
 import orjson
-from flask import Response
-
-from .errors import BadRequest, Conflict, Unprocessable
+from .errors import BadRequest, Conflict, JsonResponse, Unprocessable
 from .state.base import FrontDoorState, StoredResponse
 
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -26,14 +24,13 @@ def fingerprint(path: str, document: object) -> str:
 
 
 def begin(state: FrontDoorState, workspace: str, key: str, fp: str, event_ids: list[str], now: float):
-    """The event ids to use, or a Response to send as it is (a replay)."""
+    """The event ids to use, or a response to send as it is (a replay)."""
     outcome = state.idempotency_begin(workspace, key, fp, event_ids, now)
     if outcome.kind == "proceed":
         return outcome.event_ids
     if outcome.kind == "replay":
         stored = outcome.response
-        return Response(stored.body, status=stored.status, mimetype="application/json",
-                        headers={"Idempotent-Replayed": "true"})
+        return JsonResponse(stored.body, stored.status, {"Idempotent-Replayed": "true"})
     if outcome.kind == "in_progress":
         raise Conflict("idempotency_request_in_progress",
                        "a request with this Idempotency-Key is being processed; retry shortly",
@@ -43,5 +40,5 @@ def begin(state: FrontDoorState, workspace: str, key: str, fp: str, event_ids: l
                         " use a new key for a new request")
 
 
-def finish(state: FrontDoorState, workspace: str, key: str, response: Response) -> None:
+def finish(state: FrontDoorState, workspace: str, key: str, response: JsonResponse) -> None:
     state.idempotency_finish(workspace, key, StoredResponse(response.status_code, response.get_data()))
