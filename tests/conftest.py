@@ -11,6 +11,7 @@ from kafka.errors import KafkaError
 from deploy.queue.kafka_queue import create_topics
 from deploy.settings import Settings
 from ingest_api.state.redis_state import RedisState
+from ingest_api.state.sqlite_state import SqliteState
 
 from .services import delete_issued_topics, run_script, unique
 
@@ -67,6 +68,17 @@ def production_env(kafka_bootstrap, redis_url, topic, tmp_path_factory) -> dict[
 @pytest.fixture(scope="module")
 def redis_state(redis_url) -> RedisState:
     return RedisState(redis_url)
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def state_store(request, tmp_path):
+    """A fresh front-door state store of each kind (the tests using it run against both)."""
+    if request.param == "redis":
+        store = RedisState(request.getfixturevalue("redis_url"), namespace=unique("test"))
+    else:
+        store = SqliteState(tmp_path / "state.sqlite3")
+    yield store
+    store.close()
 
 
 @pytest.fixture(scope="module")

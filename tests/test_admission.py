@@ -6,23 +6,14 @@ import pytest
 
 from ingest_api.admission import GRANT_SECONDS, GRANT_SHARE, MAX_GRANT, Admission, grant_size
 from ingest_api.state.base import key_id_of
-from ingest_api.state.redis_state import RedisState
-from ingest_api.state.sqlite_state import SqliteState
-
-from .services import unique
 
 T0 = 1_800_000_000.0
 HIGH = GRANT_SHARE * MAX_GRANT  # the lowest limit with full grants
 
 
-@pytest.fixture(params=["redis", "sqlite"])
-def store(request, tmp_path):
-    if request.param == "redis":
-        store = RedisState(request.getfixturevalue("redis_url"), namespace=unique("test"))
-    else:
-        store = SqliteState(tmp_path / "state.sqlite3")
-    yield store
-    store.close()
+@pytest.fixture
+def store(state_store):
+    return state_store
 
 
 class Counted:

@@ -16,14 +16,9 @@ from .services import unique
 T0 = 1_800_000_000.0
 
 
-@pytest.fixture(params=["redis", "sqlite"])
-def state(request, tmp_path):
-    if request.param == "redis":
-        store = RedisState(request.getfixturevalue("redis_url"), namespace=unique("test"))
-    else:
-        store = SqliteState(tmp_path / "state.sqlite3")
-    yield store
-    store.close()
+@pytest.fixture
+def state(state_store):
+    return state_store
 
 
 def test_keys_are_issued_hashed_and_revocable(state):
