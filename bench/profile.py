@@ -45,6 +45,7 @@ CATEGORIES: list[tuple[str, str]] = [
     ("ingest_api/ids.py", "event ids (ULID)"),
     ("redis/", "auth + rate limit (Redis round trips)"),
     ("ingest_api/state/", "auth + rate limit (Redis round trips)"),
+    ("ingest_api/admission.py", "auth + rate limit (Redis round trips)"),
     ("schemas/envelope.py", "envelope encode/decode (orjson)"),
     ("ingest_api/body.py", "body read + JSON parse"),
     ("ingest_api/enqueue.py", "enqueue: grouping by partition"),

@@ -57,15 +57,16 @@ class Admission:
         """The key's workspace and this request's rate-limit decision; None for an unknown, malformed or
         revoked key (nothing counted)."""
         grant = self._grants.get(token)
-        if grant is not None and now < grant.expires and grant.decisions:
+        if grant is not None and now < grant.expires:
             try:
                 decision = grant.decisions.popleft()
-            except IndexError:  # another thread took the last one
-                return self._calls.submit((token, now, True))
-            if len(grant.decisions) <= grant.size * REFILL_LEFT and not grant.refilling:
-                grant.refilling = True
-                self._calls.post((token, now, False))
-            return grant.workspace, decision
+            except IndexError:  # used up: wait for the next grant, with this request counted in it
+                pass
+            else:
+                if len(grant.decisions) <= grant.size * REFILL_LEFT and not grant.refilling:
+                    grant.refilling = True
+                    self._calls.post((token, now, False))
+                return grant.workspace, decision
         return self._calls.submit((token, now, True))
 
     def _admit_many(self, items: list[tuple[str, float, bool]]) -> list:

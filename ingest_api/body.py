@@ -8,6 +8,7 @@ from __future__ import annotations
 import zlib
 
 import orjson
+
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from .request import IngestRequest
 

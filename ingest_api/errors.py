@@ -2,6 +2,7 @@
 place. The body is always {"error": <stable code>, "message": <what to fix>}."""
 from __future__ import annotations
 
+import functools
 import logging
 
 import orjson
@@ -81,11 +82,9 @@ class JsonResponse:
         return [self.body]
 
 
-def _status_line(status: int, _lines: dict[int, str] = {}) -> str:
-    line = _lines.get(status)
-    if line is None:
-        line = _lines[status] = f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN').upper()}"
-    return line
+@functools.cache
+def _status_line(status: int) -> str:
+    return f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN').upper()}"  # as Werkzeug's Response writes it
 
 
 def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:

@@ -29,10 +29,13 @@ bp = Blueprint("events", __name__)
 # Flask rules stay: through them Flask's routing answers other methods on these paths (405, OPTIONS).
 ROUTES = {"/v1/events": False, "/v1/batch/events": True}  # path → batch?
 
+def _view(batch: bool):
+    return ingest(current_app.extensions["flokit"], IngestRequest(request.environ), batch)
+
+
 for _path, _batch in ROUTES.items():
     bp.add_url_rule(_path, "batch_events" if _batch else "single_event", methods=["POST"],
-                    view_func=lambda batch=_batch: ingest(current_app.extensions["flokit"], IngestRequest(request.environ),
-                                                         batch))
+                    view_func=lambda batch=_batch: _view(batch))
 
 
 def ingest(ctx: FrontDoor, request: IngestRequest, batch: bool) -> JsonResponse:

@@ -201,10 +201,10 @@ def test_an_unexpected_error_on_the_ingest_path_is_a_logged_json_500(tmp_path, c
 
 
 def test_an_ingest_request_leaves_no_garbage_cycle(tmp_path):
-    # Werkzeug's Request puts itself in its environ (a reference cycle), and everything of a request then
-    # waited for the cyclic collector instead of being freed when it ended: in a gevent worker that meant
-    # more collections, and longer ones, over the requests in flight. The fast routes make their Request
-    # without that back reference: once answered, a request's objects are freed by reference counting.
+    # A reference cycle per request (Werkzeug's Request used to put itself in its environ) leaves everything
+    # of a request to the cyclic collector instead of being freed when it ends: in a gevent worker that
+    # meant more collections, and longer ones, over the requests in flight. Once answered, a request's
+    # objects must be freed by reference counting alone.
     import gc
 
     from werkzeug.test import EnvironBuilder
