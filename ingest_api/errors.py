@@ -60,6 +60,13 @@ class ServiceUnavailable(ApiError):
     status = 503
 
 
+def state_unavailable() -> ServiceUnavailable:
+    """The answer when the shared state (state.base.StateUnavailable) cannot admit or record a request."""
+    return ServiceUnavailable("state_unavailable", "the front door's shared state (API keys, rate limits, idempotency"
+                              " records) did not answer; nothing was accepted, retry later",
+                              headers={"Retry-After": "5"})
+
+
 class JsonResponse:
     """A JSON answer as a plain WSGI app: every answer of the API is one. Werkzeug's Response, with all it can
     do, was ~6 % of a single-event request's CPU (bench/README.md). Flask takes it from views and error handlers

@@ -75,7 +75,7 @@ def _handle(ctx: FrontDoor, request: IngestRequest, workspace, batch: bool, now:
         raise
     except BaseException:
         # No final answer (queue unavailable, crash): a retry may go ahead, with the same event ids.
-        ctx.state.idempotency_fail(workspace.name, key)
+        idempotency.fail(ctx.state, workspace.name, key)
         raise
     idempotency.finish(ctx.state, workspace.name, key, response)
     return response

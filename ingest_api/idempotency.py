@@ -3,11 +3,14 @@ enqueues nothing new (rules in state.base.decide_idempotency)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 
 import orjson
-from .errors import BadRequest, Conflict, JsonResponse, Unprocessable
-from .state.base import FrontDoorState, StoredResponse
+from .errors import BadRequest, Conflict, JsonResponse, Unprocessable, state_unavailable
+from .state.base import FrontDoorState, StateUnavailable, StoredResponse
+
+log = logging.getLogger(__name__)
 
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -25,7 +28,11 @@ def fingerprint(path: str, document: object) -> str:
 
 def begin(state: FrontDoorState, workspace: str, key: str, fp: str, event_ids: list[str], now: float):
     """The event ids to use, or a response to send as it is (a replay)."""
-    outcome = state.idempotency_begin(workspace, key, fp, event_ids, now)
+    try:
+        outcome = state.idempotency_begin(workspace, key, fp, event_ids, now)
+    except StateUnavailable as exc:
+        log.warning("idempotency record not read: %s", exc)
+        raise state_unavailable() from exc
     if outcome.kind == "proceed":
         return outcome.event_ids
     if outcome.kind == "replay":
@@ -41,4 +48,19 @@ def begin(state: FrontDoorState, workspace: str, key: str, fp: str, event_ids: l
 
 
 def finish(state: FrontDoorState, workspace: str, key: str, response: JsonResponse) -> None:
-    state.idempotency_finish(workspace, key, StoredResponse(response.status_code, response.get_data()))
+    """Store the final answer. If the store is down the answer still goes out (the events, if any, are queued):
+    the record stays pending, so a retry within IDEMPOTENCY_STALE_SECONDS gets 409, and one after it reuses the
+    same event ids, which the consumers dedupe."""
+    try:
+        state.idempotency_finish(workspace, key, StoredResponse(response.status_code, response.get_data()))
+    except StateUnavailable as exc:
+        log.warning("idempotency record not finished: %s", exc)
+
+
+def fail(state: FrontDoorState, workspace: str, key: str) -> None:
+    """No final answer (queue unavailable, crash): a retry may go ahead at once, with the same event ids. If the
+    store is down, the record stays pending and a retry waits IDEMPOTENCY_STALE_SECONDS instead."""
+    try:
+        state.idempotency_fail(workspace, key)
+    except StateUnavailable as exc:
+        log.warning("idempotency record not released: %s", exc)

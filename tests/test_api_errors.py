@@ -200,6 +200,24 @@ def test_an_unexpected_error_on_the_ingest_path_is_a_logged_json_500(tmp_path, c
     assert "a bug" in caplog.text
 
 
+def test_the_shared_state_not_answering_is_a_503_not_a_500(tmp_path):
+    """Redis down, for real: nothing listens on port 1. The key check (and an Idempotency-Key's record) cannot
+    be made, so nothing is accepted, and the client is told to retry, not that the server failed."""
+    from deploy.queue.local_log import LocalLogPublisher, LocalLogSubscriber
+    from deploy.settings import Settings
+    from ingest_api import create_app
+    from ingest_api.state.redis_state import RedisState
+
+    queue = LocalLogPublisher(tmp_path / "q.sqlite3", 4, 5)
+    app = create_app(Settings(data_dir=tmp_path), publisher=queue, state=RedisState("redis://127.0.0.1:1/0"))
+    key = "fk_0123456789ab_" + "s" * 43
+    for headers in ({}, {"Idempotency-Key": "k1"}):
+        resp = app.test_client().post("/v1/events", json=GOOD, headers={"Authorization": f"Bearer {key}", **headers})
+        assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
+        assert resp.get_json()["error"] == "state_unavailable" and "retry later" in resp.get_json()["message"]
+    assert LocalLogSubscriber(tmp_path / "q.sqlite3", "check").poll(100, 0.1) == []  # nothing was queued
+
+
 def test_an_ingest_request_leaves_no_garbage_cycle(tmp_path):
     # A reference cycle per request (Werkzeug's Request used to put itself in its environ) leaves everything
     # of a request to the cyclic collector instead of being freed when it ends: in a gevent worker that

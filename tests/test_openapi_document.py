@@ -34,10 +34,10 @@ TOP_LEVEL_CODES = {
     "idempotency_request_in_progress": 409,
     "idempotency_key_mismatch": 422,
     "rate_limited": 429,
-    "queue_unavailable": 503,
+    "queue_unavailable": 503, "state_unavailable": 503,
     "no_valid_events": 400,
 }
-READINESS_CODES = {"queue_unavailable", "state_unavailable"}  # GET /readyz 503
+READINESS_CODES = {"queue_unavailable", "state_unavailable"}  # GET /readyz 503 too
 ALL_CODES = set(TOP_LEVEL_CODES) | READINESS_CODES | set(EVENT_ERROR_CODES) | set(BATCH_ERROR_CODES)
 
 PAYWALL_VIEWED = {

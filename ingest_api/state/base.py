@@ -24,6 +24,10 @@ RATE_WINDOW_SECONDS = 60.0
 KEY_PREFIX = "fk_"
 
 
+class StateUnavailable(Exception):
+    """The store did not answer (unreachable, timed out, locked): nothing was decided or recorded."""
+
+
 @dataclass(frozen=True, slots=True)
 class Workspace:
     name: str

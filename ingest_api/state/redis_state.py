@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Sequence
 
 import orjson
 import redis
 
 from .base import (IDEMPOTENCY_WINDOW_SECONDS, RATE_WINDOW_SECONDS, ApiKeyInfo, FrontDoorState,
-                   IdempotencyOutcome, RateDecision, StoredResponse, Workspace, decide_idempotency,
-                   failed_record, finished_record, gcra_run, hash_secret, new_key, secret_matches, split_key)
+                   IdempotencyOutcome, RateDecision, StateUnavailable, StoredResponse, Workspace,
+                   decide_idempotency, failed_record, finished_record, gcra_run, hash_secret, new_key,
+                   secret_matches, split_key)
 
 # GCRA's store step for `count` requests one after another, atomically; returns the
 # previous tat so that Python (base.gcra_run) computes the decisions with the same
@@ -65,6 +67,15 @@ return out
 
 
 ADMISSION_RECHECK_SECONDS = 1.0
+
+
+@contextmanager
+def _reachable():
+    """Redis unreachable or too slow (socket_timeout) is StateUnavailable; any other error is a bug."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StateUnavailable(f"Redis: {exc}") from exc
 
 
 class RedisState(FrontDoorState):
@@ -147,7 +158,8 @@ class RedisState(FrontDoorState):
             if parts is not None:
                 keys.append(self._k("key", parts[0]))
                 args += [hash_secret(parts[1]), repr(now), count]
-        found = iter(self._admit_many(keys=keys, args=args, client=self._admission_client()) if keys else ())
+        with _reachable():
+            found = iter(self._admit_many(keys=keys, args=args, client=self._admission_client()) if keys else ())
         admitted = []
         for (token, now, count), was_asked in zip(requests, asked):
             result = next(found) if was_asked else 0
@@ -187,7 +199,7 @@ class RedisState(FrontDoorState):
     def idempotency_begin(self, workspace: str, key: str, fingerprint: str,
                           event_ids: list[str], now: float) -> IdempotencyOutcome:
         name = self._k("idem", workspace, key)
-        with self._redis.pipeline() as pipe:
+        with _reachable(), self._redis.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(name)
@@ -210,11 +222,12 @@ class RedisState(FrontDoorState):
 
     def _update(self, workspace: str, key: str, change) -> None:
         name = self._k("idem", workspace, key)
-        raw = self._redis.get(name)
-        if raw:
-            with self._redis.pipeline() as pipe:
-                self._put(pipe, name, change(orjson.loads(raw)))
-                pipe.execute()
+        with _reachable():
+            raw = self._redis.get(name)
+            if raw:
+                with self._redis.pipeline() as pipe:
+                    self._put(pipe, name, change(orjson.loads(raw)))
+                    pipe.execute()
 
     def idempotency_finish(self, workspace: str, key: str, response: StoredResponse) -> None:
         self._update(workspace, key, lambda rec: finished_record(rec, response))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import orjson
 
-from .base import (ApiKeyInfo, FrontDoorState, IdempotencyOutcome, RateDecision, StoredResponse, Workspace,
-                   decide_idempotency, failed_record, finished_record, gcra_run, new_key, secret_matches,
-                   split_key)
+from .base import (ApiKeyInfo, FrontDoorState, IdempotencyOutcome, RateDecision, StateUnavailable, StoredResponse,
+                   Workspace, decide_idempotency, failed_record, finished_record, gcra_run, new_key,
+                   secret_matches, split_key)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workspaces (
@@ -51,7 +51,10 @@ class SqliteState(FrontDoorState):
         """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so a
         read-modify-write cannot interleave with another process's."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:  # "database is locked" after the 10 s busy timeout
+                raise StateUnavailable(f"SQLite {self._path}: {exc}") from exc
             try:
                 yield self._db
             except BaseException:
