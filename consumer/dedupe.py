@@ -12,8 +12,9 @@ from itertools import islice
 
 
 class RecentIds:
-    # About a batch of the largest size, a second or more of ingest: the copies it is for come back within
-    # seconds. Every id it holds costs ~120 bytes of the consumer's memory.
+    # A little more than a batch of the largest size (FLOKIT_BATCH_MAX_EVENTS, 90,000 by default), a second or
+    # more of ingest: the copies it is for come back within seconds. Every id it holds costs ~120 bytes of
+    # the consumer's memory.
     def __init__(self, capacity: int = 100_000):
         self._capacity = capacity
         self._ids: dict[str, None] = {}  # insertion-ordered: the oldest go first
