@@ -7,6 +7,7 @@ import logging
 import re
 
 import orjson
+
 from .errors import BadRequest, Conflict, JsonResponse, Unprocessable, state_unavailable
 from .state.base import FrontDoorState, StateUnavailable, StoredResponse
 
