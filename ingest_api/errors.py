@@ -60,11 +60,15 @@ class ServiceUnavailable(ApiError):
     status = 503
 
 
+# What every 503 tells the client to wait before retrying (a dependency is down: the queue or the shared state).
+RETRY_AFTER_SECONDS = 5
+
+
 def state_unavailable() -> ServiceUnavailable:
     """The answer when the shared state (state.base.StateUnavailable) cannot admit or record a request."""
     return ServiceUnavailable("state_unavailable", "the front door's shared state (API keys, rate limits, idempotency"
                               " records) did not answer; nothing was accepted, retry later",
-                              headers={"Retry-After": "5"})
+                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 class JsonResponse:

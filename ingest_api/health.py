@@ -5,7 +5,7 @@ from importlib import resources
 
 from flask import Blueprint, Response, current_app
 
-from .errors import json_response
+from .errors import RETRY_AFTER_SECONDS, json_response
 
 bp = Blueprint("health", __name__)
 
@@ -22,10 +22,10 @@ def readyz():
     ctx = current_app.extensions["flokit"]
     if not ctx.publisher.ready(timeout=2.0):
         return json_response({"error": "queue_unavailable", "message": "the event queue is not reachable"}, 503,
-                             {"Retry-After": "5"})
+                             {"Retry-After": str(RETRY_AFTER_SECONDS)})
     if not ctx.state.ping():
         return json_response({"error": "state_unavailable", "message": "the shared state store is not reachable"}, 503,
-                             {"Retry-After": "5"})
+                             {"Retry-After": str(RETRY_AFTER_SECONDS)})
     return json_response({"status": "ok"})
 
 
