@@ -344,6 +344,8 @@ class Properties(_Field):
         try:
             raw = orjson.dumps(value)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+            # From parsed JSON only nesting can cause it (orjson reads 1024 levels, writes 254): say so.
+            _check_nested(value)
             raise _fail("invalid_properties", f"properties: not representable as JSON ({exc})") from None
         if len(raw) > MAX_PROPERTIES_BYTES:
             raise _fail(
