@@ -36,7 +36,7 @@ from typing import Any, Callable
 import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing
 
-from schemas.taxonomy import EVENTS, PROPERTY_TYPES, SCALAR_PYTHON_TYPES
+from schemas.taxonomy import EVENTS, NUMERIC_RANGES, PROPERTY_TYPES, SCALAR_PYTHON_TYPES
 
 __all__ = [
     "EventInvalid",
@@ -114,13 +114,17 @@ _EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,%d}" % (MAX_EVENT_NAME_LENGTH - 1))
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TAXONOMY_NAMES = frozenset(EVENTS)
 
-# Known property name -> (accepted exact Python types, type name). string[] is
+# Known property name -> (accepted exact Python types, type name, (lowest, highest) value or None). string[] is
 # accepted as a list here and its items are checked separately.
 _LIST_OF_STRINGS = frozenset({list})
-_KNOWN_PROPERTIES: dict[str, tuple[frozenset[type], str]] = {
-    name: (_LIST_OF_STRINGS if type_name == "string[]" else SCALAR_PYTHON_TYPES[type_name], type_name)
+_KNOWN_PROPERTIES: dict[str, tuple[frozenset[type], str, tuple[float, float] | None]] = {
+    name: (_LIST_OF_STRINGS if type_name == "string[]" else SCALAR_PYTHON_TYPES[type_name], type_name,
+           NUMERIC_RANGES.get(type_name))
     for name, type_name in PROPERTY_TYPES.items()
 }
+_INTEGER_LOW, _INTEGER_HIGH = NUMERIC_RANGES["integer"]
+# What a number of each type can be, for messages.
+_RANGE_WORDS = {"integer": f"64-bit integers, {_INTEGER_LOW} to {_INTEGER_HIGH}", "number": "finite 64-bit floats"}
 
 
 class EventInvalid(Exception):
@@ -373,6 +377,9 @@ class Properties(_Field):
                     "".join(item)  # C-speed "every item is a str" (TypeError otherwise)
                 except TypeError:
                     raise _fail("invalid_property_type", _type_message(key, spec[1], item)) from None
+            elif spec[2] is not None and not spec[2][0] <= item <= spec[2][1]:
+                # A column of its type (Int64, Float64) could not hold it: JSONExtract would store NULL.
+                raise _fail("invalid_property_type", _range_message(key, spec[1], item))
         return value
 
 
@@ -392,9 +399,17 @@ def _type_message(key: str, type_name: str, item: Any) -> str:
     hint = ""
     if type_name == "integer" and type(item) is float:
         hint = " (a whole number without a decimal point)"
+        if item.is_integer() and abs(item) >= -_INTEGER_LOW:
+            # orjson reads an integer below -2**63 or past 2**64 - 1 as a float: the range is what is wrong.
+            hint = f" (a whole number without a decimal point, in range: {_RANGE_WORDS['integer']})"
     elif type_name in ("integer", "number") and type(item) is str:
         hint = " (send the number itself, not a string)"
     return f"properties.{key}: expected {type_name}, got {got}{hint}; null is allowed to leave it unset"
+
+
+def _range_message(key: str, type_name: str, item: Any) -> str:
+    return (f"properties.{key}: {_show(item)} is out of range; {type_name} properties are stored as "
+            f"{_RANGE_WORDS[type_name]}; null is allowed to leave it unset")
 
 
 _CONTAINERS = (dict, list, tuple)  # what orjson writes as JSON objects/arrays

@@ -100,6 +100,7 @@ def test_malformed_bodies_are_400(server, key, data, code, word):
     ({**GOOD, "timestamp": "2999-01-01T00:00:00Z"}, "invalid_timestamp", "future"),
     ({**GOOD, "properties": [1, 2]}, "invalid_properties", "properties"),
     ({**GOOD, "properties": {"trial_length_days": "seven"}}, "invalid_property_type", "trial_length_days"),
+    ({**GOOD, "properties": {"renewal_number": 2**64 - 1}}, "invalid_property_type", "out of range"),
     ({**GOOD, "context": {"ip": "1.2.3.4"}}, "unknown_field", "context"),
 ])
 def test_invalid_single_events(server, key, event, code, field):

@@ -434,6 +434,36 @@ def test_invalid_property_type(v, prop, value, expected, sent):
     assert err.message.startswith(f"properties.{prop}:")
 
 
+def test_integer_properties_hold_what_an_int64_column_holds(v):
+    """Past Int64 the typed column would store NULL: refused, saying why (docs/analytics.md)."""
+    for value in (2**63 - 1, -2**63, 0):
+        assert v.validate(event(properties={"renewal_number": value}))["properties"] == {"renewal_number": value}
+    for value in (2**63, 2**64 - 1):
+        err = reject(v, event(properties={"renewal_number": value}), "invalid_property_type",
+                     f"properties.renewal_number: {value} is out of range", "64-bit", str(2**63 - 1))
+        assert "null is allowed" in err.message
+
+
+def test_an_integer_past_64_bits_is_told_the_range(v):
+    # orjson reads an integer past 2**64 - 1 (or below -2**63) as a float: a whole number, out of range.
+    for text in (b"18446744073709551616", b"-9223372036854775809", b"1e19"):
+        sent = orjson.loads(text)
+        assert type(sent) is float
+        reject(v, event(properties={"trial_length_days": sent}), "invalid_property_type",
+               "properties.trial_length_days", "in range", "64-bit", str(-2**63))
+    err = reject(v, event(properties={"trial_length_days": 7.0}), "invalid_property_type")
+    assert "without a decimal point" in err.message and "range" not in err.message
+
+
+def test_number_properties_hold_what_a_float64_column_holds(v):
+    for value in (2**64 - 1, 1.7976931348623157e308, -1.7976931348623157e308, 5e-324, -0.0):
+        assert v.validate(event(properties={"price": value}))
+    # Not from JSON (orjson refuses NaN, and 1e400 as infinity), but a Python caller could pass them.
+    for value in (float("nan"), float("inf"), float("-inf")):
+        reject(v, event(properties={"price": value}), "invalid_property_type", "properties.price", "out of range",
+               "finite")
+
+
 def test_every_known_property_is_type_checked(v):
     wrong = {"string": 1, "integer": "1", "number": "1", "boolean": "yes", "string[]": [1]}
     for name, type_name in PROPERTY_TYPES.items():
