@@ -305,17 +305,46 @@ class Timestamp(_Field):
 
 def _parse_fallback(value: str) -> datetime:
     """Forms datetime.fromisoformat (3.11) rejects but RFC 3339 allows (a lowercase
-    z); anything else is invalid_timestamp."""
-    if value[-1:] == "z":
-        try:
-            return datetime.fromisoformat(value[:-1] + "Z")
-        except ValueError:
-            pass
+    z); anything else is invalid_timestamp, a leap second told it is one."""
+    dt = _with_lowercase_z(value)
+    if dt is not None:
+        return dt
+    leap = _LEAP_SECOND.search(value)
+    if leap is not None:
+        head, tail = value[:leap.start()] + leap.group(1), value[leap.end():]
+        dt = _as_datetime(head + ":59" + tail)
+        if dt is not None:
+            offset = "" if dt.tzinfo is not None else "Z (or the device's UTC offset)"
+            raise _fail(
+                "invalid_timestamp",
+                f"timestamp: {_show(value)} is a leap second (:60); leap seconds are not accepted: "
+                f"send {head}:59.999{tail}{offset} or the next second",
+            )
     raise _fail(
         "invalid_timestamp",
         f"timestamp: {_show(value)} is not an ISO 8601 datetime; send e.g. 2024-03-15T14:22:00Z "
         "or 2024-03-15T16:22:00+02:00",
     )
+
+
+# HH:MM:60, with any fraction: second 60 (RFC 3339 allows it for leap seconds; Python's datetime has none).
+_LEAP_SECOND = re.compile(r"(\d\d:\d\d):60(?:[.,]\d+)?")
+
+
+def _with_lowercase_z(value: str) -> datetime | None:
+    if value[-1:] == "z":
+        try:
+            return _fromisoformat(value[:-1] + "Z")
+        except ValueError:
+            pass
+    return None
+
+
+def _as_datetime(value: str) -> datetime | None:
+    try:
+        return _fromisoformat(value)
+    except ValueError:
+        return _with_lowercase_z(value)
 
 
 def _no_offset_message(value: str, dt: datetime) -> str:

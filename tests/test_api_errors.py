@@ -97,6 +97,7 @@ def test_malformed_bodies_are_400(server, key, data, code, word):
     ({k: v for k, v in GOOD.items() if k != "timestamp"}, "missing_timestamp", "timestamp"),
     ({**GOOD, "timestamp": "yesterday"}, "invalid_timestamp", "timestamp"),
     ({**GOOD, "timestamp": "2024-03-15T14:22:00"}, "invalid_timestamp", "offset"),
+    ({**GOOD, "timestamp": "2016-12-31T23:59:60Z"}, "invalid_timestamp", "leap second"),
     ({**GOOD, "timestamp": "2999-01-01T00:00:00Z"}, "invalid_timestamp", "future"),
     ({**GOOD, "properties": [1, 2]}, "invalid_properties", "properties"),
     ({**GOOD, "properties": {"trial_length_days": "seven"}}, "invalid_property_type", "trial_length_days"),

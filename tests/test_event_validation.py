@@ -325,12 +325,27 @@ def test_timestamp_must_be_a_string(v, value):
 
 @pytest.mark.parametrize(
     "value",
-    ["", "yesterday", "2024-13-01T00:00:00Z", "2024-03-15T25:00:00Z", "2024-03-15T14:22:60Z", "2024-02-30T00:00:00Z",
+    ["", "yesterday", "2024-13-01T00:00:00Z", "2024-03-15T25:00:00Z", "2024-03-15T14:22:61Z", "2024-02-30T00:00:00Z",
+     "2024-13-01T23:59:60Z",
      "15/03/2024 14:22 +00:00", "2024-03-15T14:22:00+25:00", " 2024-03-15T14:22:00Z", "2024-03-15T14:22:00Zz",
      "Fri, 15 Mar 2024 14:22:00 GMT"],
 )
 def test_timestamp_not_iso8601(v, value):
     reject(v, event(timestamp=value), "invalid_timestamp", "timestamp", "ISO 8601")
+
+
+@pytest.mark.parametrize("value, instead", [
+    ("2016-12-31T23:59:60Z", "2016-12-31T23:59:59.999Z"),
+    ("2016-12-31T23:59:60.250Z", "2016-12-31T23:59:59.999Z"),
+    ("2017-01-01T00:59:60+01:00", "2017-01-01T00:59:59.999+01:00"),
+    ("2016-12-31 23:59:60z", "2016-12-31 23:59:59.999z"),
+    ("2024-03-15T14:22:60Z", "2024-03-15T14:22:59.999Z"),
+    ("2016-12-31T23:59:60", "2016-12-31T23:59:59.999Z (or the device's UTC offset)"),
+])
+def test_a_leap_second_is_refused_saying_so(v, value, instead):
+    err = reject(v, event(timestamp=value), "invalid_timestamp", repr(value), "leap second", "(:60)",
+                 f"send {instead} or the next second")
+    assert "not an ISO 8601" not in err.message
 
 
 @pytest.mark.parametrize("value", ["2024-03-15 14:22", "2024-03-15T14:22:00", "2024-03-15T14:22:00.123", "2024-03-15"])
