@@ -23,8 +23,47 @@ def valid_key(key: str) -> str:
 
 
 def fingerprint(path: str, document: object) -> str:
-    """Same endpoint and same JSON (whatever its whitespace or key order) → same fingerprint."""
-    return hashlib.sha256(path.encode() + b"\0" + orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    """Same endpoint and same parsed document → same fingerprint: whitespace, key order and string escapes
+    do not count; numbers do as parsed (1 is an integer, 1.0 and 1.00 the same float). README says so."""
+    return hashlib.sha256(path.encode() + b"\0" + _canonical(document)).hexdigest()
+
+
+def _canonical(document: object) -> bytes:
+    try:
+        return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # orjson reads 1024 levels of nesting but writes at most 254. The fingerprint is taken before
+        # validation (a refusal is replayed too), so a deeper document needs one as well.
+        return _canonical_deep(document)
+
+
+def _canonical_deep(document: object) -> bytes:
+    """The bytes orjson.dumps(document, option=OPT_SORT_KEYS) would write, at any depth: an explicit stack
+    instead of recursion. Parsed JSON holds no bytes, so bytes on the stack are punctuation to copy out."""
+    out: list[bytes] = []
+    todo: list = [document]  # popped from the end: pushed in reverse order
+    while todo:
+        item = todo.pop()
+        if type(item) is bytes:
+            out.append(item)
+        elif isinstance(item, dict):
+            entries = sorted(item.items())  # keys are unique strings: values are never compared
+            todo.append(b"}")
+            for index in range(len(entries) - 1, -1, -1):
+                key, value = entries[index]
+                todo.append(value)
+                todo.append((b"," if index else b"") + orjson.dumps(key) + b":")
+            out.append(b"{")
+        elif isinstance(item, list):
+            todo.append(b"]")
+            for index in range(len(item) - 1, -1, -1):
+                todo.append(item[index])
+                if index:
+                    todo.append(b",")
+            out.append(b"[")
+        else:
+            out.append(orjson.dumps(item))
+    return b"".join(out)
 
 
 def begin(state: FrontDoorState, workspace: str, key: str, fp: str, event_ids: list[str], now: float):

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing
 
-from schemas.taxonomy import EVENTS, PROPERTY_TYPES, SCALAR_PYTHON_TYPES
+from schemas.taxonomy import EVENTS, NUMERIC_RANGES, PROPERTY_TYPES, SCALAR_PYTHON_TYPES
 
 __all__ = [
     "EventInvalid",
@@ -114,13 +114,17 @@ _EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,%d}" % (MAX_EVENT_NAME_LENGTH - 1))
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TAXONOMY_NAMES = frozenset(EVENTS)
 
-# Known property name -> (accepted exact Python types, type name). string[] is
+# Known property name -> (accepted exact Python types, type name, (lowest, highest) value or None). string[] is
 # accepted as a list here and its items are checked separately.
 _LIST_OF_STRINGS = frozenset({list})
-_KNOWN_PROPERTIES: dict[str, tuple[frozenset[type], str]] = {
-    name: (_LIST_OF_STRINGS if type_name == "string[]" else SCALAR_PYTHON_TYPES[type_name], type_name)
+_KNOWN_PROPERTIES: dict[str, tuple[frozenset[type], str, tuple[float, float] | None]] = {
+    name: (_LIST_OF_STRINGS if type_name == "string[]" else SCALAR_PYTHON_TYPES[type_name], type_name,
+           NUMERIC_RANGES.get(type_name))
     for name, type_name in PROPERTY_TYPES.items()
 }
+_INTEGER_LOW, _INTEGER_HIGH = NUMERIC_RANGES["integer"]
+# What a number of each type can be, for messages.
+_RANGE_WORDS = {"integer": f"64-bit integers, {_INTEGER_LOW} to {_INTEGER_HIGH}", "number": "finite 64-bit floats"}
 
 
 class EventInvalid(Exception):
@@ -301,17 +305,46 @@ class Timestamp(_Field):
 
 def _parse_fallback(value: str) -> datetime:
     """Forms datetime.fromisoformat (3.11) rejects but RFC 3339 allows (a lowercase
-    z); anything else is invalid_timestamp."""
-    if value[-1:] == "z":
-        try:
-            return datetime.fromisoformat(value[:-1] + "Z")
-        except ValueError:
-            pass
+    z); anything else is invalid_timestamp, a leap second told it is one."""
+    dt = _with_lowercase_z(value)
+    if dt is not None:
+        return dt
+    leap = _LEAP_SECOND.search(value)
+    if leap is not None:
+        head, tail = value[:leap.start()] + leap.group(1), value[leap.end():]
+        dt = _as_datetime(head + ":59" + tail)
+        if dt is not None:
+            offset = "" if dt.tzinfo is not None else "Z (or the device's UTC offset)"
+            raise _fail(
+                "invalid_timestamp",
+                f"timestamp: {_show(value)} is a leap second (:60); leap seconds are not accepted: "
+                f"send {head}:59.999{tail}{offset} or the next second",
+            )
     raise _fail(
         "invalid_timestamp",
         f"timestamp: {_show(value)} is not an ISO 8601 datetime; send e.g. 2024-03-15T14:22:00Z "
         "or 2024-03-15T16:22:00+02:00",
     )
+
+
+# HH:MM:60, with any fraction: second 60 (RFC 3339 allows it for leap seconds; Python's datetime has none).
+_LEAP_SECOND = re.compile(r"(\d\d:\d\d):60(?:[.,]\d+)?")
+
+
+def _with_lowercase_z(value: str) -> datetime | None:
+    if value[-1:] == "z":
+        try:
+            return _fromisoformat(value[:-1] + "Z")
+        except ValueError:
+            pass
+    return None
+
+
+def _as_datetime(value: str) -> datetime | None:
+    try:
+        return _fromisoformat(value)
+    except ValueError:
+        return _with_lowercase_z(value)
 
 
 def _no_offset_message(value: str, dt: datetime) -> str:
@@ -344,6 +377,8 @@ class Properties(_Field):
         try:
             raw = orjson.dumps(value)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+            # From parsed JSON only nesting can cause it (orjson reads 1024 levels, writes 254): say so.
+            _check_nested(value)
             raise _fail("invalid_properties", f"properties: not representable as JSON ({exc})") from None
         if len(raw) > MAX_PROPERTIES_BYTES:
             raise _fail(
@@ -371,6 +406,9 @@ class Properties(_Field):
                     "".join(item)  # C-speed "every item is a str" (TypeError otherwise)
                 except TypeError:
                     raise _fail("invalid_property_type", _type_message(key, spec[1], item)) from None
+            elif spec[2] is not None and not spec[2][0] <= item <= spec[2][1]:
+                # A column of its type (Int64, Float64) could not hold it: JSONExtract would store NULL.
+                raise _fail("invalid_property_type", _range_message(key, spec[1], item))
         return value
 
 
@@ -390,9 +428,17 @@ def _type_message(key: str, type_name: str, item: Any) -> str:
     hint = ""
     if type_name == "integer" and type(item) is float:
         hint = " (a whole number without a decimal point)"
+        if item.is_integer() and abs(item) >= -_INTEGER_LOW:
+            # orjson reads an integer below -2**63 or past 2**64 - 1 as a float: the range is what is wrong.
+            hint = f" (a whole number without a decimal point, in range: {_RANGE_WORDS['integer']})"
     elif type_name in ("integer", "number") and type(item) is str:
         hint = " (send the number itself, not a string)"
     return f"properties.{key}: expected {type_name}, got {got}{hint}; null is allowed to leave it unset"
+
+
+def _range_message(key: str, type_name: str, item: Any) -> str:
+    return (f"properties.{key}: {_show(item)} is out of range; {type_name} properties are stored as "
+            f"{_RANGE_WORDS[type_name]}; null is allowed to leave it unset")
 
 
 _CONTAINERS = (dict, list, tuple)  # what orjson writes as JSON objects/arrays

@@ -11,6 +11,7 @@ property name has one type across the whole taxonomy, which load() enforces).
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -24,6 +25,7 @@ __all__ = [
     "EventSpec",
     "PropertySpec",
     "TaxonomyError",
+    "NUMERIC_RANGES",
     "matches_type",
     "load",
 ]
@@ -38,6 +40,13 @@ SCALAR_PYTHON_TYPES: Mapping[str, frozenset[type]] = MappingProxyType({
     "integer": frozenset({int}),
     "number": frozenset({int, float}),
     "boolean": frozenset({bool}),
+})
+
+#: The values the numeric types hold, inclusive: their warehouse columns' (Int64 and Float64, see
+#: schemas/migrations/0001_events.sql). A value outside is refused rather than stored as NULL; NaN is outside too.
+NUMERIC_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({
+    "integer": (-2**63, 2**63 - 1),
+    "number": (-sys.float_info.max, sys.float_info.max),
 })
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -62,10 +71,13 @@ class EventSpec:
 
 
 def matches_type(type_name: str, value: Any) -> bool:
-    """Whether a (non-null) JSON value has the taxonomy type `type_name`."""
+    """Whether a (non-null) JSON value has the taxonomy type `type_name` (numbers: and is in its range)."""
     if type_name == "string[]":
         return type(value) is list and all(type(item) is str for item in value)
-    return type(value) in SCALAR_PYTHON_TYPES[type_name]
+    if type(value) not in SCALAR_PYTHON_TYPES[type_name]:
+        return False
+    bounds = NUMERIC_RANGES.get(type_name)
+    return bounds is None or bounds[0] <= value <= bounds[1]
 
 
 def load(text: str) -> tuple[Mapping[str, EventSpec], Mapping[str, str]]:

@@ -97,9 +97,11 @@ def test_malformed_bodies_are_400(server, key, data, code, word):
     ({k: v for k, v in GOOD.items() if k != "timestamp"}, "missing_timestamp", "timestamp"),
     ({**GOOD, "timestamp": "yesterday"}, "invalid_timestamp", "timestamp"),
     ({**GOOD, "timestamp": "2024-03-15T14:22:00"}, "invalid_timestamp", "offset"),
+    ({**GOOD, "timestamp": "2016-12-31T23:59:60Z"}, "invalid_timestamp", "leap second"),
     ({**GOOD, "timestamp": "2999-01-01T00:00:00Z"}, "invalid_timestamp", "future"),
     ({**GOOD, "properties": [1, 2]}, "invalid_properties", "properties"),
     ({**GOOD, "properties": {"trial_length_days": "seven"}}, "invalid_property_type", "trial_length_days"),
+    ({**GOOD, "properties": {"renewal_number": 2**64 - 1}}, "invalid_property_type", "out of range"),
     ({**GOOD, "context": {"ip": "1.2.3.4"}}, "unknown_field", "context"),
 ])
 def test_invalid_single_events(server, key, event, code, field):
@@ -122,6 +124,40 @@ def test_gzip_body_is_accepted(server, key):
     resp = server.post("/v1/events", data=gzip.compress(orjson.dumps(GOOD)), key=key,
                        headers={"Content-Encoding": "gzip"})
     assert resp.status_code == 200 and resp.json()["status"] == "ok"
+
+
+def test_bytes_after_the_gzip_data_are_refused(server, key):
+    for trailer in (b"garbage", b"\0\0\0\0", b"\x1f"):
+        resp = server.post("/v1/events", data=gzip.compress(orjson.dumps(GOOD)) + trailer, key=key,
+                           headers={"Content-Encoding": "gzip"})
+        assert_error(resp, 400, "invalid_body", f"{len(trailer)} byte", "after the gzip data")
+
+
+def test_every_gzip_member_is_decoded(server, key):
+    """A body of several gzip members (concatenated gzip files) is their contents one after the other."""
+    other = {**GOOD, "event": "paywall_dismissed"}
+    text = orjson.dumps({"events": [GOOD, other]})
+    members = b"".join(gzip.compress(text[i:i + 20]) for i in range(0, len(text), 20))
+    resp = server.post("/v1/batch/events", data=members, key=key, headers={"Content-Encoding": "gzip"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["accepted"] == 2
+
+
+def test_the_decompressed_cap_holds_across_gzip_members(server, key):
+    # Each member within the 200000-byte cap, together over it.
+    text = b'{"events": [' + b" " * 250_000 + orjson.dumps(GOOD) + b"]}"
+    members = b"".join(gzip.compress(text[i:i + 90_000]) for i in range(0, len(text), 90_000))
+    resp = server.post("/v1/batch/events", data=members, key=key, headers={"Content-Encoding": "gzip"})
+    assert_error(resp, 413, "payload_too_large", "decompressed")
+
+
+def test_a_gzip_body_has_at_most_1000_members(server, key):
+    empty = gzip.compress(b"")
+    one_event = gzip.compress(orjson.dumps(GOOD))
+    resp = server.post("/v1/events", data=one_event + empty * 999, key=key, headers={"Content-Encoding": "gzip"})
+    assert resp.status_code == 200, resp.text
+    resp = server.post("/v1/events", data=one_event + empty * 1000, key=key, headers={"Content-Encoding": "gzip"})
+    assert_error(resp, 400, "invalid_body", "1000 gzip members")
 
 
 def test_bad_gzip_and_unknown_encoding(server, key):

@@ -54,6 +54,34 @@ def test_validation_failures_are_replayed_too(server, workspace_key):
     assert again.headers["Idempotent-Replayed"] == "true"
 
 
+SENT = (b'{"event":"paywall_viewed","anonymous_id":"dev_A","timestamp":"2024-03-15T14:22:00Z",'
+        b'"properties":{"n":1.0,"s":"A/B"}}')
+
+
+@pytest.mark.parametrize("retry, same", [
+    (b' {\n "properties": {"s": "A/B", "n": 1.0},\t"timestamp": "2024-03-15T14:22:00Z", "anonymous_id": "dev_A",'
+     b' "event": "paywall_viewed"}', True),  # whitespace and key order
+    (SENT.replace(b'"A/B"', b'"\\u0041\\/B"').replace(b'"dev_A"', b'"dev_\\u0041"'), True),  # escapes
+    (SENT.replace(b"1.0", b"1.00"), True),
+    (SENT.replace(b"1.0", b"1e0"), True),
+    (SENT.replace(b"1.0", b"1"), False),  # an integer is not the float 1.0
+    (SENT.replace(b'"A/B"', b'"a/B"'), False),
+], ids=["whitespace and key order", "string escapes", "1.0 and 1.00", "1.0 and 1e0", "1.0 and 1", "a and A"])
+def test_what_the_payload_comparison_sees(server, workspace_key, retry, same):
+    """README: the parsed document is compared (re-serialised with sorted keys): whitespace, key order and
+    string escapes do not count; numbers count as parsed, so 1 and 1.0 differ while 1.0, 1.00 and 1e0 do not."""
+    _, key = workspace_key()
+    idem = {"Idempotency-Key": unique("compare")}
+    first = server.post("/v1/events", data=SENT, key=key, headers=idem)
+    assert first.status_code == 200, first.text
+    again = server.post("/v1/events", data=retry, key=key, headers=idem)
+    if same:
+        assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true", again.text
+        assert again.json() == first.json()
+    else:
+        assert again.status_code == 422 and again.json()["error"] == "idempotency_key_mismatch", again.text
+
+
 def test_keys_are_per_workspace(server, workspace_key):
     (_, key_a), (_, key_b) = workspace_key(), workspace_key()
     idem = {"Idempotency-Key": unique("shared")}

@@ -325,12 +325,27 @@ def test_timestamp_must_be_a_string(v, value):
 
 @pytest.mark.parametrize(
     "value",
-    ["", "yesterday", "2024-13-01T00:00:00Z", "2024-03-15T25:00:00Z", "2024-03-15T14:22:60Z", "2024-02-30T00:00:00Z",
+    ["", "yesterday", "2024-13-01T00:00:00Z", "2024-03-15T25:00:00Z", "2024-03-15T14:22:61Z", "2024-02-30T00:00:00Z",
+     "2024-13-01T23:59:60Z",
      "15/03/2024 14:22 +00:00", "2024-03-15T14:22:00+25:00", " 2024-03-15T14:22:00Z", "2024-03-15T14:22:00Zz",
      "Fri, 15 Mar 2024 14:22:00 GMT"],
 )
 def test_timestamp_not_iso8601(v, value):
     reject(v, event(timestamp=value), "invalid_timestamp", "timestamp", "ISO 8601")
+
+
+@pytest.mark.parametrize("value, instead", [
+    ("2016-12-31T23:59:60Z", "2016-12-31T23:59:59.999Z"),
+    ("2016-12-31T23:59:60.250Z", "2016-12-31T23:59:59.999Z"),
+    ("2017-01-01T00:59:60+01:00", "2017-01-01T00:59:59.999+01:00"),
+    ("2016-12-31 23:59:60z", "2016-12-31 23:59:59.999z"),
+    ("2024-03-15T14:22:60Z", "2024-03-15T14:22:59.999Z"),
+    ("2016-12-31T23:59:60", "2016-12-31T23:59:59.999Z (or the device's UTC offset)"),
+])
+def test_a_leap_second_is_refused_saying_so(v, value, instead):
+    err = reject(v, event(timestamp=value), "invalid_timestamp", repr(value), "leap second", "(:60)",
+                 f"send {instead} or the next second")
+    assert "not an ISO 8601" not in err.message
 
 
 @pytest.mark.parametrize("value", ["2024-03-15 14:22", "2024-03-15T14:22:00", "2024-03-15T14:22:00.123", "2024-03-15"])
@@ -432,6 +447,36 @@ def test_invalid_property_type(v, prop, value, expected, sent):
     err = reject(v, event(properties={"plan_id": "plan_annual_usd", prop: value}), "invalid_property_type",
                  f"properties.{prop}", f"expected {expected}", sent)
     assert err.message.startswith(f"properties.{prop}:")
+
+
+def test_integer_properties_hold_what_an_int64_column_holds(v):
+    """Past Int64 the typed column would store NULL: refused, saying why (docs/analytics.md)."""
+    for value in (2**63 - 1, -2**63, 0):
+        assert v.validate(event(properties={"renewal_number": value}))["properties"] == {"renewal_number": value}
+    for value in (2**63, 2**64 - 1):
+        err = reject(v, event(properties={"renewal_number": value}), "invalid_property_type",
+                     f"properties.renewal_number: {value} is out of range", "64-bit", str(2**63 - 1))
+        assert "null is allowed" in err.message
+
+
+def test_an_integer_past_64_bits_is_told_the_range(v):
+    # orjson reads an integer past 2**64 - 1 (or below -2**63) as a float: a whole number, out of range.
+    for text in (b"18446744073709551616", b"-9223372036854775809", b"1e19"):
+        sent = orjson.loads(text)
+        assert type(sent) is float
+        reject(v, event(properties={"trial_length_days": sent}), "invalid_property_type",
+               "properties.trial_length_days", "in range", "64-bit", str(-2**63))
+    err = reject(v, event(properties={"trial_length_days": 7.0}), "invalid_property_type")
+    assert "without a decimal point" in err.message and "range" not in err.message
+
+
+def test_number_properties_hold_what_a_float64_column_holds(v):
+    for value in (2**64 - 1, 1.7976931348623157e308, -1.7976931348623157e308, 5e-324, -0.0):
+        assert v.validate(event(properties={"price": value}))
+    # Not from JSON (orjson refuses NaN, and 1e400 as infinity), but a Python caller could pass them.
+    for value in (float("nan"), float("inf"), float("-inf")):
+        reject(v, event(properties={"price": value}), "invalid_property_type", "properties.price", "out of range",
+               "finite")
 
 
 def test_every_known_property_is_type_checked(v):

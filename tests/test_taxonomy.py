@@ -114,8 +114,9 @@ def test_reference_examples_properties_type_check():
     "type_name, good, bad",
     [
         ("string", ["", "x"], [1, 1.5, True, None, ["x"], {}]),
-        ("integer", [0, -3, 7], [7.0, 7.5, True, False, "7", None, [7]]),
-        ("number", [0, 7, 7.5, -1e9], [True, "7.5", None, [7.5]]),
+        ("integer", [0, -3, 7, 2**63 - 1, -2**63], [7.0, 7.5, True, False, "7", None, [7], 2**63, 2**64 - 1]),
+        ("number", [0, 7, 7.5, -1e9, 2**64 - 1, 1.7976931348623157e308],
+         [True, "7.5", None, [7.5], float("nan"), float("inf"), float("-inf")]),
         ("boolean", [True, False], [0, 1, "true", None]),
         ("string[]", [[], ["a"], ["a", "b"]], ["a", ["a", 1], [None], [["a"]], ("a",), None]),
     ],
