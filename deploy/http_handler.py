@@ -20,7 +20,9 @@ What the handler promises, each one tested (tests/test_http_handler.py):
 - the environ of pywsgi's own handler (header names with `_` left out, repeated
   headers joined; `wsgi.input` a BytesIO of the body);
 - a request it cannot parse is a 400 in the API's error shape (over 100 headers
-  or a 64 KiB head: a 431), and the connection is closed;
+  or a 64 KiB head: a 431), and the connection is closed; the requests parsed
+  whole before it are run and answered first, in order; what follows a request
+  that closes the connection is ignored;
 - a response goes out in one send (status line, headers, body), with
   Content-Length (the app's, or the length of what it returned) and Date; an
   app that raises gets a 500 in the API's error shape;
@@ -159,19 +161,26 @@ class HttptoolsHandler:
                     if self._current is not None and self._current.method is not None:  # a body cut short
                         self._respond(self._current, cut_short=True)
                     return
+                refusal = None
                 try:
                     self._parser.feed_data(data)
                 except httptools.HttpParserUpgrade:
-                    sock.sendall(_error(b"400 Bad Request", "invalid_http", "protocol upgrades are not supported"))
-                    return
+                    if self._complete:
+                        self._complete.pop()  # llhttp completes the upgrade request, then stops: it is not run
+                    refusal = _error(b"400 Bad Request", "invalid_http", "protocol upgrades are not supported")
                 except httptools.HttpParserError as exc:
                     cause = exc.__context__ if isinstance(exc.__context__, _RequestTooLarge) else exc
                     status = b"431 Request Header Fields Too Large" if cause is not exc else b"400 Bad Request"
-                    sock.sendall(_error(status, "invalid_http", f"the request is not valid HTTP/1.1: {cause}"[:300]))
-                    return
+                    refusal = _error(status, "invalid_http", f"the request is not valid HTTP/1.1: {cause}"[:300])
+                # The requests that came whole before bytes that could not be parsed are answered first, in order:
+                # a client reads the first answer as its first request's. One that closes the connection (llhttp
+                # refuses what follows it) ends it there, without the refusal.
                 while self._complete:
                     if not self._respond(self._complete.popleft()) or idle <= 0:
                         return
+                if refusal is not None:
+                    sock.sendall(refusal)
+                    return
         except OSError:  # the client went away while we answered
             return
         finally:

@@ -290,3 +290,45 @@ def test_a_body_cut_short_by_the_client_still_gets_the_apps_answer(serve):
         while chunk := sock.recv(65536):
             received += chunk
     assert received.startswith(b"HTTP/1.1 400") and b"OSError: the client closed" in received
+
+
+@pytest.mark.parametrize("raw, answered, refusal", [
+    (b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nBAD\x01 / HTTP/1.1\r\n\r\n", [b"/one "], b"400"),
+    (b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\naGET /two HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff",
+     [b"/one a", b"/two "], b"400"),
+    (b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+     [b"/one "], b"400"),  # the upgrade request itself is refused, not run
+    (b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\n" + b"X-Long: " + b"v" * 70_000 + b"\r\n\r\n",
+     [b"/one "], b"431"),
+    (b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n",
+     [b"/one "], None),  # what follows a request that closes the connection is ignored, not refused
+    (b"GET /one HTTP/1.0\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n", [b"/one "], None),
+], ids=["garbage", "two-then-garbage", "upgrade", "head-too-large", "connection-close", "http-1.0"])
+def test_requests_parsed_before_bytes_that_cannot_be_are_answered_first(serve, raw, answered, refusal):
+    # A client reads the first answer as its first request's: a 400 there would be final, the request lost.
+    called = []
+
+    def app(environ, start_response):
+        called.append(environ["PATH_INFO"])
+        return _echo_app(environ, start_response)
+
+    server = serve(app)
+    received = _exchange(server, raw)
+    bodies = []
+    while received.startswith(b"HTTP/1.1 200"):
+        _, body, received = _read_response(_Drained(), received)
+        bodies.append(body)
+    assert bodies == answered and len(called) == len(answered)
+    if refusal is None:
+        assert received == b""
+    else:
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + refusal) and b"Connection: close" in head
+        assert orjson.loads(body)["error"] == "invalid_http"
+
+
+class _Drained:
+    """A socket with nothing more to read (for _read_response on bytes already received)."""
+
+    def recv(self, size):
+        return b""
