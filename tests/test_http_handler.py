@@ -10,7 +10,7 @@ import pytest
 from gevent import socket as gsocket
 from gevent.pywsgi import WSGIServer
 
-from deploy.http_handler import HttptoolsHandler
+from deploy.http_handler import HttptoolsHandler, WaitingConnections
 
 
 class _Log:
@@ -30,10 +30,15 @@ class _Log:
 def serve():
     servers = []
 
-    def start(app, *, handler=HttptoolsHandler, idle=5.0, max_body=8 * 1024 * 1024, access=False):
+    def start(app, *, handler=HttptoolsHandler, idle=5.0, max_body=8 * 1024 * 1024, access=False,
+              head_timeout=20.0, body_timeout=20.0, body_rate=500):
         server = WSGIServer(("127.0.0.1", 0), app, handler_class=handler)
         server.idle_seconds = idle
         server.max_body_bytes = max_body
+        server.head_timeout = head_timeout
+        server.body_timeout = body_timeout
+        server.body_min_bytes_per_second = body_rate
+        server.waiting = WaitingConnections()
         server.log = _Log(access)
         server.start()
         servers.append(server)
@@ -332,3 +337,87 @@ class _Drained:
 
     def recv(self, size):
         return b""
+
+
+# --- deadlines: a client cannot hold a connection by sending slowly ---
+
+def _trickle(sock, data: bytes, every: float):
+    """Send `data` a byte at a time, `every` seconds apart, in the background (until the server closes)."""
+    def run():
+        try:
+            for i in range(len(data)):
+                sock.sendall(data[i:i + 1])
+                gevent.sleep(every)
+        except OSError:
+            pass
+    return gevent.spawn(run)
+
+
+def _read_until_closed(sock) -> bytes:
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:  # the server closed with bytes sent after its answer unread: a reset follows
+        pass
+    return received
+
+
+def _assert_timed_out(received: bytes, *words: str):
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and b"Connection: close" in head, received
+    assert b"Content-Type: application/json" in head
+    error = orjson.loads(body)
+    assert error["error"] == "request_timeout"
+    for word in words:
+        assert word in error["message"], error["message"]
+
+
+def test_a_head_that_does_not_arrive_within_the_head_deadline_is_a_408(serve):
+    # One byte every 0.1 s: each read is far within the idle timeout, the whole head is not.
+    called = []
+    server = serve(lambda environ, start_response: called.append(environ), head_timeout=0.5)
+    with _connect(server) as sock:
+        started = time.monotonic()
+        sender = _trickle(sock, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100, every=0.1)
+        received = _read_until_closed(sock)
+        elapsed = time.monotonic() - started
+        sender.kill()
+    _assert_timed_out(received, "head")
+    assert 0.4 < elapsed < 4 and not called
+
+
+def test_a_body_that_does_not_keep_pace_is_a_408(serve):
+    called = []
+    server = serve(lambda environ, start_response: called.append(environ), body_timeout=0.5, body_rate=1000)
+    with _connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        started = time.monotonic()
+        sender = _trickle(sock, b"x" * 1000, every=0.1)
+        received = _read_until_closed(sock)
+        elapsed = time.monotonic() - started
+        sender.kill()
+    _assert_timed_out(received, "body")
+    assert 0.4 < elapsed < 4 and not called
+
+
+def test_a_slow_body_that_keeps_pace_is_read_whole(serve):
+    # 600 bytes every 0.3 s (2,000 bytes a second) for 1.8 s: past the body's first 0.5 s, but each
+    # 1,000 bytes received give it another second.
+    server = serve(_echo_app, body_timeout=0.5, body_rate=1000)
+    with _connect(server) as sock:
+        sock.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 3600\r\n\r\n")
+        for _ in range(6):
+            gevent.sleep(0.3)
+            sock.sendall(b"y" * 600)
+        head, body, _ = _read_response(sock)
+    assert head.startswith(b"HTTP/1.1 200") and body == b"/slow " + b"y" * 3600
+
+
+def test_a_connection_that_sends_nothing_is_closed_even_without_keep_alive(serve):
+    # keepalive 0 (one request per connection) leaves no idle timeout: the head's deadline bounds the wait.
+    server = serve(_echo_app, idle=0, head_timeout=0.5)
+    with _connect(server) as sock:
+        started = time.monotonic()
+        assert sock.recv(1) == b""
+        assert time.monotonic() - started < 4
