@@ -16,6 +16,10 @@ each worker after the fork.
 from deploy.settings import Settings
 
 _settings = Settings.from_env()
+if _settings.api_body_min_bytes_per_second < 1 or min(_settings.api_head_timeout_seconds,
+                                                     _settings.api_body_timeout_seconds) <= 0:
+    raise SystemExit("FLOKIT_API_HEAD_TIMEOUT_SECONDS and FLOKIT_API_BODY_TIMEOUT_SECONDS must be over 0,"
+                     " FLOKIT_API_BODY_MIN_BYTES_PER_SECOND at least 1")
 
 wsgi_app = "ingest_api:create_app()"
 bind = _settings.api_bind

@@ -8,9 +8,11 @@ saturation on the single-event endpoint 6,540-7,519 against 5,946-6,527
 requests/s (bench/README.md), and before that pywsgi against gunicorn's own
 parser 3,680 against 3,180.
 
-Two more things the worker does: it spreads connections over the workers
-(deploy/worker_balance.py), and it freezes what it built at start out of the
-garbage collector's sight (`Worker.load_wsgi`).
+Three more things the worker does: it spreads connections over the workers
+(deploy/worker_balance.py); at its connection limit it makes room for a new
+connection by closing the one that has waited longest for its client, so slow
+clients cannot keep new ones out (`_Server._do_read`); and it freezes what it
+built at start out of the garbage collector's sight (`Worker.load_wsgi`).
 """
 from __future__ import annotations
 
@@ -19,16 +21,24 @@ import gc
 import gevent
 from gunicorn.workers.ggevent import GeventWorker, PyWSGIServer
 
-from deploy.http_handler import HttptoolsHandler
+from deploy.http_handler import HttptoolsHandler, WaitingConnections
 from deploy.settings import Settings
 from deploy.worker_balance import RETRY_SECONDS, ConnectionBalance
 
 
 class _Server(PyWSGIServer):
+    max_accept = 1  # one connection per wake-up (Worker.init_process says why)
     # set per worker (Worker.init_process)
     idle_seconds: float  # gunicorn's keepalive: an idle connection is closed after it
     max_body_bytes: int  # the front door's body limit: what the handler buffers at most (+1) before the app runs
+    head_timeout: float  # deadlines of a request's arrival (deploy/http_handler.py)
+    body_timeout: float
+    body_min_bytes_per_second: int
     balance: ConnectionBalance | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.waiting = WaitingConnections()  # its connections waiting for their clients, longest first
 
     def _do_read(self):
         # Called when the listening socket has a connection waiting. A worker over its share leaves it to
@@ -38,6 +48,15 @@ class _Server(PyWSGIServer):
             self._timer = self.loop.timer(RETRY_SECONDS)
             self._timer.start(self._start_accepting_if_started)
             return
+        if self.full():
+            # At its connection limit (gunicorn's worker_connections) gevent stops accepting until a connection
+            # ends; new clients then wait in the listen queue for as long as the ones held take, and slow clients
+            # (a byte of head a second: slowloris) kept them all, coming back as soon as a deadline closed one.
+            # So the connection that has waited longest for its client gives way: its slot is free a moment later
+            # and gevent accepts then. (With several workers each may give one way for the same new connection;
+            # the one that does not get it has a free slot for the next.) Requests being run never give way: with
+            # only those, new clients wait, which is the limit doing its job.
+            self.waiting.give_way()
         super()._do_read()
 
     def start(self):
@@ -64,11 +83,16 @@ class Worker(GeventWorker):
         # max_accept 1, as gunicorn's own gevent worker sets with several workers: gevent's default takes up
         # to 100 waiting connections per wake-up, so a burst of new clients all landed on one worker. That
         # was not enough (a client opening its connections at once still often pinned one worker): with
-        # several workers each also keeps its share of the connections (deploy/worker_balance.py).
+        # several workers each also keeps its share of the connections (deploy/worker_balance.py). With one
+        # worker too: gevent stops watching for connections when a wake-up's accepts fill the worker, and at
+        # the limit each new connection must wake _do_read, which makes room for it.
         several = self.cfg.workers > 1
+        settings = Settings.from_env()
         self.server_class = type("Server", (_Server,), {
-            "idle_seconds": self.cfg.keepalive, "max_accept": 1 if several else 100,
-            "max_body_bytes": Settings.from_env().max_body_bytes,
+            "idle_seconds": self.cfg.keepalive,
+            "max_body_bytes": settings.max_body_bytes,
+            "head_timeout": settings.api_head_timeout_seconds, "body_timeout": settings.api_body_timeout_seconds,
+            "body_min_bytes_per_second": settings.api_body_min_bytes_per_second,
             "balance": ConnectionBalance(self.age) if several else None})
         super().init_process()
 

@@ -12,6 +12,17 @@ What the handler promises, each one tested (tests/test_http_handler.py):
 - keep-alive as HTTP/1.0 and 1.1 define it (llhttp decides), pipelined requests
   answered in order, an idle connection closed after `server.idle_seconds`
   (gunicorn's keepalive; 0: one request per connection);
+- deadlines, so that a client sending slowly cannot hold a connection: a
+  request's head must arrive whole within `server.head_timeout` of its first
+  bytes (also the wait for them when there is no idle timeout), its body within
+  `server.body_timeout` of the head's end plus a second per
+  `server.body_min_bytes_per_second` received (a slow upload that keeps going
+  is not cut); past one, a 408 in the API's error shape, and the connection is
+  closed;
+- at the worker's connection limit, the connection that has waited longest for
+  its client (an idle one, or a request on its way) gives way to a new one
+  (`WaitingConnections`, used by deploy/gunicorn_worker.py): a 408 if a request
+  had begun, then it is closed;
 - request bodies by Content-Length or chunked, `Expect: 100-continue` answered;
   the body is read whole before the app runs, up to `server.max_body_bytes` + 1
   bytes (the app refuses larger ones with a 413; the rest is read and dropped);
@@ -20,7 +31,9 @@ What the handler promises, each one tested (tests/test_http_handler.py):
 - the environ of pywsgi's own handler (header names with `_` left out, repeated
   headers joined; `wsgi.input` a BytesIO of the body);
 - a request it cannot parse is a 400 in the API's error shape (over 100 headers
-  or a 64 KiB head: a 431), and the connection is closed;
+  or a 64 KiB head: a 431), and the connection is closed; the requests parsed
+  whole before it are run and answered first, in order; what follows a request
+  that closes the connection is ignored;
 - a response goes out in one send (status line, headers, body), with
   Content-Length (the app's, or the length of what it returned) and Date; an
   app that raises gets a 500 in the API's error shape;
@@ -28,8 +41,9 @@ What the handler promises, each one tested (tests/test_http_handler.py):
 """
 from __future__ import annotations
 
+import socket
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from datetime import timedelta
 from email.utils import formatdate
 from io import BytesIO
@@ -59,7 +73,8 @@ class _CutShort(BytesIO):
 
 
 class _Request:
-    __slots__ = ("url", "headers", "head_bytes", "body", "body_bytes", "method", "version", "keep_alive")
+    __slots__ = ("url", "headers", "head_bytes", "body", "body_bytes", "method", "version", "keep_alive",
+                 "head_since", "body_since")
 
     def __init__(self):
         self.method = None  # set once the head is complete
@@ -68,15 +83,39 @@ class _Request:
         self.head_bytes = 0
         self.body: list[bytes] = []
         self.body_bytes = 0
+        # When the handler first waited for more of the head, or of the body (0: it has not: a request that
+        # comes whole in one read costs no clock).
+        self.head_since = self.body_since = 0.0
 
 
-def _error(status: bytes, code: str, message: str) -> bytes:
+class WaitingConnections(OrderedDict):
+    """A server's connections waiting for their clients (for a request, or the rest of one), longest first.
+
+    A worker at its connection limit would stop accepting until one of its connections ends, and clients that
+    send slowly or not at all would keep every new one out, however short the deadlines (they come back). So the
+    worker makes room instead (deploy/gunicorn_worker.py): the connection that has waited longest gives way.
+    Connections whose request is being run are not here.
+    """
+
+    def give_way(self) -> bool:
+        """Close the connection that has waited longest, to make room for a new one; whether there was one."""
+        if not self:
+            return False
+        handler, _ = self.popitem(last=False)
+        handler.give_way()
+        return True
+
+
+def _error(status: bytes, code: str, message: str) -> bytes:  # a response after which the connection is closed
     body = orjson.dumps({"error": code, "message": message})
     return (b"HTTP/1.1 " + status + b"\r\nConnection: close\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
 
 _INTERNAL_ERROR = (b"500 Internal Server Error", "internal_error", "an unexpected error occurred; it has been logged")
+_TIMEOUT = (b"408 Request Timeout", "request_timeout")
+_GAVE_WAY = _error(*_TIMEOUT, "the server is at its connection limit and this request was the one waiting longest for"
+                   " its bytes; send it again")
 _date_second = 0
 _date = b""
 
@@ -101,6 +140,7 @@ class HttptoolsHandler:
         self._current: _Request | None = None
         self._complete: deque[_Request] = deque()
         self._max_body = server.max_body_bytes + 1  # the front door's limit (Worker.init_process sets it)
+        self._given_way = False
 
     # --- httptools callbacks -------------------------------------------------------------------------------
 
@@ -147,38 +187,110 @@ class HttptoolsHandler:
 
     def handle(self):
         sock = self.socket
-        idle = self.server.idle_seconds
-        sock.settimeout(idle if idle > 0 else None)  # the wait for bytes, between requests or within one
+        server = self.server
+        idle = server.idle_seconds
+        # The wait for a request's first bytes: the idle timeout, or with none (one request per connection) the
+        # head's deadline. Within a request its deadlines bound the wait instead.
+        between_requests = idle if idle > 0 else server.head_timeout
+        timeout = between_requests
+        sock.settimeout(timeout)
+        waiting = server.waiting
+        waiting[self] = None
         try:
             while True:
+                wait = between_requests
+                request = self._current
+                if request is not None:  # one has begun: its deadline bounds the wait
+                    wait = self._time_left(request)
+                    if wait <= 0:
+                        sock.sendall(self._timed_out(request))
+                        return
+                if wait != timeout:
+                    sock.settimeout(wait)
+                    timeout = wait
                 try:
                     data = sock.recv(65536)
-                except OSError:  # the idle timeout, a reset
+                except TimeoutError:
+                    if self._current is not None:
+                        sock.sendall(self._timed_out(self._current))
+                    return
+                except OSError:  # a reset, or the connection gave way (its wait is cancelled with an OSError)
+                    if self._given_way and self._current is not None:
+                        sock.sendall(_GAVE_WAY)
                     return
                 if not data:
-                    if self._current is not None and self._current.method is not None:  # a body cut short
+                    if self._given_way:
+                        if self._current is not None:
+                            sock.sendall(_GAVE_WAY)
+                    elif self._current is not None and self._current.method is not None:  # a body cut short
+                        waiting.pop(self, None)
                         self._respond(self._current, cut_short=True)
                     return
+                refusal = None
                 try:
                     self._parser.feed_data(data)
                 except httptools.HttpParserUpgrade:
-                    sock.sendall(_error(b"400 Bad Request", "invalid_http", "protocol upgrades are not supported"))
-                    return
+                    if self._complete:
+                        self._complete.pop()  # llhttp completes the upgrade request, then stops: it is not run
+                    refusal = _error(b"400 Bad Request", "invalid_http", "protocol upgrades are not supported")
                 except httptools.HttpParserError as exc:
                     cause = exc.__context__ if isinstance(exc.__context__, _RequestTooLarge) else exc
                     status = b"431 Request Header Fields Too Large" if cause is not exc else b"400 Bad Request"
-                    sock.sendall(_error(status, "invalid_http", f"the request is not valid HTTP/1.1: {cause}"[:300]))
+                    refusal = _error(status, "invalid_http", f"the request is not valid HTTP/1.1: {cause}"[:300])
+                # The requests that came whole before bytes that could not be parsed are answered first, in order:
+                # a client reads the first answer as its first request's. One that closes the connection (llhttp
+                # refuses what follows it) ends it there, without the refusal.
+                if self._complete:
+                    waiting.pop(self, None)  # not while its requests run: it waits for nothing from its client
+                    if timeout != between_requests:  # the answers' sends get the usual bound, not a deadline's rest
+                        sock.settimeout(between_requests)
+                        timeout = between_requests
+                    while self._complete:
+                        if not self._respond(self._complete.popleft()) or idle <= 0:
+                            return
+                    waiting[self] = None  # at the end: the wait for its next request begins now
+                if refusal is not None:
+                    sock.sendall(refusal)
                     return
-                while self._complete:
-                    if not self._respond(self._complete.popleft()) or idle <= 0:
-                        return
         except OSError:  # the client went away while we answered
             return
         finally:
+            waiting.pop(self, None)
             try:
                 sock.close()
             except OSError:
                 pass
+
+    def give_way(self) -> None:
+        """Make room for a new connection (WaitingConnections): called from the event loop, so it must not wait.
+        Ending the reads wakes the handler's recv with an OSError (gevent cancels the wait) or an end of stream;
+        the handler then answers a request that had begun with a 408 and closes the connection."""
+        self._given_way = True
+        try:
+            self.socket.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def _time_left(self, request: _Request) -> float:
+        """Seconds before the deadline of the part of `request` still to come."""
+        server = self.server
+        now = time.monotonic()
+        if request.method is None:
+            if not request.head_since:
+                request.head_since = now
+            return request.head_since + server.head_timeout - now
+        if not request.body_since:
+            request.body_since = now
+        return request.body_since + server.body_timeout + request.body_bytes / server.body_min_bytes_per_second - now
+
+    def _timed_out(self, request: _Request) -> bytes:
+        server = self.server
+        if request.method is None:
+            message = f"the request's line and headers did not all arrive within {server.head_timeout:g} s"
+        else:
+            message = (f"the request's body came too slowly: it has {server.body_timeout:g} s, and one more for each"
+                       f" {server.body_min_bytes_per_second:g} bytes received")
+        return _error(*_TIMEOUT, message)
 
     def _environ(self, request: _Request, cut_short: bool = False) -> dict:
         environ = self.server.get_environ()

@@ -50,6 +50,12 @@ class Settings:
     rate_limit_per_minute: int = field(default=100, metadata={"env": "FLOKIT_RATE_LIMIT_PER_MINUTE"})
     enqueue_timeout_seconds: float = field(default=5.0, metadata={"env": "FLOKIT_ENQUEUE_TIMEOUT_SECONDS"})
     max_body_bytes: int = field(default=8 * 1024 * 1024, metadata={"env": "FLOKIT_MAX_BODY_BYTES"})
+    # Deadlines of a request's arrival (deploy/http_handler.py), so a client sending slowly cannot hold a connection:
+    # the whole head from its first bytes; the body from the head's end, one second more per so many bytes
+    # received, so a slow upload that keeps going is never cut (Apache's mod_reqtimeout's defaults: 20 s, 500 B/s).
+    api_head_timeout_seconds: float = field(default=20.0, metadata={"env": "FLOKIT_API_HEAD_TIMEOUT_SECONDS"})
+    api_body_timeout_seconds: float = field(default=20.0, metadata={"env": "FLOKIT_API_BODY_TIMEOUT_SECONDS"})
+    api_body_min_bytes_per_second: int = field(default=500, metadata={"env": "FLOKIT_API_BODY_MIN_BYTES_PER_SECOND"})
 
     # Consumer.
     consumer_group: str = field(default="flokit-consumers", metadata={"env": "FLOKIT_CONSUMER_GROUP"})

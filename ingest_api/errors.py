@@ -109,7 +109,10 @@ def error_response(exc: Exception) -> JsonResponse:
         return exc.response()
     if isinstance(exc, HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return json_response({"error": code, "message": exc.description or exc.name}, exc.code or 500)
+        # The headers the exception defines go along (a 405's Allow, which RFC 9110 requires; a 401's
+        # WWW-Authenticate, …), all but its Content-Type: the body is ours.
+        headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+        return json_response({"error": code, "message": exc.description or exc.name}, exc.code or 500, headers)
     log.error("unhandled error", exc_info=exc)
     return json_response({"error": "internal_error", "message": "an unexpected error occurred; it has been logged"}, 500)
 

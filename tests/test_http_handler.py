@@ -10,7 +10,7 @@ import pytest
 from gevent import socket as gsocket
 from gevent.pywsgi import WSGIServer
 
-from deploy.http_handler import HttptoolsHandler
+from deploy.http_handler import HttptoolsHandler, WaitingConnections
 
 
 class _Log:
@@ -30,10 +30,15 @@ class _Log:
 def serve():
     servers = []
 
-    def start(app, *, handler=HttptoolsHandler, idle=5.0, max_body=8 * 1024 * 1024, access=False):
+    def start(app, *, handler=HttptoolsHandler, idle=5.0, max_body=8 * 1024 * 1024, access=False,
+              head_timeout=20.0, body_timeout=20.0, body_rate=500):
         server = WSGIServer(("127.0.0.1", 0), app, handler_class=handler)
         server.idle_seconds = idle
         server.max_body_bytes = max_body
+        server.head_timeout = head_timeout
+        server.body_timeout = body_timeout
+        server.body_min_bytes_per_second = body_rate
+        server.waiting = WaitingConnections()
         server.log = _Log(access)
         server.start()
         servers.append(server)
@@ -290,3 +295,129 @@ def test_a_body_cut_short_by_the_client_still_gets_the_apps_answer(serve):
         while chunk := sock.recv(65536):
             received += chunk
     assert received.startswith(b"HTTP/1.1 400") and b"OSError: the client closed" in received
+
+
+@pytest.mark.parametrize("raw, answered, refusal", [
+    (b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nBAD\x01 / HTTP/1.1\r\n\r\n", [b"/one "], b"400"),
+    (b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\naGET /two HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff",
+     [b"/one a", b"/two "], b"400"),
+    (b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+     [b"/one "], b"400"),  # the upgrade request itself is refused, not run
+    (b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\n" + b"X-Long: " + b"v" * 70_000 + b"\r\n\r\n",
+     [b"/one "], b"431"),
+    (b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n",
+     [b"/one "], None),  # what follows a request that closes the connection is ignored, not refused
+    (b"GET /one HTTP/1.0\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n", [b"/one "], None),
+], ids=["garbage", "two-then-garbage", "upgrade", "head-too-large", "connection-close", "http-1.0"])
+def test_requests_parsed_before_bytes_that_cannot_be_are_answered_first(serve, raw, answered, refusal):
+    # A client reads the first answer as its first request's: a 400 there would be final, the request lost.
+    called = []
+
+    def app(environ, start_response):
+        called.append(environ["PATH_INFO"])
+        return _echo_app(environ, start_response)
+
+    server = serve(app)
+    received = _exchange(server, raw)
+    bodies = []
+    while received.startswith(b"HTTP/1.1 200"):
+        _, body, received = _read_response(_Drained(), received)
+        bodies.append(body)
+    assert bodies == answered and len(called) == len(answered)
+    if refusal is None:
+        assert received == b""
+    else:
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + refusal) and b"Connection: close" in head
+        assert orjson.loads(body)["error"] == "invalid_http"
+
+
+class _Drained:
+    """A socket with nothing more to read (for _read_response on bytes already received)."""
+
+    def recv(self, size):
+        return b""
+
+
+# --- deadlines: a client cannot hold a connection by sending slowly ---
+
+def _trickle(sock, data: bytes, every: float):
+    """Send `data` a byte at a time, `every` seconds apart, in the background (until the server closes)."""
+    def run():
+        try:
+            for i in range(len(data)):
+                sock.sendall(data[i:i + 1])
+                gevent.sleep(every)
+        except OSError:
+            pass
+    return gevent.spawn(run)
+
+
+def _read_until_closed(sock) -> bytes:
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:  # the server closed with bytes sent after its answer unread: a reset follows
+        pass
+    return received
+
+
+def _assert_timed_out(received: bytes, *words: str):
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and b"Connection: close" in head, received
+    assert b"Content-Type: application/json" in head
+    error = orjson.loads(body)
+    assert error["error"] == "request_timeout"
+    for word in words:
+        assert word in error["message"], error["message"]
+
+
+def test_a_head_that_does_not_arrive_within_the_head_deadline_is_a_408(serve):
+    # One byte every 0.1 s: each read is far within the idle timeout, the whole head is not.
+    called = []
+    server = serve(lambda environ, start_response: called.append(environ), head_timeout=0.5)
+    with _connect(server) as sock:
+        started = time.monotonic()
+        sender = _trickle(sock, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100, every=0.1)
+        received = _read_until_closed(sock)
+        elapsed = time.monotonic() - started
+        sender.kill()
+    _assert_timed_out(received, "head")
+    assert 0.4 < elapsed < 4 and not called
+
+
+def test_a_body_that_does_not_keep_pace_is_a_408(serve):
+    called = []
+    server = serve(lambda environ, start_response: called.append(environ), body_timeout=0.5, body_rate=1000)
+    with _connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        started = time.monotonic()
+        sender = _trickle(sock, b"x" * 1000, every=0.1)
+        received = _read_until_closed(sock)
+        elapsed = time.monotonic() - started
+        sender.kill()
+    _assert_timed_out(received, "body")
+    assert 0.4 < elapsed < 4 and not called
+
+
+def test_a_slow_body_that_keeps_pace_is_read_whole(serve):
+    # 600 bytes every 0.3 s (2,000 bytes a second) for 1.8 s: past the body's first 0.5 s, but each
+    # 1,000 bytes received give it another second.
+    server = serve(_echo_app, body_timeout=0.5, body_rate=1000)
+    with _connect(server) as sock:
+        sock.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 3600\r\n\r\n")
+        for _ in range(6):
+            gevent.sleep(0.3)
+            sock.sendall(b"y" * 600)
+        head, body, _ = _read_response(sock)
+    assert head.startswith(b"HTTP/1.1 200") and body == b"/slow " + b"y" * 3600
+
+
+def test_a_connection_that_sends_nothing_is_closed_even_without_keep_alive(serve):
+    # keepalive 0 (one request per connection) leaves no idle timeout: the head's deadline bounds the wait.
+    server = serve(_echo_app, idle=0, head_timeout=0.5)
+    with _connect(server) as sock:
+        started = time.monotonic()
+        assert sock.recv(1) == b""
+        assert time.monotonic() - started < 4
