@@ -135,7 +135,7 @@ class Client:
             # Wake the sender only when it has something new to decide: a first event starts the interval,
             # a full batch goes at once.
             if len(self._queue) == 1 or len(self._queue) == self._max_batch_size \
-                    or self._queued_bytes >= self._max_batch_bytes:
+                    or self._queued_bytes >= self._batch_bytes():
                 self._changed.notify_all()
         return True
 
