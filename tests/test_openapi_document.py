@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 
 import jsonschema
@@ -17,6 +18,7 @@ from schemas.events import (
     EVENT_ERROR_CODES,
     MAX_BATCH_EVENTS,
     MAX_PROPERTY_KEY_LENGTH,
+    EventInvalid,
     EventValidator,
 )
 from schemas.taxonomy import PROPERTY_TYPES
@@ -143,11 +145,12 @@ def test_post_headers_and_statuses(path):
 
     responses = {status: deref(r) for status, r in op["responses"].items()}
     assert set(responses) == {"200", "400", "401", "409", "413", "415", "422", "429", "503"}
-    for status in ("200", "429"):
+    for status in ("200", "400", "409", "413", "415", "422", "429", "503"):  # every answer to an admitted key
         assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(responses[status]["headers"])
+    assert "headers" not in responses["401"]
     for status in ("409", "429", "503"):
         retry_after = deref(responses[status]["headers"]["Retry-After"])
-        assert retry_after["schema"]["type"] == "integer"
+        assert retry_after["schema"]["type"] == "integer" and retry_after["required"] is True
     for status in ("200", "400"):  # successes and validation failures are replayed
         assert "Idempotent-Replayed" in responses[status]["headers"]
     for status in ("401", "409", "413", "415", "422", "429", "503"):
@@ -296,8 +299,10 @@ def test_batch_request_limits():
     assert not is_valid("BatchRequest", {"events": []})
     assert not is_valid("BatchRequest", {"events": [{}] * (MAX_BATCH_EVENTS + 1)})
     assert not is_valid("BatchRequest", {"events": [PAYWALL_VIEWED], "extra": 1})
-    # elements are plain objects: the server validates each one itself (partial acceptance)
-    assert is_valid("BatchRequest", {"events": [PAYWALL_VIEWED, {"event": "no timestamp"}]})
+    # Each element is an Event (the server still takes the valid ones of a batch, and says so in its description).
+    assert batch["items"] == {"$ref": "#/components/schemas/Event"}
+    assert not is_valid("BatchRequest", {"events": [PAYWALL_VIEWED, {"event": "no timestamp"}]})
+    assert "still a 200" in SCHEMAS["BatchRequest"]["description"]
 
 
 def test_event_schema_matches_the_validator():
@@ -316,6 +321,80 @@ def test_event_schema_matches_the_validator():
     validator = EventValidator()
     for obj in (PAYWALL_VIEWED, TRIAL_STARTED):
         assert is_valid("Event", obj) and validator.validate(copy.deepcopy(obj))
+
+
+# --------------------------------------------------------------------------
+# Precision: what the document admits, the server accepts (tests/test_fuzz_api.py generates requests from it)
+# --------------------------------------------------------------------------
+
+
+def server_accepts(**fields) -> bool:
+    try:
+        EventValidator().validate({"event": "paywall_viewed", "user_id": "usr_1", "timestamp": "2024-03-15T14:22:00Z",
+                                   **fields})
+        return True
+    except EventInvalid:
+        return False
+
+
+def admitted(field: str, value: object) -> bool:
+    return jsonschema.Draft202012Validator(SCHEMAS["Event"]["properties"][field]).is_valid(value)
+
+
+@pytest.mark.parametrize(
+    "timestamp, in_pattern",
+    [
+        ("2024-03-15T14:22:00Z", True),
+        ("2024-03-15T16:22:05.123+02:00", True),
+        ("2024-03-15t14:22:00.123456789z", True),
+        ("2000-01-01T00:00:00Z", True),
+        ("2024-02-29T23:59:59-11:30", True),
+        ("1999-12-31T23:59:59Z", False),
+        ("2030-01-01T00:00:00Z", False),
+        ("2024-03-15T14:22:00", False),  # no offset
+        ("2024-03-15", False),
+        ("2024-03-15T14:22:60Z", False),  # leap second
+        ("2024-03-15T24:00:00Z", False),
+        ("2024-03-15 14:22:00Z", False),  # the server reads it too; the pattern keeps to RFC 3339
+        ("20240315T142200Z", False),
+    ],
+)
+def test_timestamp_pattern(timestamp, in_pattern):
+    assert admitted("timestamp", timestamp) is in_pattern
+    if in_pattern:
+        assert server_accepts(timestamp=timestamp)
+
+
+def test_timestamp_pattern_admits_now_and_tomorrow():
+    """The pattern's years end at 2029 (so that generated timestamps stay near the accepted window): this fails
+    when they must be extended."""
+    now = datetime.now(timezone.utc)
+    for moment in (now, now + timedelta(hours=23)):
+        for timestamp in (moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                          moment.astimezone(timezone(timedelta(hours=-7))).isoformat(timespec="milliseconds")):
+            assert admitted("timestamp", timestamp), f"{timestamp}: extend the years of Event.timestamp's pattern"
+            assert server_accepts(timestamp=timestamp)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["u", "usr_42", " u ", "\u00a0u\u3000", "é" * 256, "  " + "x" * 256 + "  ", "a b", "x" * 257, "", "   ",
+     "\u00a0", "u\x00", "\tu", "\nu", "u\x7f", "u\x85", "u\x9f", "\u2028u"],
+)
+def test_identity_pattern_is_the_validator(value):
+    """user_id / anonymous_id: 1 to 256 characters once whitespace is stripped, no control character. (Not a
+    trailing newline here: Python's `$`, unlike JSON Schema's ECMA-262 one, matches before it.)"""
+    for field in ("user_id", "anonymous_id"):
+        assert admitted(field, value) is server_accepts(**{field: value}), (field, value)
+
+
+def test_integer_properties_are_64_bit():
+    documented = SCHEMAS["Event"]["properties"]["properties"]["properties"]
+    for name, type_name in PROPERTY_TYPES.items():
+        if type_name == "integer":
+            assert (documented[name]["minimum"], documented[name]["maximum"]) == (-2**63, 2**63 - 1), name
+    assert is_valid("Event", {**TRIAL_STARTED, "properties": {"trial_length_days": 2**63 - 1}})
+    assert not is_valid("Event", {**TRIAL_STARTED, "properties": {"trial_length_days": 2**63}})
 
 
 def test_embedded_examples_validate_against_their_schemas():
