@@ -40,7 +40,10 @@ TOP_LEVEL_CODES = {
     "no_valid_events": 400,
 }
 READINESS_CODES = {"queue_unavailable", "state_unavailable"}  # GET /readyz 503 too
-ALL_CODES = set(TOP_LEVEL_CODES) | READINESS_CODES | set(EVENT_ERROR_CODES) | set(BATCH_ERROR_CODES)
+# Answered by the HTTP layer (deploy/http_handler.py) or Flask's routing, before the API's handlers.
+TRANSPORT_CODES = {"invalid_http": (400, 431), "request_timeout": (408,), "method_not_allowed": (405,)}
+ALL_CODES = (set(TOP_LEVEL_CODES) | READINESS_CODES | set(EVENT_ERROR_CODES) | set(BATCH_ERROR_CODES)
+             | set(TRANSPORT_CODES))
 
 PAYWALL_VIEWED = {
     "event": "paywall_viewed",
@@ -144,10 +147,10 @@ def test_post_headers_and_statuses(path):
     assert encoding["in"] == "header" and encoding["required"] is False and "gzip" in encoding["schema"]["enum"]
 
     responses = {status: deref(r) for status, r in op["responses"].items()}
-    assert set(responses) == {"200", "400", "401", "409", "413", "415", "422", "429", "503"}
+    assert set(responses) == {"200", "400", "401", "408", "409", "413", "415", "422", "429", "431", "503"}
     for status in ("200", "400", "409", "413", "415", "422", "429", "503"):  # every answer to an admitted key
         assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(responses[status]["headers"])
-    assert "headers" not in responses["401"]
+    assert all("headers" not in responses[status] for status in ("401", "408", "431"))  # before admission
     for status in ("409", "429", "503"):
         retry_after = deref(responses[status]["headers"]["Retry-After"])
         assert retry_after["schema"]["type"] == "integer" and retry_after["required"] is True
@@ -206,6 +209,10 @@ def test_error_codes_are_listed_under_their_status():
             if code == "no_valid_events" and path == "/v1/events":
                 continue
             assert f"`{code}`" in deref(responses[str(status)])["description"], (path, code, status)
+        for code, statuses in TRANSPORT_CODES.items():
+            for status in statuses:
+                if status != 405:  # another method's answer: not one of POST's responses
+                    assert f"`{code}`" in deref(responses[str(status)])["description"], (path, code, status)
     single_400 = DOC["paths"]["/v1/events"]["post"]["responses"]["400"]["description"]
     for code in EVENT_ERROR_CODES:
         assert f"`{code}`" in single_400, code
