@@ -156,8 +156,8 @@ def producer_performance(bootstrap: str, topic: str, records: int, record_size: 
 
 def local_log_append(path: Path, requests: list[list[tuple[int, bytes, int]]], partitions: int = 4) -> dict:
     """One LocalLogPublisher.publish per request (synchronous=FULL, as the front door)."""
-    from deploy.queue.base import Record
     from deploy.queue.local_log import LocalLogPublisher
+    from schemas.queue import Record
 
     publisher = LocalLogPublisher(path, partitions, 30.0)
     try:

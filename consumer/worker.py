@@ -14,9 +14,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
-from deploy.queue.base import CommitFailed, Message, Subscriber
 from deploy.settings import Settings
 from schemas import warehouse
+from schemas.queue import CommitFailed, Message, Subscriber
 
 from .batch import Batch, BatchSizes
 from .dead_letters import DeadLetters

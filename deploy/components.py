@@ -2,9 +2,8 @@
 settings at start-up, in this one place."""
 from __future__ import annotations
 
-from typing import Callable
+from schemas.queue import OnRevoke, Publisher, Subscriber
 
-from .queue.base import Publisher, Subscriber
 from .settings import Settings
 
 
@@ -28,7 +27,7 @@ def make_dead_letter_publisher(settings: Settings) -> Publisher:
     return KafkaPublisher(settings.kafka_bootstrap, settings.dlq_topic, settings.enqueue_timeout_seconds)
 
 
-def make_subscriber(settings: Settings, on_revoke: Callable[[set[int]], None] | None = None) -> Subscriber:
+def make_subscriber(settings: Settings, on_revoke: OnRevoke | None = None) -> Subscriber:
     if settings.embedded_queue:
         from .queue.local_log import LocalLogSubscriber
         return LocalLogSubscriber(settings.data_dir / "queue.sqlite3", settings.consumer_group, on_revoke=on_revoke)

@@ -12,12 +12,12 @@ import orjson
 import pytest
 
 from deploy import components
-from deploy.queue.base import Publisher, Record
 from deploy.queue.kafka_queue import create_topics
 from deploy.queue.local_log import LocalLogSubscriber
 from deploy.settings import Settings
 from schemas import envelope, warehouse
 from schemas.migrations import apply_migrations
+from schemas.queue import Publisher, Record
 
 from .services import ConsumerProcess, api_server, read_topic, unique, wait_until
 from .warehouse_process import start_warehouse, stop_warehouse
@@ -263,7 +263,7 @@ def test_dead_letters(pipeline):
     reasons = sorted(l["reason"].split(":")[0] for l in letters)
     assert reasons == ["corrupt envelope", "corrupt envelope", "rejected by the warehouse"], reasons
     rejected = next(l for l in letters if l["reason"].startswith("rejected"))
-    assert envelope.decode(rejected["value"].encode()).refs[0][0] == ev(1)["event_id"]
+    assert envelope.decode(rejected["value"].encode()).refs[0].event_id == ev(1)["event_id"]
     assert next(l for l in letters if "value_base64" in l)["partition"] == 0
     assert all(l["topic"] == settings.topic for l in letters) and len(letters) == 3
     assert sorted(r[0] for r in client.query(f"SELECT event_id FROM {db}.events").result_rows) == \

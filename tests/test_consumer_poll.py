@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from consumer.worker import Worker
-from deploy.queue.base import Message, Subscriber
 from deploy.settings import Settings
 from schemas import envelope
+from schemas.queue import Message, Subscriber
 
 
 class ScriptedSubscriber(Subscriber):

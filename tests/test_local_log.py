@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from deploy import components
-from deploy.queue.base import QueueUnavailable, Record
 from deploy.queue.local_log import GroupBusy, LocalLogPublisher, LocalLogSubscriber, forget_group
 from deploy.settings import Settings
+from schemas.queue import QueueUnavailable, Record
 
 from .services import ROOT
 

@@ -5,13 +5,13 @@ import logging
 import socket
 import threading
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import CommitFailedError, IllegalStateError, KafkaError, TopicAlreadyExistsError
 
-from .base import CommitFailed, Message, Publisher, QueueUnavailable, Record, Subscriber
+from schemas.queue import CommitFailed, Message, OnRevoke, Publisher, QueueUnavailable, Record, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,12 @@ class KafkaSubscriber(Subscriber):
     Auto-commit is off: offsets move only through commit(), which the consumer
     calls after ClickHouse acknowledged the batch. `on_revoke(partitions)` runs
     inside poll() when a rebalance takes partitions away, before any other
-    member may read them: the consumer flushes and commits what it holds there.
+    member may read them (schemas.queue.Subscriber): the consumer flushes and
+    commits what it holds there.
     """
 
     def __init__(self, bootstrap: str, topic: str, group: str, *,
-                 on_revoke: Callable[[set[int]], None] | None = None, client_id: str | None = None):
+                 on_revoke: OnRevoke | None = None, client_id: str | None = None):
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
         from . import kafka_recv

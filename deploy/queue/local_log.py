@@ -46,9 +46,10 @@ large records and slower for small commits, so the page size stays 4 KB.)
 
 Consumers. One subscriber per consumer group at a time: it holds an exclusive
 `flock` on `<path>.<group>.lock` and a second one is refused with GroupBusy. It
-owns every partition, so `on_revoke` is accepted for interface parity but never
-called (there is never a rebalance). Embedded mode scales by batching (bigger
-polls, bigger ClickHouse inserts), not by adding consumers; use Kafka for that.
+owns every partition: an `exclusive` subscriber in the terms of
+schemas.queue.Subscriber (no rebalance, so nothing is ever revoked). Embedded mode
+scales by batching (bigger polls, bigger ClickHouse inserts), not by adding
+consumers; use Kafka for that.
 A new subscriber of a group starts at the group's committed offsets, so after a
 crash exactly the uncommitted messages are delivered again; a group that never
 committed starts at the oldest record still in the log.
@@ -74,9 +75,9 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from .base import Message, Publisher, QueueUnavailable, Record, Subscriber
+from schemas.queue import GroupBusy, Message, OnRevoke, Publisher, QueueUnavailable, Record, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,6 @@ CREATE TABLE IF NOT EXISTS group_offsets (
     grp TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
     PRIMARY KEY (grp, partition));
 """
-
-
-class GroupBusy(RuntimeError):
-    """Another subscriber of the same group already reads this local log."""
 
 
 def _journal_mode_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
@@ -299,21 +296,17 @@ class LocalLogPublisher(Publisher):
 
 
 class LocalLogSubscriber(Subscriber):
-    """The one reader of a consumer group on the local log; owns every partition.
+    """The one reader of a consumer group on the local log; owns every partition
+    (`exclusive`: see schemas.queue.Subscriber for what that promises). `on_revoke`
+    is taken as every subscriber takes it; being exclusive, it has nothing to revoke."""
 
-    `on_revoke` is accepted for parity with KafkaSubscriber and never called:
-    with a single member per group nothing is ever taken away (close() is the
-    end of the member, and the caller commits before it), and commit() never
-    raises CommitFailed (no other member can take the partitions). Like a
-    KafkaConsumer, one subscriber is used by one thread at a time.
-    """
+    exclusive = True
 
-    def __init__(self, path: Path, group: str, on_revoke: Callable[[set[int]], None] | None = None, *,
+    def __init__(self, path: Path, group: str, on_revoke: OnRevoke | None = None, *,
                  prune_interval: float = 5.0, prune_batch: int = 5_000, max_poll_bytes: int = 16 * 1024 * 1024,
                  busy_timeout: float = 30.0):
         self._path = Path(path)
         self._group = group
-        self._on_revoke = on_revoke  # never called: see the class docstring
         self._prune_interval = prune_interval
         self._prune_batch = prune_batch
         self._max_poll_bytes = max_poll_bytes
