@@ -125,7 +125,7 @@ def cmd_kafka_init(args, settings: Settings) -> int:
 
 
 def cmd_consumer(args, settings: Settings) -> int:
-    from consumer.run import main as run_consumer
+    from .consumer_main import main as run_consumer
     return run_consumer(settings)
 
 
