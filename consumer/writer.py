@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-from schemas.warehouse import INSERT_FORMAT, INSERT_SETTINGS
+from schemas.warehouse import INSERT_FORMAT, INSERT_SETTINGS, quote_identifier
 
 # ClickHouse error codes that mean "this data", not "this server".
 DATA_ERROR_CODES = {
@@ -40,7 +40,7 @@ class RowsRejected(Exception):
 class BatchWriter:
     def __init__(self, client, database: str):
         self._client = client
-        self._qualifier = "`" + database.replace("\\", "\\\\").replace("`", "\\`") + "`."
+        self._qualifier = quote_identifier(database) + "."
 
     def write(self, table: str, columns: Sequence[str], body: bytes | Iterable[bytes], token: str) -> None:
         """Insert `body` (JSONEachRow rows, schemas.warehouse; bytes or an iterator of chunks) as one

@@ -59,10 +59,11 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
 def make_worker(settings: Settings) -> Worker:
     """A consumer worker on the configured queue and warehouse."""
     from consumer.dead_letters import DeadLetters
-    from consumer.identity import IdentityCache
+    from consumer.identity import IdentityCache, resolve_links
     from consumer.worker import Worker
     from consumer.writer import BatchWriter
-    from schemas.warehouse import connect, resolve_links
+
+    from .clickhouse import connect
 
     config = consumer_config(settings)
     # A client for each thread that queries at once: identity lookups (the poll thread) run while writer

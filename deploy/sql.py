@@ -50,7 +50,7 @@ def add_arguments(parser) -> None:
 def run(args, settings, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
-    from schemas.warehouse import WarehouseUnreachable, _short_reason, connect, describe_url
+    from .clickhouse import WarehouseUnreachable, clickhouse_message, connect, describe_url
 
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     logging.getLogger("clickhouse_connect").setLevel(logging.ERROR)  # its retry warnings; we say it better
@@ -88,7 +88,7 @@ def run(args, settings, stdin: TextIO | None = None, stdout: TextIO | None = Non
         return 1
     except OperationalError as exc:
         stdout.flush()
-        print(f"flokit sql: lost the warehouse at {describe_url(settings.warehouse_url)}: {_short_reason(exc)}",
+        print(f"flokit sql: lost the warehouse at {describe_url(settings.warehouse_url)}: {clickhouse_message(exc)}",
               file=stderr)
         return 1
     except ClickHouseError as exc:  # the client's own errors (e.g. a value it cannot decode)
@@ -104,19 +104,6 @@ def run(args, settings, stdin: TextIO | None = None, stdout: TextIO | None = Non
     finally:
         client.close()
     return 0
-
-
-def clickhouse_message(exc: BaseException) -> str:
-    """ClickHouse's own `Code: N. DB::Exception: ... (NAME)`, without clickhouse-connect's wrapping."""
-    text = str(exc)
-    start = text.find("Code: ")
-    if start >= 0:
-        text = text[start:]
-    for tail in (" (for url ", " (version "):
-        cut = text.find(tail)
-        if cut >= 0:
-            text = text[:cut]
-    return text.strip()
 
 
 def _hint(exc: BaseException, settings) -> str:

@@ -13,7 +13,7 @@ from datetime import datetime
 import pytest
 
 from deploy.sql import format_value, render_table
-from schemas import warehouse
+from deploy import clickhouse
 
 from .test_warehouse_schema import fresh_db, seed_world, settings_for
 from .warehouse_process import start_warehouse, stop_warehouse
@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def env(tmp_path_factory):
     proc, url = start_warehouse(tmp_path_factory.mktemp("warehouse"))
     database = fresh_db()
-    client = warehouse.connect(settings_for(url, database))
+    client = clickhouse.connect(settings_for(url, database))
     seed_world(client, database)
     client.close()
     yield {**os.environ, "FLOKIT_CLICKHOUSE_URL": url, "FLOKIT_CLICKHOUSE_DATABASE": database}

@@ -61,7 +61,8 @@ long). A group is registered when it first subscribes: from then on nothing it
 has not committed is pruned, but records pruned before it existed are gone (as
 with Kafka's retention). While any registered group has not committed a
 partition, nothing of that partition is pruned, so a group that is no longer
-used must be dropped with `forget_group()` or it keeps the log from shrinking.
+used must be dropped (`flokit queue forget-group NAME`, forget_group()) or it
+keeps the log from shrinking.
 Freed pages are reused by later appends; the file keeps its high-water size.
 """
 from __future__ import annotations
@@ -139,6 +140,24 @@ def _connect(path: Path, busy_timeout: float, synchronous: str = "FULL") -> sqli
 def _stored_partitions(conn: sqlite3.Connection) -> int | None:
     row = conn.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
     return None if row is None else int(row[0])
+
+
+def _lock_group(path: Path, group: str) -> int:
+    """Take the group's lock (`<path>.<group>.lock`, held until the returned descriptor is closed), or raise
+    GroupBusy when another subscriber of the group, in any process, holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(f"{path.name}.{urllib.parse.quote(group, safe='')}.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise GroupBusy(f"consumer group {group!r} already has a subscriber on {path} (lock {lock_path}); "
+                            "the embedded queue allows one consumer per group, scale it with bigger batches or "
+                            "use Kafka") from None
+        raise
+    return fd
 
 
 class LocalLogPublisher(Publisher):
@@ -310,19 +329,7 @@ class LocalLogSubscriber(Subscriber):
         self._prune_interval = prune_interval
         self._prune_batch = prune_batch
         self._max_poll_bytes = max_poll_bytes
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_path = self._path.with_name(f"{self._path.name}.{urllib.parse.quote(group, safe='')}.lock")
-        self._lock_fd: int | None = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise GroupBusy(f"consumer group {group!r} already has a subscriber on {self._path} "
-                                f"(lock {self._lock_path}); the embedded queue allows one consumer per group, "
-                                "scale it with bigger batches or use Kafka") from None
-            raise
+        self._lock_fd: int | None = _lock_group(self._path, group)
         try:
             self._db = _connect(self._path, busy_timeout)
             self._db.execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?, ?)", (group, time.time()))
@@ -464,13 +471,19 @@ class LocalLogSubscriber(Subscriber):
             self._lock_fd = None
 
 
-def forget_group(path: Path, group: str) -> None:
-    """Drop a consumer group that is no longer used, so it stops holding back pruning."""
-    db = _connect(Path(path), 30.0)
+def forget_group(path: Path, group: str) -> bool:
+    """Drop a consumer group that is no longer used, so it stops holding back pruning (`flokit queue
+    forget-group`); False if the log has no such group. Raises GroupBusy while a subscriber of it is open."""
+    lock_fd = _lock_group(Path(path), group)
     try:
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("DELETE FROM group_offsets WHERE grp = ?", (group,))
-        db.execute("DELETE FROM groups WHERE name = ?", (group,))
-        db.execute("COMMIT")
+        db = _connect(Path(path), 30.0)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM group_offsets WHERE grp = ?", (group,))
+            known = db.execute("DELETE FROM groups WHERE name = ?", (group,)).rowcount > 0
+            db.execute("COMMIT")
+            return known
+        finally:
+            db.close()
     finally:
-        db.close()
+        os.close(lock_fd)

@@ -24,13 +24,10 @@ from chdb import _chdb  # importing via the package runs chdb's own loader setup
 
 from deploy.warehouse.errors import CANNOT_WRITE_TO_FILE_DESCRIPTOR, NOT_ENOUGH_SPACE, ClickHouseError
 from deploy.warehouse.sql import insert_from_file
+from schemas.warehouse import quote_identifier
 
 # ClickHouse expands these in a FROM INFILE name (no escaping): a spool path must not contain any.
 _GLOB_CHARS = frozenset("*?{}[]")
-
-
-def quote_identifier(name: str) -> str:
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
 def quote_literal(value: str) -> str:
