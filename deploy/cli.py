@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     migrate.set_defaults(func=cmd_migrate)
 
     sql = sub.add_parser("sql", help="run a SQL query against the warehouse and print the result")
-    from .sql import add_arguments as add_sql_arguments
+    from .sql_cli import add_arguments as add_sql_arguments
     add_sql_arguments(sql)
     sql.set_defaults(func=cmd_sql)
 
@@ -169,7 +169,7 @@ def cmd_migrate(args, settings: Settings) -> int:
 
 
 def cmd_sql(args, settings: Settings) -> int:
-    from .sql import run
+    from .sql_cli import run
     return run(args, settings)
 
 
