@@ -75,8 +75,9 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from schemas.queue import GroupBusy, Message, OnRevoke, Publisher, QueueUnavailable, Record, Subscriber
 
@@ -112,6 +113,25 @@ def _journal_mode_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
             time.sleep(0.01)
 
 
+@contextmanager
+def _transaction(db: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    """`BEGIN <mode>` … `COMMIT`, or `ROLLBACK` when the block (or the commit) fails. IMMEDIATE takes
+    SQLite's write lock up front, waiting for it up to the connection's busy timeout ("database is locked"
+    after that); DEFERRED reads one snapshot. A rollback that fails leaves the connection in its
+    transaction (`in_transaction`): the caller drops such a connection."""
+    db.execute(f"BEGIN {mode}")
+    try:
+        yield db
+        db.execute("COMMIT")  # with synchronous=FULL, returns once the WAL is fsynced
+    except BaseException:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        raise
+
+
 def _connect(path: Path, busy_timeout: float, synchronous: str = "FULL") -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), with the
     file created and its schema in place."""
@@ -123,14 +143,9 @@ def _connect(path: Path, busy_timeout: float, synchronous: str = "FULL") -> sqli
             raise sqlite3.OperationalError(f"cannot put {path} in WAL mode")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL back to 64 MB after a checkpoint
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
     except BaseException:
         conn.close()
         raise
@@ -190,14 +205,13 @@ class LocalLogPublisher(Publisher):
         if self._db is None:
             db = _connect(self._path, self._timeout, self._synchronous)
             try:
-                db.execute("BEGIN IMMEDIATE")
-                stored = _stored_partitions(db)
-                if stored is None:
-                    stored = self._requested_partitions
-                    db.execute("INSERT INTO meta (key, value) VALUES ('partitions', ?)", (stored,))
-                db.executemany("INSERT OR IGNORE INTO heads (partition, next_offset) VALUES (?, 0)",
-                               [(p,) for p in range(stored)])
-                db.execute("COMMIT")
+                with _transaction(db):
+                    stored = _stored_partitions(db)
+                    if stored is None:
+                        stored = self._requested_partitions
+                        db.execute("INSERT INTO meta (key, value) VALUES ('partitions', ?)", (stored,))
+                    db.executemany("INSERT OR IGNORE INTO heads (partition, next_offset) VALUES (?, 0)",
+                                   [(p,) for p in range(stored)])
             except BaseException:
                 db.close()
                 raise
@@ -257,8 +271,7 @@ class LocalLogPublisher(Publisher):
             if remaining_ms <= 0:
                 raise QueueUnavailable(f"local log {self._path}: no turn to write within {timeout:g}s")
             db.execute(f"PRAGMA busy_timeout={remaining_ms}")
-            db.execute("BEGIN IMMEDIATE")  # the write lock, or "database is locked" at the deadline
-            try:
+            with _transaction(db):  # the write lock, or "database is locked" at the deadline
                 heads = dict(db.execute("SELECT partition, next_offset FROM heads"))
                 touched = {r.partition for r in records}
                 rows = []
@@ -268,21 +281,13 @@ class LocalLogPublisher(Publisher):
                 db.executemany("INSERT INTO log (partition, offset, value) VALUES (?, ?, ?)", rows)
                 db.executemany("UPDATE heads SET next_offset = ? WHERE partition = ?",
                                [(heads[p], p) for p in touched])
-                db.execute("COMMIT")  # returns once the WAL is written (and, with FULL, fsynced)
-            except BaseException:
-                if db.in_transaction:
-                    try:
-                        db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        self._drop_connection()
-                raise
         except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
             raise  # a bug in the caller (e.g. a value that is not bytes), not an unavailable queue
         except sqlite3.Error as exc:  # locked past the deadline, disk full, I/O error...
-            if self._db is not None and self._db.in_transaction:
-                self._drop_connection()
             raise QueueUnavailable(f"local log {self._path} did not take the records in {timeout:g}s: {exc}") from exc
         finally:
+            if self._db is not None and self._db.in_transaction:
+                self._drop_connection()  # its rollback failed: the next publish starts on a new connection
             self._lock.release()
 
     def ready(self, timeout: float = 2.0) -> bool:
@@ -299,8 +304,8 @@ class LocalLogPublisher(Publisher):
         try:
             db = self._conn()
             db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
+            with _transaction(db):  # the write lock, had and given back
+                pass
             return True
         except sqlite3.Error:
             self._drop_connection()
@@ -364,8 +369,7 @@ class LocalLogSubscriber(Subscriber):
             return []
         out: list[Message] = []
         size = 0
-        db.execute("BEGIN")  # one snapshot for every partition
-        try:
+        with _transaction(db, "DEFERRED"):  # one snapshot for every partition
             first = self._rotation = (self._rotation + 1) % count  # no partition starves the others
             for i in range(count):
                 partition = (first + i) % count
@@ -382,8 +386,6 @@ class LocalLogSubscriber(Subscriber):
                     if size >= self._max_poll_bytes:
                         break
                 self._positions[partition] = position
-        finally:
-            db.execute("COMMIT")
         # Every partition was read to its end in this snapshot unless a bound stopped a read (a partition
         # that gave all it was asked for leaves len(out) at max_messages).
         self._at_end = len(out) < max_messages and size < self._max_poll_bytes
@@ -416,17 +418,11 @@ class LocalLogSubscriber(Subscriber):
         for partition, offset in offsets.items():
             if partition < 0 or offset < 0:
                 raise ValueError(f"cannot commit offset {offset} of partition {partition}")
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self._db) as db:
             db.executemany(
                 "INSERT INTO group_offsets (grp, partition, next_offset) VALUES (?, ?, ?) "
                 "ON CONFLICT (grp, partition) DO UPDATE SET next_offset = excluded.next_offset",
                 [(self._group, p, o) for p, o in offsets.items()])
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         if time.monotonic() >= self._next_prune:
             try:
                 more = self.prune()
@@ -438,10 +434,8 @@ class LocalLogSubscriber(Subscriber):
     def prune(self) -> bool:
         """Delete records every registered group has committed past, at most
         `prune_batch` per partition; True when some are left to delete."""
-        db = self._db
         more = False
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self._db) as db:
             for partition in range(self._partition_count()):
                 # A group with no committed offset for the partition holds it at 0.
                 bound = db.execute(
@@ -455,10 +449,6 @@ class LocalLogSubscriber(Subscriber):
                 upto = min(bound, low + self._prune_batch)
                 db.execute("DELETE FROM log WHERE partition = ? AND offset < ?", (partition, upto))
                 more = more or upto < bound
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         return more
 
     def close(self) -> None:
@@ -478,11 +468,9 @@ def forget_group(path: Path, group: str) -> bool:
     try:
         db = _connect(Path(path), 30.0)
         try:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM group_offsets WHERE grp = ?", (group,))
-            known = db.execute("DELETE FROM groups WHERE name = ?", (group,)).rowcount > 0
-            db.execute("COMMIT")
-            return known
+            with _transaction(db):
+                db.execute("DELETE FROM group_offsets WHERE grp = ?", (group,))
+                return db.execute("DELETE FROM groups WHERE name = ?", (group,)).rowcount > 0
         finally:
             db.close()
     finally:
