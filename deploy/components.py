@@ -38,7 +38,8 @@ def make_subscriber(settings: Settings, on_revoke: OnRevoke | None = None) -> Su
         from .queue.local_log import LocalLogSubscriber
         return LocalLogSubscriber(settings.data_dir / "queue.sqlite3", settings.consumer_group, on_revoke=on_revoke)
     from .queue.kafka_queue import KafkaSubscriber
-    return KafkaSubscriber(settings.kafka_bootstrap, settings.topic, settings.consumer_group, on_revoke=on_revoke)
+    return KafkaSubscriber(settings.kafka_bootstrap, settings.topic, settings.consumer_group, on_revoke=on_revoke,
+                           large_reads=settings.kafka_large_reads)
 
 
 def make_state(settings: Settings):

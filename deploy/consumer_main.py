@@ -20,11 +20,12 @@ log = logging.getLogger("flokit.consumer")
 
 
 def pin_malloc_mmap_threshold() -> None:
-    """Keep glibc's malloc from raising its mmap threshold. By default, once a large block (a 4 MiB
-    Kafka fetch response) is freed, glibc serves every later allocation below that size from its heaps,
-    so the queue's ~90 KB records, batch after batch and from several threads, fragment them and the
-    peak RSS grows by about a batch (bench/README.md: 305-336 → 260-285 MB with 100,000-event batches).
-    Setting the threshold (at its default, 128 KiB) turns that adjustment off. Not glibc: nothing to do."""
+    """FLOKIT_MALLOC_PIN: keep glibc's malloc from raising its mmap threshold. By default, once a large block
+    (a Kafka fetch answer of megabytes) is freed, glibc serves every later allocation below that size from
+    its heaps, so the queue's records of tens of kilobytes, batch after batch and from several threads,
+    fragment them and the peak RSS grows by about a batch (bench/README.md). Setting the threshold (at its
+    default, 128 KiB) turns that adjustment off; the same as MALLOC_MMAP_THRESHOLD_=131072 in the
+    environment. Not glibc: nothing to do."""
     M_MMAP_THRESHOLD = -3
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -35,7 +36,8 @@ def pin_malloc_mmap_threshold() -> None:
 
 def main(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s consumer %(levelname)s %(message)s")
-    pin_malloc_mmap_threshold()
+    if settings.malloc_pin:
+        pin_malloc_mmap_threshold()
     worker = components.make_worker(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())

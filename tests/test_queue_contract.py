@@ -13,7 +13,9 @@ import time
 from collections import defaultdict
 
 import pytest
+from kafka.net.transport import KafkaTCPTransport
 
+from deploy.queue import kafka_recv
 from deploy.queue.kafka_queue import KafkaPublisher, KafkaSubscriber, create_topics
 from deploy.queue.local_log import LocalLogPublisher, LocalLogSubscriber
 from schemas.queue import GroupBusy, Message, Record
@@ -26,8 +28,9 @@ PARTITIONS = 4
 class Backend:
     """Makes publishers and subscribers on one fresh queue, and closes them all."""
 
-    def __init__(self, name: str, make_publisher, make_subscriber):
+    def __init__(self, name: str, make_publisher, make_subscriber, large_reads: bool = False):
         self.name = name
+        self.large_reads = large_reads  # Kafka: the position of FLOKIT_KAFKA_LARGE_READS
         self._make_publisher = make_publisher
         self._make_subscriber = make_subscriber
         self._opened = []
@@ -59,20 +62,24 @@ class Backend:
             thing.close()
 
 
-@pytest.fixture(params=["kafka", "local"])
+@pytest.fixture(params=["kafka", "kafka large reads", "local"])
 def backend(request, tmp_path):
-    if request.param == "kafka":
+    """Kafka in both positions of FLOKIT_KAFKA_LARGE_READS (deploy/queue/kafka_recv.py), and the local log."""
+    if request.param.startswith("kafka"):
         bootstrap = request.getfixturevalue("kafka_bootstrap")
         topic = unique("contract")
         create_topics(bootstrap, {topic: PARTITIONS})
+        large = request.param == "kafka large reads"
         b = Backend("kafka", lambda: KafkaPublisher(bootstrap, topic, 10),
-                    lambda group, on_revoke: KafkaSubscriber(bootstrap, topic, group, on_revoke=on_revoke))
+                    lambda group, on_revoke: KafkaSubscriber(bootstrap, topic, group, on_revoke=on_revoke,
+                                                             large_reads=large), large)
     else:
         path = tmp_path / "queue.sqlite3"
         b = Backend("local", lambda: LocalLogPublisher(path, PARTITIONS, 5),
                     lambda group, on_revoke: LocalLogSubscriber(path, group, on_revoke))
     yield b
     b.close_all()
+    kafka_recv.use_large_reads(False)
 
 
 def drain(sub, expected: int, timeout: float = 20.0, settle: float = 0.5) -> list[Message]:
@@ -131,6 +138,8 @@ def test_records_come_back_with_partition_and_value_in_offset_order_dense_from_z
     expected[2].append(big)
 
     sub = backend.subscriber(unique("g"))
+    if backend.name == "kafka":
+        assert (KafkaTCPTransport._sock_recv is kafka_recv._sock_recv) is backend.large_reads
     got = drain(sub, expected=41)
     assert len(got) == 41
     assert sub.assignment() == set(range(PARTITIONS))
