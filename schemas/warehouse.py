@@ -66,8 +66,8 @@ INSERT_FORMAT = "JSONEachRow"
 #: ISO 8601 timestamps with a `Z`, and keys it does not know (from a producer that bypassed the front
 #: door) ignored rather than failing the batch. And no ReplacingMergeTree collapse of the inserted block
 #: (`optimize_on_insert`: a merge pass over every block): a consumer never puts two copies of an event
-#: in one batch, merges and the FINAL views collapse copies from different inserts, and without it an
-#: insert ran 12-27 % faster in the raw-insert bench (bench/README.md).
+#: in one batch, merges and the FINAL views collapse copies from different inserts, and that pass is work
+#: on every insert (bench/README.md).
 INSERT_SETTINGS: dict[str, int | str] = {
     "input_format_json_read_objects_as_strings": 1,
     "date_time_input_format": "best_effort",

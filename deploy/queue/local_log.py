@@ -24,25 +24,12 @@ after pruning has emptied a partition.
 Durability. WAL mode with `synchronous=FULL`: the WAL is fsynced at every
 commit, so once publish() returns the records survive a kill -9 of any process
 and a power cut. NORMAL (fsync at checkpoints only) survives process crashes but
-may lose the last commits on power loss. Measured on the development VM (2 vCPU,
-virtio disk, shared with other work: runs vary by ±40%; medians of 5 runs, one
-publisher, 4 KB pages):
-                                        FULL                     NORMAL
-    1 KB records, 1 per publish         3,500 rec/s   3.5 MB/s   15,900 rec/s  15.9 MB/s
-    1 KB records, 100 per publish      64,000 rec/s    64 MB/s  101,000 rec/s   101 MB/s
-    50 KB records, 1 per publish        2,200 rec/s   110 MB/s    2,200 rec/s   109 MB/s
-    50 KB records, 4 per publish        2,600 rec/s   131 MB/s    3,000 rec/s   149 MB/s
-    900 KB records, 1 per publish        150-330 rec/s (130-300 MB/s), either setting
-    4 processes x 4 threads, 1 KB, 1 per publish: FULL ~2,300 commits/s (p50 1.5 ms,
-    p99 16 ms, worst ~0.8 s: SQLite's busy handler sleeps and retries, it is not
-    FIFO), NORMAL ~8,900 commits/s: contention costs little throughput.
-    poll (one subscriber): ~260,000 msg/s of 1 KB (260 MB/s), ~16,000 msg/s of 50 KB (800 MB/s)
-FULL costs one fsync per commit (~0.25 ms here) whatever its size, and a
-front-door request is one commit however many events it carries, so beyond
-~1 KB commits the two settings converge; ≥50,000 events/s needs requests
-averaging ≥20 events at ~2,500 commits/s, which the front door's own per-request
-CPU cost already demands. FULL is kept. (16 and 64 KB pages were no faster for
-large records and slower for small commits, so the page size stays 4 KB.)
+may lose the last commits on power loss. FULL costs one fsync per commit whatever
+its size, and a front-door request is one commit however many events it carries
+(concurrent requests share records), so the two settings converge as commits
+grow: FULL is kept. The page size stays SQLite's 4 KB: larger pages were no
+faster for large records and slower for small commits. The measurements are in
+bench/README.md ("The local log's durability setting").
 
 Consumers. One subscriber per consumer group at a time: it holds an exclusive
 `flock` on `<path>.<group>.lock` and a second one is refused with GroupBusy. It
