@@ -41,7 +41,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS, metavar="N",
                         help=f"table format: show at most N rows (default {DEFAULT_MAX_ROWS}; 0: all)")
     parser.add_argument("--max-width", type=int, default=DEFAULT_MAX_WIDTH, metavar="N",
-                        help=f"table format: cut values longer than N characters (default {DEFAULT_MAX_WIDTH}; 0: never)")
+                        help=f"table format: cut values longer than N characters "
+                             f"(default {DEFAULT_MAX_WIDTH}; 0: never)")
 
 
 def run(args, settings, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:

@@ -83,3 +83,13 @@ def test_nothing_there_is_nothing_read_and_no_error(sock_recv):
     reader, writer = pair()
     assert sock_recv(Transport(reader)) == (b"", None)
     reader.close(), writer.close()
+
+
+def test_the_switch_is_a_setting():
+    from deploy.settings import Settings
+
+    assert Settings.from_env({"FLOKIT_KAFKA_LARGE_READS": "off"}).kafka_large_reads is False
+    assert Settings.from_env({"FLOKIT_KAFKA_LARGE_READS": "on"}).kafka_large_reads is True
+    assert Settings.from_env({"FLOKIT_MALLOC_PIN": "0"}).malloc_pin is False
+    with pytest.raises(SystemExit, match="neither on nor off"):
+        Settings.from_env({"FLOKIT_KAFKA_LARGE_READS": "sometimes"})
