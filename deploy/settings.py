@@ -59,11 +59,13 @@ class Settings:
     batch_max_events: int = field(default=90_000, metadata={"env": "FLOKIT_BATCH_MAX_EVENTS"})
     batch_max_seconds: float = field(default=1.0, metadata={"env": "FLOKIT_BATCH_MAX_SECONDS"})
     consumer_writes: int = field(default=2, metadata={"env": "FLOKIT_CONSUMER_WRITES"})
-    # Two patches of library internals, each off = the library as it ships; the default is whichever the
-    # bench measured better in the same run (bench/README.md). On: kafka-python's socket reads in 256 KiB
-    # pieces instead of 4 KiB (deploy/queue/kafka_recv.py).
-    kafka_large_reads: bool = field(default=True, metadata={"env": "FLOKIT_KAFKA_LARGE_READS"})
-    # On: the consumer pins glibc's mmap threshold through mallopt (deploy/consumer_main.py).
+    # Two patches of library internals, each off = the library as it ships; on by default only where the
+    # bench measured it worth it, interleaved in the same run (bench/README.md, session 8).
+    # On: kafka-python's socket reads in 256 KiB pieces instead of 4 KiB (deploy/queue/kafka_recv.py). Off:
+    # the consumer drained no slower without it.
+    kafka_large_reads: bool = field(default=False, metadata={"env": "FLOKIT_KAFKA_LARGE_READS"})
+    # On: the consumer pins glibc's mmap threshold through mallopt (deploy/consumer_main.py). On: without it
+    # the consumer's peak memory reached the 300 MB target.
     malloc_pin: bool = field(default=True, metadata={"env": "FLOKIT_MALLOC_PIN"})
 
     @classmethod
