@@ -187,11 +187,11 @@ class Run:
     def drop_database(self, database: str) -> None:
         """Drop a phase's database once its figures are taken, so that the background merges of its parts
         do not run during the phases after it (kept with --keep)."""
-        from schemas import warehouse
+        from deploy import clickhouse
 
         if self.args.keep:
             return
-        client = warehouse.connect(self.settings_for("default"))
+        client = clickhouse.connect(self.settings_for("default"))
         try:
             client.command(f"DROP DATABASE IF EXISTS {database} SYNC")
         finally:
@@ -214,10 +214,10 @@ class Run:
         return f"bench_{self.run_id.replace('-', '_').lower()}_{suffix}"
 
     def migrate(self, database: str):
-        from schemas import warehouse
+        from deploy import clickhouse
 
         settings = self.settings_for(database)
-        warehouse.migrate(settings)
+        clickhouse.migrate(settings)
         return settings
 
     def consumer_env(self, database: str, group: str, *, topic: str | None, data_dir: Path) -> dict:

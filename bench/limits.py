@@ -156,8 +156,8 @@ def producer_performance(bootstrap: str, topic: str, records: int, record_size: 
 
 def local_log_append(path: Path, requests: list[list[tuple[int, bytes, int]]], partitions: int = 4) -> dict:
     """One LocalLogPublisher.publish per request (synchronous=FULL, as the front door)."""
-    from deploy.queue.base import Record
     from deploy.queue.local_log import LocalLogPublisher
+    from schemas.queue import Record
 
     publisher = LocalLogPublisher(path, partitions, 30.0)
     try:
@@ -195,20 +195,20 @@ def _row_builder(warehouse):
 def clickhouse_insert(settings, normalized: list[dict], block: int) -> dict:
     """A bare clickhouse-connect raw_insert of the consumer's JSONEachRow bodies into a freshly migrated
     database, `block` rows per insert (the consumer's FLOKIT_BATCH_MAX_EVENTS), as consumer/writer.py does."""
+    from deploy import clickhouse
     from schemas import warehouse
-    from schemas.migrations import apply_migrations
 
-    client = warehouse.connect(settings)
+    clickhouse.migrate(settings)
+    client = clickhouse.connect(settings)
     build_block = _row_builder(warehouse)
     try:
-        apply_migrations(client, settings)
         start = time.perf_counter()
         blocks = [build_block(normalized[i:i + block]) for i in range(0, len(normalized), block)]
         build = time.perf_counter() - start
         table, columns = warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS
         start = time.perf_counter()
         for i, data in enumerate(blocks):
-            # (the client's default database is settings.clickhouse_database: schemas.warehouse.connect)
+            # (the client's default database is settings.clickhouse_database: deploy.clickhouse.connect)
             client.raw_insert(table, columns, data, fmt=warehouse.INSERT_FORMAT,
                               settings={**warehouse.INSERT_SETTINGS, "insert_deduplication_token": f"bench-{i}"})
         elapsed = time.perf_counter() - start

@@ -15,9 +15,9 @@ from . import loadgen, procs
 
 class RowCounter:
     def __init__(self, settings):
-        from schemas import warehouse
+        from deploy import clickhouse
 
-        self._client = warehouse.connect(settings)
+        self._client = clickhouse.connect(settings)
 
     def count(self) -> int:
         return int(self._client.query("SELECT count() FROM events").result_rows[0][0])

@@ -175,7 +175,7 @@ def main(argv=None) -> int:
         from deploy.queue.kafka_queue import create_topics
         from deploy.settings import Settings
         from ingest_api.state.redis_state import RedisState
-        from schemas import warehouse
+        from deploy import clickhouse
 
         warehouse_proc, warehouse_url = procs.start_warehouse(tmp / "warehouse-data", logs)
         started.append(warehouse_proc)
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         def db(suffix):
             name = f"bench_profile_{run_id.replace('-', '_').lower()}_{suffix}"
             settings = Settings.from_env({}, clickhouse_url=warehouse_url, clickhouse_database=name)
-            warehouse.migrate(settings)
+            clickhouse.migrate(settings)
             return name, settings
 
         # Pre-fill the consumer stages' queues.

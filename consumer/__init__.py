@@ -2,12 +2,15 @@
 
 A worker is a chain of small steps, each in its own module:
 
-    poll (deploy.queue) → decode (decode.py) → batch (batch.py)
-      → resolve identities (identity.py) → write (writer.py) → dead letters (dead_letters.py)
-      → commit offsets (only after ClickHouse acknowledged the batch)
+    poll (a schemas.queue.Subscriber) → decode (decode.py) → batch (batch.py)
+      → resolve identities (identity.py) → rows (rows.py) → write (writer.py)
+      → dead letters (dead_letters.py) → commit offsets (only after ClickHouse acknowledged the batch)
 
-`worker.py` runs the chain. Which mechanism keeps which duplicate out of the
-analysts' tables and views:
+`worker.py` runs the chain, waiting out what is transient (transient.py) and
+stopping on anything else. It knows only its own ConsumerConfig (config.py) and
+the interfaces it is given: deploy/components.py wires the concrete queue and
+warehouse clients. Which mechanism keeps which duplicate out of the analysts'
+tables and views:
 
 | duplicate from | covered by |
 | --- | --- |

@@ -51,9 +51,8 @@ class Batch:
 class BatchSizes:
     """How many events the next batch may hold. After the queue ran dry (and at start) a quarter of the
     largest; each batch that fills doubles it, up to the largest. So a burst's first insert starts after a
-    quarter of the polling instead of leaving the warehouse idle for a whole batch (a 1,000,000-event backlog
-    showed its first rows ~2 s after the consumer joined), and a sustained stream still gets the largest,
-    cheapest-per-row inserts."""
+    quarter of the polling instead of leaving the warehouse idle while a whole batch is polled, and a
+    sustained stream still gets the largest, cheapest-per-row inserts."""
 
     def __init__(self, largest: int):
         self.largest = largest

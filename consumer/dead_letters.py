@@ -13,7 +13,7 @@ from typing import Sequence
 
 import orjson
 
-from deploy.queue.base import Message, Publisher, Record
+from schemas.queue import Message, Publisher, Record
 
 
 class DeadLetters:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deploy.queue.base import Message
 from schemas import envelope
+from schemas.queue import Message
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,25 @@ from __future__ import annotations
 from itertools import islice
 from typing import Callable, Iterable
 
+from schemas.warehouse import IDENTITY_RESOLVED_VIEW, quote_identifier
+
 Pair = tuple[str, str]  # (workspace, anonymous_id)
+
+
+def resolve_links(client, database: str, pairs: set[Pair]) -> dict[Pair, str]:
+    """The known user id of each (workspace, anonymous_id) pair that has one, by the identity policy
+    (first link wins), in one query against identity_resolved. Pairs without a link are absent.
+    `client`: a clickhouse-connect client."""
+    if not pairs:
+        return {}
+    # Server-side parameter: no quoting of our own, and clickhouse-connect moves large values into
+    # the request body (form encoding) so URL limits and max_query_size do not apply.
+    rows = client.query(
+        f"SELECT workspace, anonymous_id, user_id FROM {quote_identifier(database)}.{IDENTITY_RESOLVED_VIEW} "
+        "WHERE (workspace, anonymous_id) IN {pairs:Array(Tuple(String, String))}",
+        parameters={"pairs": sorted(pairs)},
+    ).result_rows
+    return {(workspace, anonymous_id): user_id for workspace, anonymous_id, user_id in rows}
 
 
 class IdentityCache:

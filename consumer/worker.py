@@ -11,18 +11,19 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
-from deploy.queue.base import CommitFailed, Message, Subscriber
-from deploy.settings import Settings
 from schemas import warehouse
+from schemas.queue import CommitFailed, Message, SubscriberFactory
 
 from .batch import Batch, BatchSizes
+from .config import ConsumerConfig
 from .dead_letters import DeadLetters
 from .decode import Decoded, decode
 from .dedupe import RecentIds
 from .identity import IdentityCache
+from .rows import MessageRows, events_body, links_body, message_rows
+from .transient import is_transient
 from .writer import BatchWriter, RowsRejected
 
 log = logging.getLogger(__name__)
@@ -35,19 +36,12 @@ class Stopped(Exception):
     """A stop was requested while waiting for the warehouse to come back."""
 
 
-@dataclass
-class _MessageRows:
-    message: Message
-    events: list[bytes | memoryview]  # its events' JSONEachRow rows (schemas.warehouse.event_row), in pieces
-    links: list[dict]  # schemas.warehouse.link_document
-    event_ids: list[str]
-
-
 class Worker:
-    def __init__(self, settings: Settings, make_subscriber: Callable[..., Subscriber], writers: Sequence[BatchWriter],
+    def __init__(self, config: ConsumerConfig, subscriber_factory: SubscriberFactory, writers: Sequence[BatchWriter],
                  dead_letters: DeadLetters, identity: IdentityCache, clock: Callable[[], float] = time.monotonic):
-        """`writers`: one per batch that may be written at once (each with its own warehouse client)."""
-        self._settings = settings
+        """`writers`: one per batch that may be written at once (each with its own warehouse client);
+        `subscriber_factory(on_revoke)`: the queue, told to call this worker when partitions are revoked."""
+        self._config = config
         self._idle_writers: queue.SimpleQueue[BatchWriter] = queue.SimpleQueue()
         for writer in writers:
             self._idle_writers.put(writer)
@@ -55,7 +49,7 @@ class Worker:
         self._identity = identity
         self._clock = clock
         self._recent = RecentIds()
-        self._sizes = BatchSizes(settings.batch_max_events)
+        self._sizes = BatchSizes(config.batch_max_events)
         self._stop = threading.Event()
         self._stop_at = 0.0
         self._batch = self._new_batch()
@@ -67,10 +61,11 @@ class Worker:
         # Start from a batch request's share of one partition (1,000 events over a few partitions), so the
         # very first poll does not ask for a whole batch's worth of messages of unknown size.
         self._events_per_message = 250.0
-        self._subscriber = make_subscriber(on_revoke=self._on_revoke)
+        self._revoke_failure: BaseException | None = None  # see _on_revoke()
+        self._subscriber = subscriber_factory(self._on_revoke)
 
     def _new_batch(self) -> Batch:
-        return Batch(self._sizes.next, self._settings.batch_max_seconds)
+        return Batch(self._sizes.next, self._config.batch_max_seconds)
 
     def stop(self) -> None:
         """Finish the batch in hand, commit it and leave the group (safe from a signal handler)."""
@@ -78,6 +73,8 @@ class Worker:
         self._stop.set()
 
     def run(self) -> None:
+        """Consume until stop(). A failure that is not transient (consumer/transient.py) is raised from here
+        once the writes in flight have ended, with nothing more committed."""
         gc.disable()  # see _finish_oldest_write()
         gc.freeze()  # and leave what start-up made (modules, clients) out of those collections
         try:
@@ -87,6 +84,9 @@ class Worker:
         except Stopped:
             log.warning("stopped while the warehouse was unavailable; the batch in hand was not committed"
                         " and will be delivered again")
+        except BaseException:
+            self.stop()  # writes in flight that are waiting out the warehouse give up within STOP_GRACE_SECONDS
+            raise
         finally:
             self._write_threads.shutdown(wait=True)
             self._subscriber.close()
@@ -99,10 +99,13 @@ class Worker:
         room = max(1, self._batch.max_events - self._batch.events)
         wanted = max(1, min(10_000, int(room / self._events_per_message)))
         # Half a second without a message is what tells the end of a burst from a steady stream whose
-        # polls happen to reach the end of the queue every time (seen at 25,000 events/s offered: waiting
-        # only until a batch is a quarter of max_seconds old flushed four inserts a second, not one, and
-        # the warehouse's CPU went from 0.36 to 0.65 cores).
-        messages = self._subscriber.poll(wanted, timeout=min(0.5, self._batch.seconds_left(now)))
+        # polls happen to reach the end of the queue every time: waiting only until a batch is a quarter of
+        # max_seconds old made such a stream four small inserts a second instead of one large one, and
+        # ClickHouse pays per insert (bench/README.md, session 5).
+        try:
+            messages = self._subscriber.poll(wanted, timeout=min(0.5, self._batch.seconds_left(now)))
+        finally:
+            self._raise_revoke_failure()
         for message in messages:
             item = decode(message)
             self._batch.add(item, self._clock())
@@ -138,17 +141,17 @@ class Worker:
             self._finish_oldest_write()
         self._in_flight.append((self._write_threads.submit(self._write_batch, per_message, failures), offsets))
 
-    def _prepare(self, batch: Batch) -> tuple[list[_MessageRows], list[tuple[Message, str]]]:
+    def _prepare(self, batch: Batch) -> tuple[list[MessageRows], list[tuple[Message, str]]]:
         """The batch's rows per message, after looking up the identities it needs; and the messages that
         cannot be written, with the reason."""
-        anonymous_only = {(d.envelope.workspace, anonymous_id) for d in batch.decoded
-                          for _, anonymous_id, user_id, _ in d.envelope.refs if anonymous_id and not user_id}
+        anonymous_only = {(d.envelope.workspace, ref.anonymous_id) for d in batch.decoded
+                          for ref in d.envelope.refs if ref.anonymous_id and not ref.user_id}
         self._attempt(lambda: self._identity.prefetch(anonymous_only))
         failures = [(u.message, u.reason) for u in batch.undecodable]
         per_message, seen = [], set()
         for item in batch.decoded:  # in order: a link before the events it stamps
             try:
-                per_message.append(self._rows(item.message, item.envelope, seen))
+                per_message.append(message_rows(item.message, item.envelope, self._identity, self._recent, seen))
             except (KeyError, TypeError, ValueError) as exc:
                 failures.append((item.message, f"cannot build rows: {type(exc).__name__}: {exc}"))
         self._recent.add_all(seen)
@@ -160,7 +163,7 @@ class Worker:
         while self._in_flight:
             self._finish_oldest_write()
 
-    def _write_batch(self, per_message: list[_MessageRows], failures: list[tuple[Message, str]]) -> int:
+    def _write_batch(self, per_message: list[MessageRows], failures: list[tuple[Message, str]]) -> int:
         """On a writer thread: the rows, then the dead letters; returns how many events were stored."""
         writer = self._idle_writers.get()  # never waits: no more batches are in flight than writers
         try:
@@ -188,31 +191,7 @@ class Worker:
         # while it builds (run() turns those off: they cost more than decoding did).
         gc.collect()
 
-    def _rows(self, message: Message, env, seen: set[str]) -> _MessageRows:
-        """A message's rows: its event lines as they are, or edited (_edited): without the events already
-        written and with linked_user_id on those whose link this worker knows."""
-        workspace = env.workspace
-        rows = _MessageRows(message, [env.lines], [], [])
-        linked_at: dict[int, str] = {}  # index of an event → the user id to stamp on it
-        dropped: set[int] = set()  # indexes of events already written
-        for index, (event_id, anonymous_id, user_id, timestamp) in enumerate(env.refs):
-            if event_id in self._recent or event_id in seen:
-                dropped.add(index)
-                continue
-            seen.add(event_id)
-            if anonymous_id and user_id:
-                self._identity.link((workspace, anonymous_id), user_id)
-                rows.links.append(warehouse.link_document(workspace, event_id, anonymous_id, user_id, timestamp))
-            elif anonymous_id:
-                linked = self._identity.user_for((workspace, anonymous_id))
-                if linked is not None:
-                    linked_at[index] = linked
-            rows.event_ids.append(event_id)
-        if linked_at or dropped:
-            rows.events = _edited(env.lines, linked_at, dropped)
-        return rows
-
-    def _write(self, writer: BatchWriter, per_message: list[_MessageRows]) -> list[tuple[Message, str]]:
+    def _write(self, writer: BatchWriter, per_message: list[MessageRows]) -> list[tuple[Message, str]]:
         """Write every message's rows; returns the messages ClickHouse rejected, with the reason."""
         try:
             self._write_rows(writer, per_message)
@@ -228,24 +207,25 @@ class Worker:
                 rejected.append((rows.message, f"rejected by the warehouse: {exc}"))
         return rejected
 
-    def _write_rows(self, writer: BatchWriter, per_message: list[_MessageRows]) -> None:
+    def _write_rows(self, writer: BatchWriter, per_message: list[MessageRows]) -> None:
         ids = [i for rows in per_message for i in rows.event_ids]
         token = hashlib.sha256("\n".join(ids).encode()).hexdigest()
-        links = [r for rows in per_message for r in rows.links]
-        if links:
-            writer.write(warehouse.LINKS_TABLE, warehouse.LINK_COLUMNS, warehouse.encode(links), token + ":links")
+        writer.write(warehouse.LINKS_TABLE, warehouse.LINK_COLUMNS, links_body(per_message), token + ":links")
         if ids:
-            writer.write(warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS, _body(per_message), token)
+            writer.write(warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS, events_body(per_message), token)
 
     def _attempt(self, action: Callable[[], None]) -> None:
         """Run `action`; while the warehouse or the dead-letter queue is
-        unavailable, retry with backoff and commit nothing meanwhile. Once a stop
-        is requested, retries go on for STOP_GRACE_SECONDS at most."""
+        unavailable (consumer/transient.py), retry with backoff and commit nothing
+        meanwhile. Once a stop is requested, retries go on for STOP_GRACE_SECONDS
+        at most. Any other failure is raised at once."""
         delay = 0.5
         while True:
             try:
                 return action()
-            except Exception as exc:  # noqa: BLE001 — RowsRejected never reaches here; the rest is transient
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 if self._stop.is_set() and self._clock() - self._stop_at > STOP_GRACE_SECONDS:
                     raise Stopped() from exc
                 log.warning("flush failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
@@ -258,42 +238,16 @@ class Worker:
         If the warehouse is down this waits for it, like any flush: a member that
         waits too long is dropped from the group and its uncommitted messages go
         to the next owner."""
-        self.drain()
+        try:
+            self.drain()
+        except BaseException as exc:
+            # Raised again from step() once poll() returns: the queue's client may swallow a callback's failure.
+            self._revoke_failure = exc
+            raise
         # While another member owned them, links may have been made that this one never saw.
         self._identity.forget_unlinked()
 
-
-def _edited(lines: memoryview, linked_at: dict[int, str], dropped: set[int]) -> list[bytes | memoryview]:
-    """A record's event lines (a view of the record) without the `dropped` ones and with linked_user_id on
-    the `linked_at` ones, as pieces of a JSONEachRow body: runs of untouched lines stay views of the record,
-    only an edited line is new bytes. So a batch in flight holds each event's bytes once."""
-    record = lines.obj  # lines is the record's tail: offsets in the record are offsets in lines + base
-    base = len(record) - len(lines)
-    pieces: list[bytes | memoryview] = []
-    kept = start = base  # kept: the first byte not yet in a piece; start: where line `index` starts
-    index = 0
-    for target in sorted(linked_at.keys() | dropped):
-        while index < target:
-            start = record.find(b"\n", start) + 1
-            index += 1
-        end = record.find(b"\n", start)
-        end = len(record) if end < 0 else end
-        if kept < start:
-            pieces.append(lines[kept - base:start - base])  # untouched lines, each with its newline
-        if target not in dropped:
-            pieces.append(warehouse.event_row(record[start:end], linked_at[target]) + b"\n")
-        kept = start = end + 1
-        index = target + 1
-    if kept < len(record):
-        pieces.append(lines[kept - base:])
-    return pieces
-
-
-def _body(per_message: list[_MessageRows]) -> Iterator[bytes | memoryview]:
-    """The messages' rows streamed as one JSONEachRow body (clickhouse-connect sends an iterator chunked),
-    without joining a batch's worth of bytes into one more copy. ClickHouse skips the blank line an edited
-    last line leaves."""
-    for rows in per_message:
-        if rows.event_ids:  # not every event dropped
-            yield from rows.events
-            yield b"\n"
+    def _raise_revoke_failure(self) -> None:
+        failure, self._revoke_failure = self._revoke_failure, None
+        if failure is not None:
+            raise failure

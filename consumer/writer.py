@@ -1,10 +1,11 @@
 """BatchWriter: the one path by which rows reach ClickHouse (clickhouse-connect).
 
-Errors are sorted into two kinds, because the worker answers them differently:
-RowsRejected — these rows can never be stored (ClickHouse cannot parse or accept a value):
-the worker sends their messages to the dead-letter topic; any other failure
-(ClickHouse unreachable, overloaded, table missing) is transient: the worker
-retries the same batch and commits nothing meanwhile.
+Errors are sorted, because the worker answers them differently: RowsRejected —
+these rows can never be stored (ClickHouse cannot parse or accept a value): the
+worker sends their messages to the dead-letter topic; any other failure is raised
+as it is, and consumer/transient.py tells what the worker waits out (ClickHouse
+unreachable, overloaded, a table missing: the same batch is retried, nothing
+committed meanwhile) from what stops it.
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from typing import Iterable, Sequence
 
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-from schemas.warehouse import INSERT_FORMAT, INSERT_SETTINGS
+from schemas.warehouse import INSERT_FORMAT, INSERT_SETTINGS, quote_identifier
 
 # ClickHouse error codes that mean "this data", not "this server".
-_DATA_ERROR_CODES = {
+DATA_ERROR_CODES = {
     6,    # CANNOT_PARSE_TEXT
     27,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
     38,   # CANNOT_PARSE_DATE
@@ -39,7 +40,7 @@ class RowsRejected(Exception):
 class BatchWriter:
     def __init__(self, client, database: str):
         self._client = client
-        self._qualifier = "`" + database.replace("\\", "\\\\").replace("`", "\\`") + "`."
+        self._qualifier = quote_identifier(database) + "."
 
     def write(self, table: str, columns: Sequence[str], body: bytes | Iterable[bytes], token: str) -> None:
         """Insert `body` (JSONEachRow rows, schemas.warehouse; bytes or an iterator of chunks) as one
@@ -53,6 +54,6 @@ class BatchWriter:
         except OperationalError:
             raise
         except DatabaseError as exc:
-            if exc.code in _DATA_ERROR_CODES:
+            if exc.code in DATA_ERROR_CODES:
                 raise RowsRejected(str(exc)) from exc
             raise

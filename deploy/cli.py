@@ -39,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--partitions", type=int, help="partitions of the events topic (default: FLOKIT_PARTITIONS)")
     init.set_defaults(func=cmd_kafka_init)
 
+    queue = sub.add_parser("queue", help="embedded queue (local log) administration").add_subparsers(
+        dest="action", required=True)
+    forget = queue.add_parser("forget-group", help="drop a consumer group that is no longer used, so that it stops "
+                                                    "keeping the local log from shrinking")
+    forget.add_argument("group")
+    forget.set_defaults(func=cmd_queue_forget_group)
+
     sub.add_parser("warehouse", help="run the embedded ClickHouse engine behind its HTTP interface").set_defaults(
         func=cmd_warehouse)
 
@@ -48,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     migrate.set_defaults(func=cmd_migrate)
 
     sql = sub.add_parser("sql", help="run a SQL query against the warehouse and print the result")
-    from .sql import add_arguments as add_sql_arguments
+    from .sql_cli import add_arguments as add_sql_arguments
     add_sql_arguments(sql)
     sql.set_defaults(func=cmd_sql)
 
@@ -124,8 +131,29 @@ def cmd_kafka_init(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_queue_forget_group(args, settings: Settings) -> int:
+    if not settings.embedded_queue:
+        print("flokit: FLOKIT_KAFKA_BOOTSTRAP is set; on Kafka an unused consumer group's offsets expire by "
+              "themselves (offsets.retention.minutes)", file=sys.stderr)
+        return 2
+    from schemas.queue import GroupBusy
+
+    from .queue.local_log import forget_group
+    path = settings.data_dir / "queue.sqlite3"
+    try:
+        known = forget_group(path, args.group)
+    except GroupBusy:
+        print(f"flokit: consumer group {args.group!r} is consuming {path} right now; stop it first", file=sys.stderr)
+        return 1
+    if not known:
+        print(f"flokit: {path} has no consumer group {args.group!r}", file=sys.stderr)
+        return 1
+    print(f"forgot consumer group {args.group}")
+    return 0
+
+
 def cmd_consumer(args, settings: Settings) -> int:
-    from consumer.run import main as run_consumer
+    from .consumer_main import main as run_consumer
     return run_consumer(settings)
 
 
@@ -136,12 +164,12 @@ def cmd_warehouse(args, settings: Settings) -> int:
 
 
 def cmd_migrate(args, settings: Settings) -> int:
-    from schemas.migrations import main as migrate_main
+    from .clickhouse import migrate_main
     return migrate_main(settings, print_only=args.print_sql)
 
 
 def cmd_sql(args, settings: Settings) -> int:
-    from .sql import run
+    from .sql_cli import run
     return run(args, settings)
 
 

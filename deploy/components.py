@@ -2,10 +2,15 @@
 settings at start-up, in this one place."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING
 
-from .queue.base import Publisher, Subscriber
+from schemas.queue import OnRevoke, Publisher, Subscriber
+
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from consumer.config import ConsumerConfig
+    from consumer.worker import Worker
 
 
 def make_publisher(settings: Settings) -> Publisher:
@@ -28,12 +33,13 @@ def make_dead_letter_publisher(settings: Settings) -> Publisher:
     return KafkaPublisher(settings.kafka_bootstrap, settings.dlq_topic, settings.enqueue_timeout_seconds)
 
 
-def make_subscriber(settings: Settings, on_revoke: Callable[[set[int]], None] | None = None) -> Subscriber:
+def make_subscriber(settings: Settings, on_revoke: OnRevoke | None = None) -> Subscriber:
     if settings.embedded_queue:
         from .queue.local_log import LocalLogSubscriber
         return LocalLogSubscriber(settings.data_dir / "queue.sqlite3", settings.consumer_group, on_revoke=on_revoke)
     from .queue.kafka_queue import KafkaSubscriber
-    return KafkaSubscriber(settings.kafka_bootstrap, settings.topic, settings.consumer_group, on_revoke=on_revoke)
+    return KafkaSubscriber(settings.kafka_bootstrap, settings.topic, settings.consumer_group, on_revoke=on_revoke,
+                           large_reads=settings.kafka_large_reads)
 
 
 def make_state(settings: Settings):
@@ -42,3 +48,29 @@ def make_state(settings: Settings):
         return SqliteState(settings.data_dir / "frontdoor.sqlite3")
     from ingest_api.state.redis_state import RedisState
     return RedisState(settings.redis_url)
+
+
+def consumer_config(settings: Settings) -> ConsumerConfig:
+    from consumer.config import ConsumerConfig
+    return ConsumerConfig(batch_max_events=settings.batch_max_events, batch_max_seconds=settings.batch_max_seconds,
+                          writes=max(1, settings.consumer_writes), database=settings.clickhouse_database,
+                          topic=settings.topic, dead_letter_timeout_seconds=settings.enqueue_timeout_seconds)
+
+
+def make_worker(settings: Settings) -> Worker:
+    """A consumer worker on the configured queue and warehouse."""
+    from consumer.dead_letters import DeadLetters
+    from consumer.identity import IdentityCache, resolve_links
+    from consumer.worker import Worker
+    from consumer.writer import BatchWriter
+
+    from .clickhouse import connect
+
+    config = consumer_config(settings)
+    # A client for each thread that queries at once: identity lookups (the poll thread) run while writer
+    # threads insert, and a clickhouse-connect client refuses concurrent queries in its session.
+    lookups = connect(settings)
+    writers = [BatchWriter(connect(settings), config.database) for _ in range(config.writes)]
+    dead_letters = DeadLetters(make_dead_letter_publisher(settings), config.topic, config.dead_letter_timeout_seconds)
+    identity = IdentityCache(lambda pairs: resolve_links(lookups, config.database, pairs))
+    return Worker(config, lambda on_revoke: make_subscriber(settings, on_revoke), writers, dead_letters, identity)

@@ -136,7 +136,7 @@ Logs: {settings.data_dir.resolve() / 'logs'}/.  Ctrl-C stops everything, in orde
 
 
 def run(settings: Settings) -> int:
-    from schemas import warehouse
+    from .clickhouse import migrate
 
     settings = settings.with_(data_dir=settings.data_dir.resolve())
     log_dir = settings.data_dir / "logs"
@@ -155,7 +155,7 @@ def run(settings: Settings) -> int:
             create_topics(settings.kafka_bootstrap, {settings.topic: settings.partitions,
                                                      settings.dlq_topic: settings.partitions},
                           settings.replication_factor)
-        applied = warehouse.migrate(settings)
+        applied = migrate(settings)
         if applied:
             print(f"flokit dev: applied migrations {', '.join(applied)}")
         key = dev_key(settings)

@@ -59,12 +59,20 @@ class Settings:
 
     # Consumer.
     consumer_group: str = field(default="flokit-consumers", metadata={"env": "FLOKIT_CONSUMER_GROUP"})
-    # Large inserts cost ClickHouse less per row (bench/README.md: 100,000-row blocks ~25 % less CPU than 50,000);
-    # a worker holds up to three batches (two being written, one being read): 90,000 events keep its peak RSS
-    # under 300 MB with a margin (bench/README.md: 269-270 MB against 292-301 with 100,000, same rate).
+    # Large inserts cost ClickHouse less per row; a worker holds up to three batches (two being written, one
+    # being read), so the largest batch is what keeps its peak RSS under the 300 MB target with a margin
+    # (bench/README.md).
     batch_max_events: int = field(default=90_000, metadata={"env": "FLOKIT_BATCH_MAX_EVENTS"})
     batch_max_seconds: float = field(default=1.0, metadata={"env": "FLOKIT_BATCH_MAX_SECONDS"})
     consumer_writes: int = field(default=2, metadata={"env": "FLOKIT_CONSUMER_WRITES"})
+    # Two patches of library internals, each off = the library as it ships; on by default only where the
+    # bench measured it worth it, interleaved in the same run (bench/README.md, session 8).
+    # On: kafka-python's socket reads in 256 KiB pieces instead of 4 KiB (deploy/queue/kafka_recv.py). Off:
+    # the consumer drained no slower without it.
+    kafka_large_reads: bool = field(default=False, metadata={"env": "FLOKIT_KAFKA_LARGE_READS"})
+    # On: the consumer pins glibc's mmap threshold through mallopt (deploy/consumer_main.py). On: without it
+    # the consumer's peak memory reached the 300 MB target.
+    malloc_pin: bool = field(default=True, metadata={"env": "FLOKIT_MALLOC_PIN"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -98,10 +106,15 @@ class Settings:
         return self.clickhouse_url or f"http://{self.warehouse_bind}"
 
 
-_TYPES = {"int": int, "float": float, "str": str, "Path": Path}
+_TYPES = {"int": int, "float": float, "str": str, "Path": Path, "bool": bool}
+_ON, _OFF = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
 
 
 def _parse(kind: type, raw: str, name: str):
+    if kind is bool:
+        if raw.strip().lower() in _ON + _OFF:
+            return raw.strip().lower() in _ON
+        raise SystemExit(f"{name}={raw!r} is neither on nor off (1/0, on/off, true/false, yes/no)")
     try:
         return kind(raw)
     except ValueError:

@@ -17,7 +17,7 @@ from flask import Flask
 from deploy.settings import Settings
 
 if TYPE_CHECKING:
-    from deploy.queue.base import Publisher
+    from schemas.queue import Publisher
     from schemas.events import EventValidator
 
     from .admission import Admission

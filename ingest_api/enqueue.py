@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Sequence
 
-from deploy.queue.base import Publisher, QueueUnavailable, Record
+from schemas.queue import Publisher, QueueUnavailable, Record
 from schemas import envelope
 
 from .coalesce import Coalescer, DeadlinePassed

@@ -33,7 +33,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, NamedTuple, Sequence
 
 import orjson
 
@@ -47,11 +48,25 @@ class EnvelopeError(ValueError):
     """A record that is not a valid envelope (it goes to the dead-letter topic)."""
 
 
+class EventRef(NamedTuple):
+    """What the header says of one event: all a consumer needs to dedupe it and link identities."""
+
+    event_id: str
+    anonymous_id: str | None
+    user_id: str | None
+    timestamp: str
+
+
+# An EventRef straight from a checked [event_id, anonymous_id, user_id, timestamp] list: decoding is on the
+# consumer's hot path, and tuple.__new__ skips the Python-level _make.
+_event_ref = partial(tuple.__new__, EventRef)
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     workspace: str
     received_at: str  # the first event's (each line has its own)
-    refs: list[list]  # per event: [event_id, anonymous_id, user_id, timestamp]
+    refs: list[EventRef]  # one per event, in the order of the lines
     lines: memoryview  # the event lines, one per ref and in their order, newline-separated (a view: no copy)
 
     @property
@@ -140,4 +155,4 @@ def decode(value: bytes) -> Envelope:
         raise EnvelopeError(f"the header lists {len(refs)} events but {count} event lines follow")
     if refs and not (value.startswith(b"{", len(header) + 1) and value.endswith(b"}")):
         raise EnvelopeError("the event lines are not JSON objects")
-    return Envelope(workspace, received_at, refs, lines)
+    return Envelope(workspace, received_at, list(map(_event_ref, refs)), lines)

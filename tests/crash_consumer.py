@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import signal
 
-from consumer.run import build_worker
+from deploy.components import make_worker
 from deploy.settings import Settings
 
 
 def main() -> None:
-    worker = build_worker(Settings.from_env())
+    worker = make_worker(Settings.from_env())
     subscriber = worker._subscriber
 
     def commit(offsets):

@@ -139,7 +139,7 @@ def read_events(bootstrap: str, topic: str) -> list[dict]:
         for ref, event in zip(env.refs, env.documents()):
             # Each event line carries its envelope's fields, and the header its ids.
             assert (event.pop("workspace"), event.pop("received_at")) == (env.workspace, env.received_at)
-            assert ref == [event["event_id"], event["anonymous_id"], event["user_id"], event["timestamp"]]
+            assert ref == (event["event_id"], event["anonymous_id"], event["user_id"], event["timestamp"])
             events.append({**event, "_workspace": env.workspace, "_received_at": env.received_at,
                            "_partition": partition})
     return events

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas import warehouse
+from deploy import clickhouse
 
 from .test_warehouse_schema import fresh_db, seed_world, settings_for
 from .warehouse_process import start_warehouse, stop_warehouse
@@ -67,7 +67,7 @@ EXPECTED = {
 def client(tmp_path_factory):
     proc, url = start_warehouse(tmp_path_factory.mktemp("warehouse"))
     database = fresh_db()
-    c = warehouse.connect(settings_for(url, database))
+    c = clickhouse.connect(settings_for(url, database))
     seed_world(c, database)  # c's default database is the seeded one: the queries use bare names
     yield c
     c.close()

@@ -1,15 +1,18 @@
-"""`flokit keys`, `flokit workspace` and `flokit kafka init` as an operator runs them."""
+"""`flokit keys`, `flokit workspace`, `flokit kafka init` and `flokit queue` as an operator runs them."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 
 import pytest
 from kafka.admin import KafkaAdminClient
 
+from deploy.queue.local_log import LocalLogPublisher, LocalLogSubscriber
 from ingest_api.state.redis_state import RedisState
 from ingest_api.state.sqlite_state import SqliteState
+from schemas.queue import Record
 
 from .services import unique
 
@@ -73,3 +76,27 @@ def test_kafka_init_creates_topics(kafka_bootstrap):
         assert topic + ".dlq" in admin.list_topics()
     finally:
         admin.close()
+
+
+def test_queue_forget_group_lets_the_local_log_shrink(tmp_path):
+    env = {"FLOKIT_DATA_DIR": str(tmp_path)}
+    path = tmp_path / "queue.sqlite3"
+    LocalLogPublisher(path, 1, 5).publish([Record(0, b"x%d" % i) for i in range(10)], 5)
+    LocalLogSubscriber(path, "retired").close()  # a group that subscribed once, then was never used again
+    live = LocalLogSubscriber(path, "consumers", prune_interval=0)
+    assert len(live.poll(100, 1)) == 10
+    live.commit({0: 10})
+    records = lambda: sqlite3.connect(path).execute("SELECT count(*) FROM log").fetchone()[0]
+    assert records() == 10  # "retired" holds every record back
+
+    busy = flokit("queue", "forget-group", "consumers", env=env)
+    assert busy.returncode == 1 and "right now" in busy.stderr  # a group being consumed is not dropped
+    forgot = flokit("queue", "forget-group", "retired", env=env)
+    assert forgot.returncode == 0 and "forgot consumer group retired" in forgot.stdout
+    live.commit({0: 10})
+    assert records() == 0
+    live.close()
+    again = flokit("queue", "forget-group", "retired", env=env)
+    assert again.returncode == 1 and "no consumer group" in again.stderr
+    kafka = flokit("queue", "forget-group", "retired", env={**env, "FLOKIT_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert kafka.returncode == 2

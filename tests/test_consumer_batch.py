@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from consumer.batch import Batch, BatchSizes
 from consumer.decode import decode
-from deploy.queue.base import Message
 from schemas import envelope
+from schemas.queue import Message
 
 
 def message(offset: int, events: int) -> Message:

@@ -11,13 +11,13 @@ import time
 import orjson
 import pytest
 
-from deploy import components
-from deploy.queue.base import Publisher, Record
+from deploy import clickhouse, components
 from deploy.queue.kafka_queue import create_topics
 from deploy.queue.local_log import LocalLogSubscriber
 from deploy.settings import Settings
-from schemas import envelope, warehouse
+from schemas import envelope
 from schemas.migrations import apply_migrations
+from schemas.queue import Publisher, Record
 
 from .services import ConsumerProcess, api_server, read_topic, unique, wait_until
 from .warehouse_process import start_warehouse, stop_warehouse
@@ -52,8 +52,8 @@ def pipeline(queue_env, warehouse_url):
     env = {**queue_env, "FLOKIT_CLICKHOUSE_URL": warehouse_url[0],
            "FLOKIT_CLICKHOUSE_DATABASE": unique("db").replace("-", "_"), "FLOKIT_BATCH_MAX_SECONDS": "0.5"}
     settings = Settings.from_env(env)
-    client = warehouse.connect(settings)
-    apply_migrations(client, settings)
+    client = clickhouse.connect(settings)
+    apply_migrations(client, settings.clickhouse_database)
     publisher = components.make_publisher(settings)
     yield env, settings, client, publisher
     publisher.close()
@@ -263,7 +263,7 @@ def test_dead_letters(pipeline):
     reasons = sorted(l["reason"].split(":")[0] for l in letters)
     assert reasons == ["corrupt envelope", "corrupt envelope", "rejected by the warehouse"], reasons
     rejected = next(l for l in letters if l["reason"].startswith("rejected"))
-    assert envelope.decode(rejected["value"].encode()).refs[0][0] == ev(1)["event_id"]
+    assert envelope.decode(rejected["value"].encode()).refs[0].event_id == ev(1)["event_id"]
     assert next(l for l in letters if "value_base64" in l)["partition"] == 0
     assert all(l["topic"] == settings.topic for l in letters) and len(letters) == 3
     assert sorted(r[0] for r in client.query(f"SELECT event_id FROM {db}.events").result_rows) == \
@@ -276,8 +276,8 @@ def test_warehouse_down_then_up_loses_nothing(queue_env, tmp_path):
     env = {**queue_env, "FLOKIT_CLICKHOUSE_URL": url, "FLOKIT_CLICKHOUSE_DATABASE": "flokit_down",
            "FLOKIT_BATCH_MAX_SECONDS": "0.3"}
     settings = Settings.from_env(env)
-    apply_migrations(warehouse.connect(settings), settings)
-    count_rows = lambda view: count(warehouse.connect(settings), "flokit_down", "SELECT count() FROM {db}." + view)
+    clickhouse.migrate(settings)
+    count_rows = lambda view: count(clickhouse.connect(settings), "flokit_down", "SELECT count() FROM {db}." + view)
     publisher = components.make_publisher(settings)
     consumer = ConsumerProcess(env)
     try:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from consumer.config import ConsumerConfig
 from consumer.worker import Worker
-from deploy.queue.base import Message, Subscriber
-from deploy.settings import Settings
 from schemas import envelope
+from schemas.queue import Message, Subscriber
 
 
 class ScriptedSubscriber(Subscriber):
@@ -31,8 +31,8 @@ class ScriptedSubscriber(Subscriber):
         return self.end
 
 
-class Flushed(BaseException):
-    """Raised by NoFlush (a BaseException: the worker retries any Exception of a flush)."""
+class Flushed(Exception):
+    """Raised by NoFlush (not a failure the worker waits out: consumer/transient.py)."""
 
 
 class NoFlush:
@@ -51,9 +51,10 @@ def worker_after_steps(at_end: bool, second_step_at: float) -> tuple[Worker, Scr
     step, at `second_step_at`, polls nothing."""
     now = [100.0]
     subscriber = ScriptedSubscriber([[message()]], at_end)
-    settings = Settings.from_env({}, batch_max_seconds=1.0)
+    config = ConsumerConfig(batch_max_events=90_000, batch_max_seconds=1.0, writes=1, database="flokit",
+                            topic="flokit.events", dead_letter_timeout_seconds=5.0)
     # Nothing may be written: a flush starts with the identity lookups, which stop the test here.
-    worker = Worker(settings, lambda on_revoke: subscriber, writers=[object()], dead_letters=None,
+    worker = Worker(config, lambda on_revoke: subscriber, writers=[object()], dead_letters=None,
                     identity=NoFlush(), clock=lambda: now[0])
     worker.step()
     now[0] = second_step_at

@@ -1,4 +1,4 @@
-"""consumer.worker._edited: a record's event lines without the dropped events and with linked_user_id on
+"""consumer.rows.edited: a record's event lines without the dropped events and with linked_user_id on
 the linked ones, as pieces that leave untouched lines as views of the record."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import orjson
 
-from consumer.worker import _edited
+from consumer.rows import edited
 from schemas import warehouse
 
 HEADER = b'{"v":2,"events":[]}\n'
@@ -30,7 +30,7 @@ def test_edited_rows_are_the_kept_lines_with_their_links_in_order():
         for _ in range(100):
             dropped = {i for i in range(n) if rng.random() < 0.2}
             linked_at = {i: f"usr_{i}" for i in range(n) if i not in dropped and rng.random() < 0.3}
-            pieces = _edited(lines, linked_at, dropped)
+            pieces = edited(lines, linked_at, dropped)
             body = b"".join(bytes(p) for p in pieces)
             # Blank lines (an edited last line) are skipped by ClickHouse's JSONEachRow.
             assert [row for row in body.split(b"\n") if row] == expected(lines, linked_at, dropped)
@@ -41,4 +41,4 @@ def test_edited_rows_are_the_kept_lines_with_their_links_in_order():
 
 def test_every_line_dropped_leaves_nothing():
     record, lines = record_of(5, random.Random(1))
-    assert _edited(lines, {}, set(range(5))) == []
+    assert edited(lines, {}, set(range(5))) == []

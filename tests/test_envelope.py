@@ -22,7 +22,10 @@ def test_round_trip_keeps_every_field_and_the_order():
     [value] = envelope.encode_records("acme", RECEIVED, events)
     env = envelope.decode(value)
     assert (env.workspace, env.received_at) == ("acme", RECEIVED)
-    assert env.refs == [[e["event_id"], e["anonymous_id"], e["user_id"], e["timestamp"]] for e in events]
+    assert env.refs == [envelope.EventRef(e["event_id"], e["anonymous_id"], e["user_id"], e["timestamp"])
+                        for e in events]
+    assert all(type(ref) is envelope.EventRef for ref in env.refs)
+    assert env.refs[1].user_id == "usr_1" and env.refs[2].anonymous_id is None
     assert env.documents() == [{"workspace": "acme", "received_at": RECEIVED, **e} for e in events]
     # The lines are a view of the record itself: passing them on copies nothing.
     assert env.lines.obj is value and bytes(env.lines) == value.split(b"\n", 1)[1]
@@ -37,7 +40,7 @@ def test_large_requests_split_into_records_under_the_cap():
     assert [d["event_id"] for v in values for d in envelope.decode(v).documents()] == [e["event_id"] for e in events]
     # An event bigger than the cap on its own still travels, alone.
     [alone] = envelope.encode_records("acme", RECEIVED, [event(0, properties={"pad": "x" * 20_000})], max_bytes=10_000)
-    assert envelope.decode(alone).refs[0][0] == "evt_0"
+    assert envelope.decode(alone).refs[0].event_id == "evt_0"
 
 
 @pytest.mark.parametrize("value, reason", [

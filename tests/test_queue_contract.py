@@ -1,9 +1,10 @@
 """One contract, two queues: Kafka (production, a real broker) and the local log
-(embedded mode) must behave the same behind deploy.queue.base. Each test runs
+(embedded mode) must behave the same behind schemas.queue. Each test runs
 against both, on a fresh topic (Kafka) or file (local) and fresh group ids.
 
-Consumer-group membership between several Kafka subscribers (rebalances) is the
-consumer's tests' business; here every group has one member at a time.
+Consumer-group membership between several Kafka subscribers is the consumer's
+tests' business, beyond how revocation is delivered (the last test); elsewhere
+every group has one member at a time.
 """
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import time
 from collections import defaultdict
 
 import pytest
+from kafka.net.transport import KafkaTCPTransport
 
-from deploy.queue.base import Message, Record
+from deploy.queue import kafka_recv
 from deploy.queue.kafka_queue import KafkaPublisher, KafkaSubscriber, create_topics
 from deploy.queue.local_log import LocalLogPublisher, LocalLogSubscriber
+from schemas.queue import GroupBusy, Message, Record
 
 from .services import unique
 
@@ -25,8 +28,9 @@ PARTITIONS = 4
 class Backend:
     """Makes publishers and subscribers on one fresh queue, and closes them all."""
 
-    def __init__(self, name: str, make_publisher, make_subscriber):
+    def __init__(self, name: str, make_publisher, make_subscriber, large_reads: bool = False):
         self.name = name
+        self.large_reads = large_reads  # Kafka: the position of FLOKIT_KAFKA_LARGE_READS
         self._make_publisher = make_publisher
         self._make_subscriber = make_subscriber
         self._opened = []
@@ -44,8 +48,8 @@ class Backend:
                     raise
                 time.sleep(0.2)
 
-    def subscriber(self, group: str):
-        sub = self._make_subscriber(group)
+    def subscriber(self, group: str, on_revoke=None):
+        sub = self._make_subscriber(group, on_revoke)
         self._opened.append(sub)
         return sub
 
@@ -58,20 +62,24 @@ class Backend:
             thing.close()
 
 
-@pytest.fixture(params=["kafka", "local"])
+@pytest.fixture(params=["kafka", "kafka large reads", "local"])
 def backend(request, tmp_path):
-    if request.param == "kafka":
+    """Kafka in both positions of FLOKIT_KAFKA_LARGE_READS (deploy/queue/kafka_recv.py), and the local log."""
+    if request.param.startswith("kafka"):
         bootstrap = request.getfixturevalue("kafka_bootstrap")
         topic = unique("contract")
         create_topics(bootstrap, {topic: PARTITIONS})
+        large = request.param == "kafka large reads"
         b = Backend("kafka", lambda: KafkaPublisher(bootstrap, topic, 10),
-                    lambda group: KafkaSubscriber(bootstrap, topic, group))
+                    lambda group, on_revoke: KafkaSubscriber(bootstrap, topic, group, on_revoke=on_revoke,
+                                                             large_reads=large), large)
     else:
         path = tmp_path / "queue.sqlite3"
         b = Backend("local", lambda: LocalLogPublisher(path, PARTITIONS, 5),
-                    lambda group: LocalLogSubscriber(path, group))
+                    lambda group, on_revoke: LocalLogSubscriber(path, group, on_revoke))
     yield b
     b.close_all()
+    kafka_recv.use_large_reads(False)
 
 
 def drain(sub, expected: int, timeout: float = 20.0, settle: float = 0.5) -> list[Message]:
@@ -130,6 +138,8 @@ def test_records_come_back_with_partition_and_value_in_offset_order_dense_from_z
     expected[2].append(big)
 
     sub = backend.subscriber(unique("g"))
+    if backend.name == "kafka":
+        assert (KafkaTCPTransport._sock_recv is kafka_recv._sock_recv) is backend.large_reads
     got = drain(sub, expected=41)
     assert len(got) == 41
     assert sub.assignment() == set(range(PARTITIONS))
@@ -271,3 +281,38 @@ def test_at_end_once_every_partition_is_read_to_its_end(backend):
     while not more and time.monotonic() < deadline:
         more = sub.poll(1000, 0.5)
     assert [m.value for m in more] == [b"one more"] and sub.at_end()
+
+
+def test_revocation_is_delivered_as_the_interface_says(backend):
+    """schemas.queue.Subscriber: a second member of the group either takes partitions away from the first, which
+    hears of it through on_revoke before the second reads them (Kafka), or is refused because the queue is
+    exclusive (the local log: its one member owns every partition and never hears of a revocation)."""
+    pub = backend.publisher()
+    group, revoked = unique("g"), []
+    first = backend.subscriber(group, on_revoke=revoked.append)
+    wait_assigned(first)
+    if backend.name == "local":
+        assert first.exclusive
+        with pytest.raises(GroupBusy):
+            backend.subscriber(group)
+        publish_numbered(pub, per_partition=1)
+        assert len(drain(first, expected=4)) == 4 and revoked == []
+        return
+    assert not first.exclusive
+    second = backend.subscriber(group)
+    # Each member joins the rebalance from its own poll() (one thread per subscriber, as the contract allows).
+    stop = threading.Event()
+    joined = threading.Thread(target=lambda: [second.poll(100, 0.2) for _ in iter(stop.is_set, True)])
+    joined.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (second.assignment() and first.assignment() and not first.assignment() & second.assignment()
+                   and first.assignment() | second.assignment() == set(range(PARTITIONS))):
+            assert time.monotonic() < deadline, (first.assignment(), second.assignment(), revoked)
+            first.poll(100, 0.2)
+    finally:
+        stop.set()
+        joined.join()
+    # The partitions the second member now owns were revoked from the first, inside its poll().
+    assert revoked and all(isinstance(p, set) for p in revoked)
+    assert second.assignment() <= set().union(*revoked)

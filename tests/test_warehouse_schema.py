@@ -21,12 +21,14 @@ import pytest
 from deploy.settings import Settings
 from schemas import envelope, warehouse
 from schemas.migrations import (
-    Migration, MigrationError, Topology, apply_migrations, bootstrap_statements, load_migrations, main as migrate_main,
-    render, render_all,
+    Migration, MigrationError, Topology, apply_migrations, bootstrap_statements, load_migrations, render, render_all,
 )
 from schemas.taxonomy import PROPERTY_TYPES
+from consumer.identity import resolve_links
 from consumer.writer import BatchWriter
-from schemas.warehouse import EVENT_COLUMNS, LINK_COLUMNS, event_row, link_document, resolve_links
+from deploy import clickhouse
+from deploy.clickhouse import migrate_main
+from schemas.warehouse import EVENT_COLUMNS, LINK_COLUMNS, event_row, link_document
 
 from .warehouse_process import start_warehouse, stop_warehouse
 
@@ -131,7 +133,7 @@ def insert_batch(client, database: str, items, token: str) -> None:
     """What the consumer does per batch: links, then events, each with the batch's dedup token."""
     writer = BatchWriter(client, database)
     links = [link_document(ws, e["event_id"], e["anonymous_id"], e["user_id"], e["timestamp"])
-             for ws, e, _ in items if warehouse.is_link(e)]
+             for ws, e, _ in items if e["anonymous_id"] and e["user_id"]]
     writer.write(warehouse.LINKS_TABLE, LINK_COLUMNS, warehouse.encode(links) if links else b"", token + ":links")
     writer.write(warehouse.EVENTS_TABLE, EVENT_COLUMNS, event_rows(items), token)
 
@@ -141,7 +143,7 @@ def seed_world(client, database: str) -> None:
     batch 1 = everything but Erin's trial_started and the shared device's later events, Frank's link first;
     batch 1 again with the same token (an insert retried after a timeout: dropped by the token);
     batch 2 = the rest; batch 3 = REDELIVERED events again under a new token (physically duplicated)."""
-    apply_migrations(client, Settings(clickhouse_database=database))
+    apply_migrations(client, database)
     for table in (warehouse.EVENTS_TABLE, warehouse.LINKS_TABLE, warehouse.IDENTITY_MAP_TABLE):
         client.command(f"SYSTEM STOP MERGES {database}.{table}")
     late = {"evt_e1", "evt_e2"}
@@ -172,7 +174,7 @@ def fresh_db() -> str:
 
 @pytest.fixture(scope="module")
 def client(warehouse_url):
-    c = warehouse.connect(settings_for(warehouse_url, "default"))
+    c = clickhouse.connect(settings_for(warehouse_url, "default"))
     yield c
     c.close()
 
@@ -206,13 +208,12 @@ def test_migrations_ship_as_package_data():
     assert "migrations/*.sql" in setup
 
 
-def test_migrate_applies_once_and_records_it(client, warehouse_url):
+def test_migrate_applies_once_and_records_it(client):
     database = fresh_db()
-    settings = settings_for(warehouse_url, database)
     assert database not in client.query("SHOW DATABASES").result_columns[0]
-    assert apply_migrations(client, settings) == ["0001_events", "0002_identity", "0003_analyst_views",
+    assert apply_migrations(client, database) == ["0001_events", "0002_identity", "0003_analyst_views",
                                                   "0004_ingested_at_default"]
-    assert apply_migrations(client, settings) == []
+    assert apply_migrations(client, database) == []
     rows = client.query(f"SELECT name, checksum, applied_at FROM {database}.schema_migrations ORDER BY name").result_rows
     assert [(r[0], r[1]) for r in rows] == [(m.name, m.checksum) for m in load_migrations()]
     assert all(isinstance(r[2], datetime) for r in rows)
@@ -221,34 +222,40 @@ def test_migrate_applies_once_and_records_it(client, warehouse_url):
                        "identity_resolved", "events_deduped", "events_resolved", "paywall_funnel"}
 
 
-def test_migrate_applies_only_what_is_new(client, warehouse_url):
+def test_migrate_applies_only_what_is_new(client):
     database = fresh_db()
-    settings = settings_for(warehouse_url, database)
     migrations = load_migrations()
-    assert apply_migrations(client, settings, migrations[:1]) == ["0001_events"]
-    assert apply_migrations(client, settings) == ["0002_identity", "0003_analyst_views", "0004_ingested_at_default"]
+    assert apply_migrations(client, database, migrations=migrations[:1]) == ["0001_events"]
+    assert apply_migrations(client, database) == ["0002_identity", "0003_analyst_views", "0004_ingested_at_default"]
 
 
-def test_migrate_refuses_a_changed_applied_file(client, warehouse_url):
+def test_migrate_refuses_a_changed_applied_file(client):
     database = fresh_db()
-    settings = settings_for(warehouse_url, database)
-    apply_migrations(client, settings)
+    apply_migrations(client, database)
     original = load_migrations()
     edited = Migration.from_text("0001_events.sql", original[0].text + "\n-- an innocent edit\n")
     with pytest.raises(MigrationError, match="0001_events.*changed since they were applied"):
-        apply_migrations(client, settings, [edited, *original[1:]])
+        apply_migrations(client, database, migrations=[edited, *original[1:]])
     # Nothing was applied or recorded by the refused run.
     assert scalar(client, f"SELECT count() FROM {database}.schema_migrations") == 4
 
 
-def test_a_new_migration_after_the_applied_ones_is_applied(client, warehouse_url):
+def test_a_new_migration_after_the_applied_ones_is_applied(client):
     database = fresh_db()
-    settings = settings_for(warehouse_url, database)
-    apply_migrations(client, settings)
+    apply_migrations(client, database)
     extra = Migration.from_text("0099_extra_view.sql", "-- 0099_extra_view: a test view.\n"
                                 "CREATE VIEW IF NOT EXISTS {{db}}.extra {{on_cluster}} AS SELECT 1 AS one\n")
-    assert apply_migrations(client, settings, [*load_migrations(), extra]) == ["0099_extra_view"]
+    assert apply_migrations(client, database, migrations=[*load_migrations(), extra]) == ["0099_extra_view"]
     assert scalar(client, f"SELECT one FROM {database}.extra") == 1
+
+
+def test_a_refused_statement_names_the_migration_and_keeps_clickhouses_reason(client):
+    bad = Migration.from_text("0099_bad.sql", "-- 0099_bad: a statement ClickHouse refuses.\n"
+                              "CREATE VIEW {{db}}.bad {{on_cluster}} AS SELECT * FROM {{db}}.no_such_table\n")
+    with pytest.raises(MigrationError, match="0099_bad: statement 1 of 1 failed") as refused:
+        apply_migrations(client, fresh_db(), migrations=[*load_migrations(), bad])
+    reason = clickhouse.clickhouse_message(refused.value.__cause__)
+    assert reason.startswith("Code: 60.") and "UNKNOWN_TABLE" in reason and "(version" not in reason
 
 
 def test_migration_file_rules():
@@ -368,7 +375,7 @@ def test_event_row_is_the_envelope_line_with_linked_user_id_when_known():
 def test_the_warehouse_types_the_property_columns(client, warehouse_url):
     """Typed columns are ClickHouse's JSONExtract of `properties`: the JSON keeps everything as sent."""
     database = fresh_db()
-    apply_migrations(client, settings_for(warehouse_url, database))
+    apply_migrations(client, database)
     good = {"paywall_id": "pw_1", "plan_id": "plan_annual", "price": 59, "revenue": 29.99, "is_trial": False,
             "trial_length_days": 7, "currency": "USD", "plan_ids": ["a", "b"], "note": "hé ✓", "nested": {"a": [1, 2]}}
     odd = {"revenue": True, "trial_length_days": "seven", "renewal_number": 2 ** 64 - 1, "offer_id": ["x"],
@@ -406,11 +413,9 @@ def test_link_document():
     assert link(event) == {"workspace": "acme", "anonymous_id": "d", "user_id": "u",
                            "timestamp": "2024-03-15T14:22:00.500Z", "event_id": "evt_9"}
     assert set(link(event)) == set(LINK_COLUMNS)
-    assert warehouse.is_link(event)
     for missing in ({"user_id": None}, {"anonymous_id": None}):
         with pytest.raises(ValueError):
             link({**event, **missing})
-        assert not warehouse.is_link({**event, **missing})
 
 
 def test_rows_round_trip_through_the_warehouse(client, world):
@@ -440,7 +445,7 @@ def test_duplicates_are_physically_present_but_every_view_counts_once(client, wo
 
 def test_a_retried_insert_with_the_same_token_is_dropped(client, warehouse_url):
     database = fresh_db()
-    apply_migrations(client, settings_for(warehouse_url, database))
+    apply_migrations(client, database)
     items = WORLD[:5]
     for _ in range(3):
         insert_batch(client, database, items, "same-token")
@@ -452,7 +457,7 @@ def test_a_retried_insert_with_the_same_token_is_dropped(client, warehouse_url):
 
 def test_merges_collapse_duplicates_for_good(client, warehouse_url):
     database = fresh_db()
-    apply_migrations(client, settings_for(warehouse_url, database))
+    apply_migrations(client, database)
     for token in ("t1", "t2", "t3"):
         insert_batch(client, database, WORLD[:4], token)
     assert scalar(client, f"SELECT count() FROM {database}.events") == 12
@@ -517,16 +522,15 @@ def test_resolve_links_with_many_pairs(client, world):
 def test_connect_parses_the_url(warehouse_url):
     host_port = warehouse_url.split("://", 1)[1]
     # The embedded server ignores credentials; a real server gets them from the URL.
-    c = warehouse.connect(settings_for(f"http://analyst:s%3Dcr%40t@{host_port}", "nope_not_yet"))
+    c = clickhouse.connect(settings_for(f"http://analyst:s%3Dcr%40t@{host_port}", "nope_not_yet"))
     try:
         assert c.database == "nope_not_yet"  # connecting works before the database exists
         assert c.command("SELECT 1", use_database=False) == 1
     finally:
         c.close()
-    assert warehouse._client_options(settings_for(f"http://analyst:s%3Dcr%40t@{host_port}", "d"), None)[
-        "password"] == "s=cr@t"
-    opts = warehouse._client_options(settings_for("https://ch.example.com", "d"), None)
+    assert clickhouse.client_options(f"http://analyst:s%3Dcr%40t@{host_port}")["password"] == "s=cr@t"
+    opts = clickhouse.client_options("https://ch.example.com")
     assert (opts["host"], opts["port"], opts["secure"], opts["username"]) == ("ch.example.com", 8443, True, None)
-    assert warehouse.describe_url("http://u:secret@h:1") == "http://u:***@h:1"
-    with pytest.raises(warehouse.WarehouseUnreachable, match="127.0.0.1:9"):
-        warehouse.connect(settings_for("http://127.0.0.1:9", "d"), connect_timeout=2)
+    assert clickhouse.describe_url("http://u:secret@h:1") == "http://u:***@h:1"
+    with pytest.raises(clickhouse.WarehouseUnreachable, match="127.0.0.1:9"):
+        clickhouse.connect(settings_for("http://127.0.0.1:9", "d"), connect_timeout=2)

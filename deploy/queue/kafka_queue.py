@@ -4,13 +4,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import CommitFailedError, IllegalStateError, KafkaError, TopicAlreadyExistsError
 
-from .base import CommitFailed, Message, Publisher, QueueUnavailable, Record, Subscriber
+from schemas.queue import CommitFailed, Message, OnRevoke, Publisher, QueueUnavailable, Record, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -184,16 +184,18 @@ class KafkaSubscriber(Subscriber):
     Auto-commit is off: offsets move only through commit(), which the consumer
     calls after ClickHouse acknowledged the batch. `on_revoke(partitions)` runs
     inside poll() when a rebalance takes partitions away, before any other
-    member may read them: the consumer flushes and commits what it holds there.
+    member may read them (schemas.queue.Subscriber): the consumer flushes and
+    commits what it holds there.
     """
 
     def __init__(self, bootstrap: str, topic: str, group: str, *,
-                 on_revoke: Callable[[set[int]], None] | None = None, client_id: str | None = None):
+                 on_revoke: OnRevoke | None = None, client_id: str | None = None, large_reads: bool = False):
+        """`large_reads`: FLOKIT_KAFKA_LARGE_READS (kafka_recv.py), for the whole process."""
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
         from . import kafka_recv
 
-        kafka_recv.install()  # fetch answers of megabytes: read them in large pieces, not 4 KiB per GIL hand-off
+        kafka_recv.use_large_reads(large_reads)
 
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
@@ -213,7 +215,7 @@ class KafkaSubscriber(Subscriber):
             max_poll_records=10_000,
             # Fetched records sit in memory until polled, and batches are written while the next is
             # read: small fetches (Kafka's default per partition) keep the consumer's peak memory low
-            # at the same throughput (bench/README.md: 16/4 MiB peaked at 340-380 MB, 4/1 MiB at 260).
+            # at the same throughput (bench/README.md).
             fetch_max_bytes=4 * 1024 * 1024,
             max_partition_fetch_bytes=1024 * 1024,
             metrics_enabled=False,

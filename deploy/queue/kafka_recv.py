@@ -1,16 +1,15 @@
-"""kafka-python's socket reads, in larger pieces.
+"""kafka-python's socket reads in larger pieces: the FLOKIT_KAFKA_LARGE_READS switch.
 
-kafka-python 3.0 reads a broker's answer 4 KiB per `recv` (`KafkaTCPTransport._sock_recv`, a constant, no
+kafka-python reads a broker's answer 4 KiB per `recv` (a constant in `KafkaTCPTransport._sock_recv`, no
 setting) on its own I/O thread, and each `recv` gives up the GIL and takes it back. A consumer's fetch answer
-is up to `fetch_max_bytes` (4 MiB): ~1,000 reads, each of which may wait for the GIL while the consumer's own
-thread builds a batch (up to the 5 ms switch interval). A bare KafkaConsumer beside one busy thread fetched
-45-52k events/s with 4 KiB reads and 178-181k with 256 KiB reads (~650k either way without the busy thread);
-in the consumer, the wait in polls fell by ~17 % (bench/README.md). The loop below is kafka-python's own,
-with a larger read.
+is megabytes (`fetch_max_bytes`): about a thousand reads, each of which may wait for the GIL while the
+consumer's own thread builds a batch. With the switch on, that private method is replaced by the same loop
+reading RECV_BYTES at a time; off, kafka-python is left exactly as it ships. Whether it is worth patching a
+private method is measured, in the same run, by the bench (bench/README.md).
 
-`install()` replaces the method, once per process, only where kafka-python has it (the method is private: on
-a version without it the library is left as it is, and says so in the log). TLS connections
-(KafkaSSLTransport, a read loop of its own) are left as they are.
+`use_large_reads()` applies to the whole process, and only where kafka-python has the method (on a version
+without it the library is left as it is, and the log says so). TLS connections (KafkaSSLTransport, a read
+loop of its own) are always left as they are.
 """
 from __future__ import annotations
 
@@ -19,6 +18,8 @@ import logging
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024
+
+_stock_sock_recv = None  # kafka-python's own method, once it has been replaced
 
 
 def _sock_recv(self):
@@ -40,16 +41,25 @@ def _sock_recv(self):
     return b"".join(received), None
 
 
-def install() -> bool:
-    """Read in RECV_BYTES pieces from now on, in this process; False if this kafka-python has no such
-    method to replace."""
+def use_large_reads(on: bool) -> bool:
+    """From now on in this process, read in RECV_BYTES pieces (`on`) or as kafka-python ships (off);
+    returns whether large reads are in effect (False when asked for but this kafka-python has no such
+    method to replace)."""
+    global _stock_sock_recv
     try:
         from kafka.net.transport import KafkaTCPTransport
     except ImportError:
         KafkaTCPTransport = None
-    if getattr(KafkaTCPTransport, "_sock_recv", None) is None:
+    current = getattr(KafkaTCPTransport, "_sock_recv", None)
+    if not on:
+        if _stock_sock_recv is not None:
+            KafkaTCPTransport._sock_recv = _stock_sock_recv
+        return False
+    if current is None:
         log.warning("kafka-python %s has no KafkaTCPTransport._sock_recv: socket reads left at its own size",
                     __import__("kafka").__version__)
         return False
-    KafkaTCPTransport._sock_recv = _sock_recv
+    if current is not _sock_recv:
+        _stock_sock_recv = current
+        KafkaTCPTransport._sock_recv = _sock_recv
     return True

@@ -24,31 +24,19 @@ after pruning has emptied a partition.
 Durability. WAL mode with `synchronous=FULL`: the WAL is fsynced at every
 commit, so once publish() returns the records survive a kill -9 of any process
 and a power cut. NORMAL (fsync at checkpoints only) survives process crashes but
-may lose the last commits on power loss. Measured on the development VM (2 vCPU,
-virtio disk, shared with other work: runs vary by ±40%; medians of 5 runs, one
-publisher, 4 KB pages):
-                                        FULL                     NORMAL
-    1 KB records, 1 per publish         3,500 rec/s   3.5 MB/s   15,900 rec/s  15.9 MB/s
-    1 KB records, 100 per publish      64,000 rec/s    64 MB/s  101,000 rec/s   101 MB/s
-    50 KB records, 1 per publish        2,200 rec/s   110 MB/s    2,200 rec/s   109 MB/s
-    50 KB records, 4 per publish        2,600 rec/s   131 MB/s    3,000 rec/s   149 MB/s
-    900 KB records, 1 per publish        150-330 rec/s (130-300 MB/s), either setting
-    4 processes x 4 threads, 1 KB, 1 per publish: FULL ~2,300 commits/s (p50 1.5 ms,
-    p99 16 ms, worst ~0.8 s: SQLite's busy handler sleeps and retries, it is not
-    FIFO), NORMAL ~8,900 commits/s: contention costs little throughput.
-    poll (one subscriber): ~260,000 msg/s of 1 KB (260 MB/s), ~16,000 msg/s of 50 KB (800 MB/s)
-FULL costs one fsync per commit (~0.25 ms here) whatever its size, and a
-front-door request is one commit however many events it carries, so beyond
-~1 KB commits the two settings converge; ≥50,000 events/s needs requests
-averaging ≥20 events at ~2,500 commits/s, which the front door's own per-request
-CPU cost already demands. FULL is kept. (16 and 64 KB pages were no faster for
-large records and slower for small commits, so the page size stays 4 KB.)
+may lose the last commits on power loss. FULL costs one fsync per commit whatever
+its size, and a front-door request is one commit however many events it carries
+(concurrent requests share records), so the two settings converge as commits
+grow: FULL is kept. The page size stays SQLite's 4 KB: larger pages were no
+faster for large records and slower for small commits. The measurements are in
+bench/README.md ("The local log's durability setting").
 
 Consumers. One subscriber per consumer group at a time: it holds an exclusive
 `flock` on `<path>.<group>.lock` and a second one is refused with GroupBusy. It
-owns every partition, so `on_revoke` is accepted for interface parity but never
-called (there is never a rebalance). Embedded mode scales by batching (bigger
-polls, bigger ClickHouse inserts), not by adding consumers; use Kafka for that.
+owns every partition: an `exclusive` subscriber in the terms of
+schemas.queue.Subscriber (no rebalance, so nothing is ever revoked). Embedded mode
+scales by batching (bigger polls, bigger ClickHouse inserts), not by adding
+consumers; use Kafka for that.
 A new subscriber of a group starts at the group's committed offsets, so after a
 crash exactly the uncommitted messages are delivered again; a group that never
 committed starts at the oldest record still in the log.
@@ -60,7 +48,8 @@ long). A group is registered when it first subscribes: from then on nothing it
 has not committed is pruned, but records pruned before it existed are gone (as
 with Kafka's retention). While any registered group has not committed a
 partition, nothing of that partition is pruned, so a group that is no longer
-used must be dropped with `forget_group()` or it keeps the log from shrinking.
+used must be dropped (`flokit queue forget-group NAME`, forget_group()) or it
+keeps the log from shrinking.
 Freed pages are reused by later appends; the file keeps its high-water size.
 """
 from __future__ import annotations
@@ -73,10 +62,11 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
-from .base import Message, Publisher, QueueUnavailable, Record, Subscriber
+from schemas.queue import GroupBusy, Message, OnRevoke, Publisher, QueueUnavailable, Record, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +86,6 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 """
 
 
-class GroupBusy(RuntimeError):
-    """Another subscriber of the same group already reads this local log."""
-
-
 def _journal_mode_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
     """Switch to WAL, waiting out other connections as any statement does. SQLite answers "database is
     locked" to this pragma at once, without its busy handler, while another process is creating the file
@@ -114,6 +100,25 @@ def _journal_mode_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
             time.sleep(0.01)
 
 
+@contextmanager
+def _transaction(db: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    """`BEGIN <mode>` … `COMMIT`, or `ROLLBACK` when the block (or the commit) fails. IMMEDIATE takes
+    SQLite's write lock up front, waiting for it up to the connection's busy timeout ("database is locked"
+    after that); DEFERRED reads one snapshot. A rollback that fails leaves the connection in its
+    transaction (`in_transaction`): the caller drops such a connection."""
+    db.execute(f"BEGIN {mode}")
+    try:
+        yield db
+        db.execute("COMMIT")  # with synchronous=FULL, returns once the WAL is fsynced
+    except BaseException:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        raise
+
+
 def _connect(path: Path, busy_timeout: float, synchronous: str = "FULL") -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), with the
     file created and its schema in place."""
@@ -125,14 +130,9 @@ def _connect(path: Path, busy_timeout: float, synchronous: str = "FULL") -> sqli
             raise sqlite3.OperationalError(f"cannot put {path} in WAL mode")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL back to 64 MB after a checkpoint
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
     except BaseException:
         conn.close()
         raise
@@ -142,6 +142,24 @@ def _connect(path: Path, busy_timeout: float, synchronous: str = "FULL") -> sqli
 def _stored_partitions(conn: sqlite3.Connection) -> int | None:
     row = conn.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
     return None if row is None else int(row[0])
+
+
+def _lock_group(path: Path, group: str) -> int:
+    """Take the group's lock (`<path>.<group>.lock`, held until the returned descriptor is closed), or raise
+    GroupBusy when another subscriber of the group, in any process, holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(f"{path.name}.{urllib.parse.quote(group, safe='')}.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise GroupBusy(f"consumer group {group!r} already has a subscriber on {path} (lock {lock_path}); "
+                            "the embedded queue allows one consumer per group, scale it with bigger batches or "
+                            "use Kafka") from None
+        raise
+    return fd
 
 
 class LocalLogPublisher(Publisher):
@@ -174,14 +192,13 @@ class LocalLogPublisher(Publisher):
         if self._db is None:
             db = _connect(self._path, self._timeout, self._synchronous)
             try:
-                db.execute("BEGIN IMMEDIATE")
-                stored = _stored_partitions(db)
-                if stored is None:
-                    stored = self._requested_partitions
-                    db.execute("INSERT INTO meta (key, value) VALUES ('partitions', ?)", (stored,))
-                db.executemany("INSERT OR IGNORE INTO heads (partition, next_offset) VALUES (?, 0)",
-                               [(p,) for p in range(stored)])
-                db.execute("COMMIT")
+                with _transaction(db):
+                    stored = _stored_partitions(db)
+                    if stored is None:
+                        stored = self._requested_partitions
+                        db.execute("INSERT INTO meta (key, value) VALUES ('partitions', ?)", (stored,))
+                    db.executemany("INSERT OR IGNORE INTO heads (partition, next_offset) VALUES (?, 0)",
+                                   [(p,) for p in range(stored)])
             except BaseException:
                 db.close()
                 raise
@@ -241,8 +258,7 @@ class LocalLogPublisher(Publisher):
             if remaining_ms <= 0:
                 raise QueueUnavailable(f"local log {self._path}: no turn to write within {timeout:g}s")
             db.execute(f"PRAGMA busy_timeout={remaining_ms}")
-            db.execute("BEGIN IMMEDIATE")  # the write lock, or "database is locked" at the deadline
-            try:
+            with _transaction(db):  # the write lock, or "database is locked" at the deadline
                 heads = dict(db.execute("SELECT partition, next_offset FROM heads"))
                 touched = {r.partition for r in records}
                 rows = []
@@ -252,21 +268,13 @@ class LocalLogPublisher(Publisher):
                 db.executemany("INSERT INTO log (partition, offset, value) VALUES (?, ?, ?)", rows)
                 db.executemany("UPDATE heads SET next_offset = ? WHERE partition = ?",
                                [(heads[p], p) for p in touched])
-                db.execute("COMMIT")  # returns once the WAL is written (and, with FULL, fsynced)
-            except BaseException:
-                if db.in_transaction:
-                    try:
-                        db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        self._drop_connection()
-                raise
         except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
             raise  # a bug in the caller (e.g. a value that is not bytes), not an unavailable queue
         except sqlite3.Error as exc:  # locked past the deadline, disk full, I/O error...
-            if self._db is not None and self._db.in_transaction:
-                self._drop_connection()
             raise QueueUnavailable(f"local log {self._path} did not take the records in {timeout:g}s: {exc}") from exc
         finally:
+            if self._db is not None and self._db.in_transaction:
+                self._drop_connection()  # its rollback failed: the next publish starts on a new connection
             self._lock.release()
 
     def ready(self, timeout: float = 2.0) -> bool:
@@ -283,8 +291,8 @@ class LocalLogPublisher(Publisher):
         try:
             db = self._conn()
             db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
+            with _transaction(db):  # the write lock, had and given back
+                pass
             return True
         except sqlite3.Error:
             self._drop_connection()
@@ -299,37 +307,21 @@ class LocalLogPublisher(Publisher):
 
 
 class LocalLogSubscriber(Subscriber):
-    """The one reader of a consumer group on the local log; owns every partition.
+    """The one reader of a consumer group on the local log; owns every partition
+    (`exclusive`: see schemas.queue.Subscriber for what that promises). `on_revoke`
+    is taken as every subscriber takes it; being exclusive, it has nothing to revoke."""
 
-    `on_revoke` is accepted for parity with KafkaSubscriber and never called:
-    with a single member per group nothing is ever taken away (close() is the
-    end of the member, and the caller commits before it), and commit() never
-    raises CommitFailed (no other member can take the partitions). Like a
-    KafkaConsumer, one subscriber is used by one thread at a time.
-    """
+    exclusive = True
 
-    def __init__(self, path: Path, group: str, on_revoke: Callable[[set[int]], None] | None = None, *,
+    def __init__(self, path: Path, group: str, on_revoke: OnRevoke | None = None, *,
                  prune_interval: float = 5.0, prune_batch: int = 5_000, max_poll_bytes: int = 16 * 1024 * 1024,
                  busy_timeout: float = 30.0):
         self._path = Path(path)
         self._group = group
-        self._on_revoke = on_revoke  # never called: see the class docstring
         self._prune_interval = prune_interval
         self._prune_batch = prune_batch
         self._max_poll_bytes = max_poll_bytes
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_path = self._path.with_name(f"{self._path.name}.{urllib.parse.quote(group, safe='')}.lock")
-        self._lock_fd: int | None = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise GroupBusy(f"consumer group {group!r} already has a subscriber on {self._path} "
-                                f"(lock {self._lock_path}); the embedded queue allows one consumer per group, "
-                                "scale it with bigger batches or use Kafka") from None
-            raise
+        self._lock_fd: int | None = _lock_group(self._path, group)
         try:
             self._db = _connect(self._path, busy_timeout)
             self._db.execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?, ?)", (group, time.time()))
@@ -364,8 +356,7 @@ class LocalLogSubscriber(Subscriber):
             return []
         out: list[Message] = []
         size = 0
-        db.execute("BEGIN")  # one snapshot for every partition
-        try:
+        with _transaction(db, "DEFERRED"):  # one snapshot for every partition
             first = self._rotation = (self._rotation + 1) % count  # no partition starves the others
             for i in range(count):
                 partition = (first + i) % count
@@ -382,8 +373,6 @@ class LocalLogSubscriber(Subscriber):
                     if size >= self._max_poll_bytes:
                         break
                 self._positions[partition] = position
-        finally:
-            db.execute("COMMIT")
         # Every partition was read to its end in this snapshot unless a bound stopped a read (a partition
         # that gave all it was asked for leaves len(out) at max_messages).
         self._at_end = len(out) < max_messages and size < self._max_poll_bytes
@@ -416,17 +405,11 @@ class LocalLogSubscriber(Subscriber):
         for partition, offset in offsets.items():
             if partition < 0 or offset < 0:
                 raise ValueError(f"cannot commit offset {offset} of partition {partition}")
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self._db) as db:
             db.executemany(
                 "INSERT INTO group_offsets (grp, partition, next_offset) VALUES (?, ?, ?) "
                 "ON CONFLICT (grp, partition) DO UPDATE SET next_offset = excluded.next_offset",
                 [(self._group, p, o) for p, o in offsets.items()])
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         if time.monotonic() >= self._next_prune:
             try:
                 more = self.prune()
@@ -438,10 +421,8 @@ class LocalLogSubscriber(Subscriber):
     def prune(self) -> bool:
         """Delete records every registered group has committed past, at most
         `prune_batch` per partition; True when some are left to delete."""
-        db = self._db
         more = False
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self._db) as db:
             for partition in range(self._partition_count()):
                 # A group with no committed offset for the partition holds it at 0.
                 bound = db.execute(
@@ -455,10 +436,6 @@ class LocalLogSubscriber(Subscriber):
                 upto = min(bound, low + self._prune_batch)
                 db.execute("DELETE FROM log WHERE partition = ? AND offset < ?", (partition, upto))
                 more = more or upto < bound
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         return more
 
     def close(self) -> None:
@@ -471,13 +448,17 @@ class LocalLogSubscriber(Subscriber):
             self._lock_fd = None
 
 
-def forget_group(path: Path, group: str) -> None:
-    """Drop a consumer group that is no longer used, so it stops holding back pruning."""
-    db = _connect(Path(path), 30.0)
+def forget_group(path: Path, group: str) -> bool:
+    """Drop a consumer group that is no longer used, so it stops holding back pruning (`flokit queue
+    forget-group`); False if the log has no such group. Raises GroupBusy while a subscriber of it is open."""
+    lock_fd = _lock_group(Path(path), group)
     try:
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("DELETE FROM group_offsets WHERE grp = ?", (group,))
-        db.execute("DELETE FROM groups WHERE name = ?", (group,))
-        db.execute("COMMIT")
+        db = _connect(Path(path), 30.0)
+        try:
+            with _transaction(db):
+                db.execute("DELETE FROM group_offsets WHERE grp = ?", (group,))
+                return db.execute("DELETE FROM groups WHERE name = ?", (group,)).rowcount > 0
+        finally:
+            db.close()
     finally:
-        db.close()
+        os.close(lock_fd)

@@ -3,7 +3,7 @@
 chdb hosts one engine per process, bound to one data directory, and hands out any number of connection
 handles to it. A handle carries its own session state (current database, SET values) and serializes the
 calls made on it, but separate handles run queries in parallel and chdb releases the GIL while they run.
-So every request gets a fresh handle (about 0.2 ms to open and close): its URL settings become plain SETs
+So every request gets a fresh handle (cheap to open and close): its URL settings become plain SETs
 with nothing to restore, and no query waits for another request's query. One extra handle, opened first and
 closed last, keeps the engine up for the life of the server.
 
@@ -24,13 +24,10 @@ from chdb import _chdb  # importing via the package runs chdb's own loader setup
 
 from deploy.warehouse.errors import CANNOT_WRITE_TO_FILE_DESCRIPTOR, NOT_ENOUGH_SPACE, ClickHouseError
 from deploy.warehouse.sql import insert_from_file
+from schemas.warehouse import quote_identifier
 
 # ClickHouse expands these in a FROM INFILE name (no escaping): a spool path must not contain any.
 _GLOB_CHARS = frozenset("*?{}[]")
-
-
-def quote_identifier(name: str) -> str:
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
 def quote_literal(value: str) -> str:

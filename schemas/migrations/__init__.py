@@ -1,6 +1,6 @@
 """Versioned warehouse migrations: `schemas/migrations/NNNN_name.sql`, applied in order, each exactly once.
 
-    applied = apply_migrations(client, settings)   # names applied now, [] when up to date
+    applied = apply_migrations(client, database, cluster)   # names applied now, [] when up to date
 
 A migration file starts with a comment header saying what it does (its first line reads
 `-- NNNN_name: summary`); its statements are separated by lines holding only `;`. What was applied is
@@ -9,7 +9,8 @@ an applied file whose checksum changed is refused (MigrationError): a change to 
 migration. Statements should be idempotent (IF NOT EXISTS) so that a file interrupted halfway can simply
 be run again; migrations are not transactional.
 
-One set of files serves two topologies, chosen by `settings.clickhouse_cluster`:
+`client` is any clickhouse-connect client (deploy/clickhouse.py makes them; `flokit migrate` runs this). One
+set of files serves two topologies, chosen by the cluster name (FLOKIT_CLICKHOUSE_CLUSTER):
 
 - single node (cluster unset): plain MergeTree-family tables; what a consumer inserts into is the table;
 - cluster (`FLOKIT_CLICKHOUSE_CLUSTER=name`): every statement runs `ON CLUSTER name`, a sharded table T
@@ -31,12 +32,13 @@ comments are dropped when rendering.
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
-from typing import Any, Iterable
+from typing import Iterable
+
+from schemas.warehouse import MIGRATIONS_TABLE, quote_identifier
 
 __all__ = [
     "MIGRATIONS_TABLE",
@@ -50,7 +52,6 @@ __all__ = [
     "render_all",
 ]
 
-MIGRATIONS_TABLE = "schema_migrations"
 CLUSTER_ONLY = "-- cluster only"
 REPLICATED_PATH = "/clickhouse/tables/{shard}/{database}/{table}"
 REPLICA_NAME = "{replica}"
@@ -92,11 +93,11 @@ class Topology:
     """What the templates render for: a database, on a single node or on a named cluster."""
 
     database: str
-    cluster: str = ""
+    cluster: str = ""  # none: a single node
 
-    @classmethod
-    def of(cls, settings: Any) -> "Topology":
-        return cls(settings.clickhouse_database, settings.clickhouse_cluster)
+    def __post_init__(self) -> None:
+        if not self.database:
+            raise MigrationError("an empty database name")
 
     @property
     def db(self) -> str:
@@ -108,12 +109,6 @@ class Topology:
 
     def local(self, table: str) -> str:
         return f"{self.db}.{quote_identifier(table + '_local' if self.cluster else table)}"
-
-
-def quote_identifier(name: str) -> str:
-    if not name:
-        raise MigrationError("an empty database, cluster or table name")
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
 def quote_string(value: str) -> str:
@@ -214,14 +209,17 @@ def applied_migrations(client, topology: Topology) -> dict[str, str]:
     return {name: checksum for name, checksum in rows}
 
 
-def apply_migrations(client, settings: Any, migrations: Iterable[Migration] | None = None) -> list[str]:
-    """Apply every migration not yet recorded in schema_migrations, in order; returns their names.
+def apply_migrations(client, database: str, cluster: str = "", migrations: Iterable[Migration] | None = None
+                     ) -> list[str]:
+    """Apply every migration not yet recorded in `database`.schema_migrations, in order, for a single node
+    (`cluster` "") or a cluster; returns their names.
 
     Creates the database and schema_migrations first if missing. Refuses to do anything when an applied
     migration's file changed since (checksum mismatch). `client` is a clickhouse-connect client; its own
-    default database does not matter (every name is qualified).
+    default database does not matter (every name is qualified). A statement ClickHouse refuses is a
+    MigrationError naming it, whose __cause__ is the client's error.
     """
-    topology = settings if isinstance(settings, Topology) else Topology.of(settings)
+    topology = Topology(database, cluster)
     migrations = load_migrations() if migrations is None else sorted(migrations, key=lambda m: m.number)
     rendered = [(m, render(m, topology)) for m in migrations]  # template errors surface before any change
     # use_database=False: the client may default to the very database this creates.
@@ -241,60 +239,8 @@ def apply_migrations(client, settings: Any, migrations: Iterable[Migration] | No
             try:
                 client.command(statement, use_database=False)
             except Exception as exc:
-                raise MigrationError(f"{migration.name}: statement {number} of {len(statements)} failed: "
-                                     f"{_server_message(exc)}") from exc
+                raise MigrationError(f"{migration.name}: statement {number} of {len(statements)} failed") from exc
         client.insert(MIGRATIONS_TABLE, [[migration.name, datetime.now(timezone.utc), migration.checksum]],
                       column_names=["name", "applied_at", "checksum"], database=topology.database)
         done.append(migration.name)
     return done
-
-
-def _server_message(exc: Exception) -> str:
-    text = str(exc)
-    start = text.find("Code: ")
-    return (text[start:] if start >= 0 else text).split(" (version ")[0].strip()
-
-
-# -- `flokit migrate` --------------------------------------------------------------------------------------
-
-
-def main(settings: Any, print_only: bool = False, stdout=None, stderr=None) -> int:
-    """`flokit migrate`: apply what is pending and say what was applied (or print the statements)."""
-    import sys
-
-    from schemas.warehouse import WarehouseUnreachable, connect, describe_url
-
-    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
-    logging.getLogger("clickhouse_connect").setLevel(logging.ERROR)  # its retry warnings; we say it better
-    topology = Topology.of(settings)
-    where = f"database {topology.database}" + (f" on cluster {topology.cluster}" if topology.cluster else "")
-    if print_only:
-        for statement in bootstrap_statements(topology):
-            print(f"{statement};\n", file=stdout)
-        for name, statements in render_all(topology):
-            print(f"-- {name}", file=stdout)
-            for statement in statements:
-                print(f"{statement};\n", file=stdout)
-        return 0
-    try:
-        client = connect(settings)
-    except WarehouseUnreachable as exc:
-        print(f"flokit migrate: {exc}", file=stderr)
-        return 1
-    try:
-        applied = apply_migrations(client, settings)
-    except MigrationError as exc:
-        print(f"flokit migrate: {exc}", file=stderr)
-        return 1
-    except Exception as exc:  # clickhouse-connect's errors: ClickHouse refused a bootstrap statement or went away
-        print(f"flokit migrate: {describe_url(settings.warehouse_url)}: {_server_message(exc)}", file=stderr)
-        return 1
-    finally:
-        client.close()
-    descriptions = {m.name: m.description for m in load_migrations()}
-    for name in applied:
-        print(f"applied {name}: {descriptions.get(name, '')}", file=stdout)
-    total = len(descriptions)
-    print(f"{where}: {'up to date' if not applied else f'{len(applied)} applied now'}, "
-          f"{total} migration{'s' if total != 1 else ''} in all", file=stdout)
-    return 0

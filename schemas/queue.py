@@ -1,16 +1,18 @@
 """The queue between the front door and the consumers, as a narrow interface.
 
-Two implementations sit behind it: Kafka (production, `kafka_queue.py`) and a
-durable local log (embedded mode). The front door only publishes; consumers only
-poll and commit. Both sides speak in partitions: all records of one partition
-are delivered in the order they were published, and each partition is read by
-one consumer of the group at a time.
+Two implementations sit behind it (deploy/queue/): Kafka (production) and a durable local log (embedded
+mode). The front door only publishes; consumers only poll and commit. Both sides speak in partitions: all
+records of one partition are delivered in the order they were published, and each partition is read by one
+member of a consumer group at a time.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
+
+#: Called by a subscriber with the partitions a rebalance takes away from it (see Subscriber).
+OnRevoke = Callable[[set[int]], None]
 
 
 class QueueUnavailable(Exception):
@@ -18,6 +20,10 @@ class QueueUnavailable(Exception):
 
     Nothing may be reported to a producer as accepted when this is raised.
     """
+
+
+class GroupBusy(RuntimeError):
+    """An exclusive queue's consumer group already has its one member (see Subscriber.exclusive)."""
 
 
 class CommitFailed(Exception):
@@ -72,6 +78,22 @@ class Publisher(ABC):
 
 
 class Subscriber(ABC):
+    """One member of a consumer group. Used by one thread at a time.
+
+    Revocation. A subscriber is made with an `on_revoke: OnRevoke | None` (a constructor argument of every
+    implementation; a consumer passes a factory taking it, see consumer.worker). When a rebalance moves
+    partitions from this member to another, the subscriber calls `on_revoke(partitions)` inside poll(),
+    before any other member may read them, so the caller can write and commit what it holds of them; a
+    commit of those partitions after that raises CommitFailed.
+
+    `exclusive` is True for a queue whose group has exactly one member (the local log): a second subscriber
+    of the group is refused with GroupBusy while one is open, so the one member owns every partition from
+    the start, no rebalance ever happens, on_revoke is never called and commit() never raises CommitFailed.
+    Closing the subscriber ends its membership (the caller drains before it closes).
+    """
+
+    exclusive: bool = False
+
     @abstractmethod
     def poll(self, max_messages: int, timeout: float) -> list[Message]:
         """Up to `max_messages` next messages of the assigned partitions, in
@@ -96,3 +118,7 @@ class Subscriber(ABC):
     def close(self) -> None:
         """Leave the group; uncommitted messages go to whichever member takes
         the partition next."""
+
+
+#: Makes the subscriber a consumer reads through, given the callback for revoked partitions.
+SubscriberFactory = Callable[[OnRevoke], Subscriber]
