@@ -16,7 +16,7 @@ tables and views:
 | --- | --- |
 | a client retry with Idempotency-Key | the front door replays the first answer; nothing new is queued |
 | a retry after a 503 whose first attempt did reach Kafka | the retry reuses the attempt's event ids; both copies collapse (below) |
-| a Kafka producer retry | the idempotent producer: the broker writes the record once |
+| a Kafka producer retry (the producer is not idempotent: deploy/queue/kafka_queue.py says why) | the copy carries the same event ids: collapsed as below |
 | the same batch inserted twice (insert timed out, retried) | `insert_deduplication_token` = hash of the batch's event ids |
 | a worker killed after inserting but before committing, or a rebalance mid-batch | the redelivered events carry the same event ids: a bounded recent-ids set in each worker drops copies it has seen, and the `events` table's ReplacingMergeTree key plus `FINAL` in every documented view hide any copy that still lands, before any merge |
 """

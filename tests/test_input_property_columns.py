@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from consumer.writer import BatchWriter
+from deploy.clickhouse import connect
 from deploy.settings import Settings
 from schemas import envelope, warehouse
 from schemas.events import EventInvalid, EventValidator
@@ -32,8 +33,8 @@ def client(tmp_path_factory):
     proc, url = start_warehouse(tmp_path_factory.mktemp("warehouse"))
     database = f"flokit_{uuid.uuid4().hex[:8]}"
     settings = {"FLOKIT_CLICKHOUSE_URL": url, "FLOKIT_CLICKHOUSE_DATABASE": database}
-    connection = warehouse.connect(Settings.from_env({**settings, "FLOKIT_CLICKHOUSE_DATABASE": "default"}))
-    apply_migrations(connection, Settings.from_env(settings))
+    connection = connect(Settings.from_env({**settings, "FLOKIT_CLICKHOUSE_DATABASE": "default"}))
+    apply_migrations(connection, database)
     yield connection, database
     connection.close()
     assert stop_warehouse(proc) == 0
