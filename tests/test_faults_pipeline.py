@@ -1,0 +1,236 @@
+"""Faults of the pipeline's own processes under load, each ending in the same count (tests/faults.py): every
+event that got a 200 is in events_deduped once, and nothing else is there.
+
+On the production stack (Kafka, Redis, the embedded warehouse): the warehouse killed for 60 s, a consumer
+SIGKILLed again and again, the front door SIGTERMed. On the embedded queue: its disk full.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from deploy.queue.kafka_queue import create_topics
+from deploy.settings import Settings
+from ingest_api.state.redis_state import RedisState
+from schemas import warehouse
+from schemas.migrations import apply_migrations
+
+from .faults import LoadGenerator, count_in_warehouse, fill, tmpfs
+from .services import ApiServer, ConsumerProcess, cpu_seconds, group_lag, read_events, unique, wait_until
+from .warehouse_process import Warehouse
+
+
+@pytest.fixture(scope="module")
+def shared_warehouse(tmp_path_factory):
+    """One warehouse for the module's scenarios (each has its own database); scenario a kills it."""
+    wh = Warehouse(tmp_path_factory.mktemp("warehouse"))
+    yield wh
+    wh.stop()
+
+
+def pipeline_env(tmp_path, warehouse_url: str, redis_url: str, kafka_bootstrap: str | None) -> dict[str, str]:
+    """A fresh topic (or the embedded log under tmp_path), database, consumer group and workspace limit."""
+    env = {"FLOKIT_DATA_DIR": str(tmp_path), "FLOKIT_REDIS_URL": redis_url, "FLOKIT_CLICKHOUSE_URL": warehouse_url,
+           "FLOKIT_CLICKHOUSE_DATABASE": unique("faults").replace("-", "_"), "FLOKIT_CONSUMER_GROUP": unique("group"),
+           "FLOKIT_BATCH_MAX_SECONDS": "0.5", "FLOKIT_ENQUEUE_TIMEOUT_SECONDS": "5",
+           "FLOKIT_RATE_LIMIT_PER_MINUTE": "1000000", "FLOKIT_KAFKA_BOOTSTRAP": ""}
+    if kafka_bootstrap:
+        topic = unique("faults")
+        create_topics(kafka_bootstrap, {topic: 4, topic + ".dlq": 4})
+        env.update({"FLOKIT_KAFKA_BOOTSTRAP": kafka_bootstrap, "FLOKIT_TOPIC": topic,
+                    "FLOKIT_DLQ_TOPIC": topic + ".dlq"})
+    settings = Settings.from_env(env)
+    apply_migrations(warehouse.connect(settings), settings)
+    return env
+
+
+@pytest.fixture
+def production(tmp_path, shared_warehouse, kafka_bootstrap, redis_url):
+    """(env, settings, warehouse client, workspace, API key) of a pipeline on Kafka and Redis."""
+    env = pipeline_env(tmp_path, shared_warehouse.url, redis_url, kafka_bootstrap)
+    settings = Settings.from_env(env)
+    workspace = unique("ws")
+    return env, settings, warehouse.connect(settings), workspace, RedisState(redis_url).create_key(workspace)
+
+
+def rows_of(client, settings: Settings, workspace: str) -> int:
+    return client.query(f"SELECT count() FROM `{settings.clickhouse_database}`.events WHERE workspace = {{ws:String}}",
+                        parameters={"ws": workspace}).result_rows[0][0]
+
+
+def test_a_warehouse_killed_for_60_seconds_under_load(production, shared_warehouse, tmp_path):
+    env, settings, client, workspace, key = production
+    lag = lambda: group_lag(settings.kafka_bootstrap, settings.topic, settings.consumer_group)
+    consumer = ConsumerProcess(env, log_path=tmp_path / "consumer.log")
+    server = ApiServer(env).start()
+    load = LoadGenerator(server.url, key).start()
+    try:
+        load.wait_for_acknowledged(1_000)
+        wait_until(lambda: rows_of(client, settings, workspace) > 0, message="the consumer writing")
+        lag_before = lag()
+        shared_warehouse.kill()
+        cpu_before, down_at = cpu_seconds(consumer.proc.pid), time.monotonic()
+        time.sleep(60)
+        cpu_while_down = cpu_seconds(consumer.proc.pid) - cpu_before
+        lag_down = lag()
+        log_while_down = consumer.output()
+        shared_warehouse.start_again()
+        back_at = time.monotonic()
+        down_seconds = back_at - down_at
+        # Caught up: the lag back to what it was under the same load before the outage.
+        wait_until(lambda: lag() <= max(lag_before, 50), timeout=90, interval=1, message="caught up")
+        caught_up_after = time.monotonic() - back_at
+    finally:
+        load.stop()
+        server.stop()
+    tally = count_in_warehouse(client, settings.clickhouse_database, workspace, load)
+    code, out = consumer.stop()
+    print(f"lag {lag_before} → {lag_down} records after {down_seconds:.0f} s down, caught up in "
+          f"{caught_up_after:.1f} s; consumer CPU while down {cpu_while_down:.1f} s; {load.summary()}; {tally}")
+    assert lag_down > lag_before + 100, "the lag did not grow while the warehouse was down"
+    assert consumer.proc.returncode == 0 and code == 0, out[-3000:]  # it never crashed; stopped cleanly at the end
+    retries = log_while_down.count("flush failed")
+    assert 2 <= retries <= 40, f"{retries} failed flushes in 60 s: no backoff, or no retry"
+    assert cpu_while_down < 15, f"the consumer used {cpu_while_down:.1f} s of CPU in 60 s waiting: it spins"
+    assert set(load.statuses()) == {200}, load.summary()  # the front door never noticed
+    tally.assert_exact()
+
+
+KILLS = 10
+
+
+def test_b_consumer_sigkilled_at_10_random_moments_under_load(production, tmp_path):
+    env, settings, client, workspace, key = production
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    consumer = ConsumerProcess(env, log_path=tmp_path / "consumer-0.log")
+    server = ApiServer(env).start()
+    load = LoadGenerator(server.url, key).start()
+    moments = []
+    try:
+        for kill in range(KILLS):
+            # A moment while it works: once it has written something since it started, after a random delay.
+            written = rows_of(client, settings, workspace)
+            wait_until(lambda: rows_of(client, settings, workspace) > written, timeout=60, interval=0.2,
+                       message=f"consumer {kill} writing")
+            moments.append(rng.uniform(0, 1.5))
+            time.sleep(moments[-1])
+            consumer.signal(signal.SIGKILL)
+            assert consumer.wait(10)[0] == -signal.SIGKILL
+            consumer = ConsumerProcess(env, log_path=tmp_path / f"consumer-{kill + 1}.log")
+    finally:
+        load.stop()
+        server.stop()
+    tally = count_in_warehouse(client, settings.clickhouse_database, workspace, load)
+    code, out = consumer.stop()
+    print(f"seed {seed}; killed {KILLS} times, {', '.join(f'{m:.2f}' for m in moments)} s after a write; "
+          f"{load.summary()}; {tally}")
+    assert code == 0, out[-3000:]
+    assert set(load.statuses()) == {200}, load.summary()
+    tally.assert_exact()
+
+
+def test_c_front_door_sigterm_under_load(production, tmp_path):
+    env, settings, client, workspace, key = production
+    consumer = ConsumerProcess(env, log_path=tmp_path / "consumer.log")
+    server = ApiServer(env).start()
+    load = LoadGenerator(server.url, key, threads=4).start()
+    replacement = None
+    try:
+        load.wait_for_acknowledged(1_000)
+        stopped_at = time.monotonic()
+        os.kill(server.proc.pid, signal.SIGTERM)  # gunicorn's master: a graceful stop
+        server.proc.wait(60)
+        stop_seconds = time.monotonic() - stopped_at
+        out = server.stop()
+        # A new front door on the same port: the clients' retries of what the old one did not answer go there.
+        replacement = ApiServer(env, port=server.port).start()
+        acked = load.acknowledged_events()
+        load.wait_for_acknowledged(acked + 500)
+    finally:
+        load.stop()
+        if replacement:
+            replacement.stop()
+    tally = count_in_warehouse(client, settings.clickhouse_database, workspace, load)
+    consumer.stop()
+    print(f"the old front door took {stop_seconds:.1f} s to stop; {load.summary()}; {tally}")
+    assert "Traceback" not in out, out[-3000:]
+    # Past graceful_timeout gunicorn drops the connections still open, and with them any request in flight:
+    # a worker must close its keep-alive connections once stopping, not serve them until then.
+    assert "graceful timeout" not in out, f"workers were killed after {stop_seconds:.0f} s: {out[-2000:]}"
+    # An answer lost in flight: a request the old front door had taken (its retry is a replay, or finds it
+    # still in progress) that got no answer. A connection refused or reset before the front door read the
+    # request is not one: its retry is served afresh.
+    lost_in_flight = []
+    for request in load.requests:
+        for failed, retry in zip(request.answers, request.answers[1:]):
+            if failed.status is None and (retry.replayed or retry.status == 409):
+                lost_in_flight.append((request.key, failed.error, retry.status, retry.replayed))
+    assert not lost_in_flight, f"{len(lost_in_flight)} requests taken but not answered: {lost_in_flight[:5]}"
+    assert set(load.statuses()) <= {200, "refused", "reset"}, load.summary()
+    in_kafka = {e["event_id"] for e in read_events(settings.kafka_bootstrap, settings.topic)}
+    acked = {i for r in load.requests if r.event_ids for i in r.event_ids}
+    assert acked <= in_kafka, f"{len(acked - in_kafka)} acknowledged events are not in Kafka"
+    tally.assert_exact()
+
+
+# --- the embedded queue ------------------------------------------------------
+
+
+def integrity(path) -> str:
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return db.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_d_local_log_disk_full(tmp_path, shared_warehouse, redis_url):
+    """The embedded queue's data dir on a small tmpfs, filled. The front-door state is in Redis here, so the
+    full disk hits the queue alone (with SQLite state on the same disk, the state would fail first)."""
+    with tmpfs(tmp_path / "data", "16m") as data:
+        env = pipeline_env(data, shared_warehouse.url, redis_url, kafka_bootstrap=None)
+        settings = Settings.from_env(env)
+        client = warehouse.connect(settings)
+        workspace = unique("ws")
+        key = RedisState(redis_url).create_key(workspace)
+        timeout = settings.enqueue_timeout_seconds
+        consumer = ConsumerProcess(env, log_path=tmp_path / "consumer.log")
+        server = ApiServer(env).start()
+        load = LoadGenerator(server.url, key).start()
+        try:
+            load.wait_for_acknowledged(1_000)
+            filled = fill(data)
+            full_at = time.monotonic()
+            wait_until(lambda: [a for a in load.answers() if a.sent_at > full_at and a.status == 503],
+                       timeout=60, message="a 503 on the full disk")
+            time.sleep(3)  # answers on the full disk
+            assert integrity(data / "queue.sqlite3") == "ok"
+            (data / "filler").unlink()
+            freed_at = time.monotonic()
+            wait_until(lambda: [a for a in load.answers() if a.sent_at > freed_at and a.status == 200],
+                       timeout=30, message="a 200 once space is freed")
+            load.wait_for_acknowledged(load.acknowledged_events() + 500)
+        finally:
+            load.stop()
+            server.stop()
+        assert consumer.proc.poll() is None, f"the consumer died: {consumer.output()[-3000:]}"
+        tally = count_in_warehouse(client, settings.clickhouse_database, workspace, load)
+        code, out = consumer.stop()
+        assert integrity(data / "queue.sqlite3") == "ok"
+    while_full = [a for a in load.answers() if full_at < a.sent_at < freed_at]
+    print(f"filled {filled} bytes; while full: {len(while_full)} answers "
+          f"{sorted({(a.status, a.error) for a in while_full}, key=str)}; {load.summary()}; {tally}")
+    assert code == 0, out[-3000:]
+    assert {a.status for a in load.answers()} <= {200, 503}, load.summary()
+    full_503 = [a for a in while_full if a.status == 503]
+    assert all(a.error == "queue_unavailable" and a.retry_after for a in full_503), full_503[:3]
+    slowest = max(a.latency for a in load.answers())
+    assert slowest <= timeout + 1, f"an answer took {slowest:.1f} s (the enqueue timeout is {timeout} s)"
+    tally.assert_exact()
