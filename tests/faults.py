@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -304,3 +306,37 @@ def fill(directory: Path) -> int:
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
     return written
+
+
+# --- a service stopped or frozen -------------------------------------------------
+
+
+def service_pid(script: str, port: str) -> int:
+    """The pid deploy/kafka.sh or deploy/redis.sh recorded for the service on `port`."""
+    if script == "kafka.sh":
+        pidfile = Path(os.environ.get("KAFKA_DIR", f"/tmp/flokit-kafka-{port}")) / "broker.pid"
+    else:
+        pidfile = Path(os.environ.get("REDIS_DIR", f"/tmp/flokit-redis-{port}")) / "redis.pid"
+    return int(pidfile.read_text())
+
+
+@contextmanager
+def frozen(pid: int):
+    """SIGSTOP `pid` for the block (it stays alive, holding its connections, answering nothing); SIGCONT after,
+    whatever happens: the suite shares the service."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def in_window(answers: list[Answer], start: float, end: float) -> list[Answer]:
+    """The answers to requests sent at or after `start` and answered by `end` (time.monotonic())."""
+    return [a for a in answers if a.sent_at >= start and a.answered_at <= end]
+
+
+def first_200_after(answers: list[Answer], moment: float) -> float | None:
+    """Seconds from `moment` to the first 200 answered after it."""
+    times = [a.answered_at for a in answers if a.status == 200 and a.answered_at > moment]
+    return min(times) - moment if times else None
