@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Redis on loopback for tests and benchmarks (Debian's redis-server).
 #   deploy/redis.sh start|stop|status
-# Settings (environment): REDIS_PORT (16379), REDIS_DIR (pid file, log, data).
+# Settings (environment): REDIS_PORT (16379), REDIS_DIR (pid file, log, append-only file).
 set -euo pipefail
 port=${REDIS_PORT:-16379}
 dir=${REDIS_DIR:-/tmp/flokit-redis-$port}
@@ -17,8 +17,10 @@ start() {
       || { echo "redis.sh: could not install redis-server" >&2; exit 1; }
   fi
   mkdir -p "$dir"
+  # Append-only file, fsynced every second: a restart keeps keys, rate counts and idempotency records (README,
+  # "In production"), losing at most the last second's writes if the machine itself goes down.
   redis-server --port "$port" --bind 127.0.0.1 --daemonize yes --pidfile "$pidfile" \
-    --dir "$dir" --logfile "$dir/redis.log" --save "" --appendonly no
+    --dir "$dir" --logfile "$dir/redis.log" --save "" --appendonly yes --appendfsync everysec
   for _ in $(seq 1 50); do
     if redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then echo "redis.sh: redis ready on 127.0.0.1:$port"; return 0; fi
     sleep 0.1

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from .coalesce import Coalescer
-from .state.base import FrontDoorState, RateDecision, Workspace
+from .coalesce import Coalescer, DeadlinePassed
+from .state.base import FrontDoorState, RateDecision, StateUnavailable, Workspace
 
 GRANT_SECONDS = 1.0
 MAX_GRANT = 64
@@ -53,9 +53,10 @@ class Admission:
         self._grants: dict[str, _Grant] = {}  # by API key; only keys that were admitted
         self._calls = Coalescer(self._admit_many, "admission")
 
-    def admit(self, token: str, now: float) -> tuple[Workspace, RateDecision] | None:
+    def admit(self, token: str, now: float, deadline: float | None = None) -> tuple[Workspace, RateDecision] | None:
         """The key's workspace and this request's rate-limit decision; None for an unknown, malformed or
-        revoked key (nothing counted)."""
+        revoked key (nothing counted). StateUnavailable if the store did not answer by `deadline`
+        (time.monotonic()); a request admitted from a grant does not wait for the store."""
         grant = self._grants.get(token)
         if grant is not None and now < grant.expires:
             try:
@@ -67,7 +68,10 @@ class Admission:
                     grant.refilling = True
                     self._calls.post((token, now, False))
                 return grant.workspace, decision
-        return self._calls.submit((token, now, True))
+        try:
+            return self._calls.submit((token, now, True), deadline)
+        except DeadlinePassed as exc:
+            raise StateUnavailable(str(exc)) from exc
 
     def _admit_many(self, items: list[tuple[str, float, bool]]) -> list:
         # One entry per key: its waiting requests first, then its next grant.

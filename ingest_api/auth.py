@@ -14,8 +14,10 @@ log = logging.getLogger(__name__)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flokit"'}
 
 
-def admit(request: IngestRequest, admission: Admission, now: float) -> tuple[Workspace, RateDecision]:
-    """The caller's workspace and this request's rate-limit decision, or Unauthorized."""
+def admit(request: IngestRequest, admission: Admission, now: float,
+          deadline: float | None = None) -> tuple[Workspace, RateDecision]:
+    """The caller's workspace and this request's rate-limit decision, or Unauthorized (state_unavailable if the
+    shared state did not answer by `deadline`)."""
     header = request.header("Authorization", "")
     scheme, _, token = header.strip().partition(" ")
     if not header:
@@ -23,7 +25,7 @@ def admit(request: IngestRequest, admission: Admission, now: float) -> tuple[Wor
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("invalid_api_key", "the Authorization header must be 'Bearer <key>'", headers=_CHALLENGE)
     try:
-        admitted = admission.admit(token.strip(), now)
+        admitted = admission.admit(token.strip(), now, deadline)
     except StateUnavailable as exc:
         log.warning("admission failed: %s", exc)
         raise state_unavailable() from exc

@@ -10,7 +10,7 @@ from typing import Sequence
 from deploy.queue.base import Publisher, QueueUnavailable, Record
 from schemas import envelope
 
-from .coalesce import Coalescer
+from .coalesce import Coalescer, DeadlinePassed
 from .errors import RETRY_AFTER_SECONDS, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -28,25 +28,37 @@ class Enqueuer:
         self._timeout = timeout
         self._requests = Coalescer(self._publish, "enqueue", flushers=PUBLISHERS)
 
-    def publish(self, workspace: str, received_at: str, events: list[dict]) -> None:
-        """Durably enqueue `events` (each with its event_id) or raise ServiceUnavailable."""
+    def publish(self, workspace: str, received_at: str, events: list[dict], deadline: float | None = None) -> None:
+        """Durably enqueue `events` (each with its event_id) by `deadline` (time.monotonic(); by default the
+        enqueue timeout from now), or raise ServiceUnavailable."""
+        if deadline is None:
+            deadline = time.monotonic() + self._timeout
         try:
-            self._requests.submit((workspace, received_at, events, time.monotonic() + self._timeout))
+            self._requests.submit((workspace, received_at, events), deadline)
+        except DeadlinePassed as exc:
+            # Withdrawn before any flush took them: nothing of them reaches the queue, and the answer can say so.
+            raise _unavailable(NOT_QUEUED if exc.withdrawn else MAY_ARRIVE) from exc
         except QueueUnavailable as exc:
             log.warning("enqueue failed: %s", exc)  # the detail names internal hosts: logged, not returned
-            raise ServiceUnavailable("queue_unavailable",
-                                     "the event queue did not accept the events in time; nothing was accepted,"
-                                     " retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc
+            raise _unavailable(MAY_ARRIVE) from exc
 
-    def _publish(self, requests: list[tuple[str, str, list[dict], float]]) -> list[None]:
-        # One answer for all: if any record is not acknowledged, every request of the flush gets a 503
-        # (never a 200 for an event that may be lost; a retry of one that did arrive is deduped by the
-        # Idempotency-Key). The oldest request's deadline bounds the wait.
-        records = records_for([(workspace, received_at, events) for workspace, received_at, events, _ in requests],
-                              self._publisher.partition_count())
-        deadline = min(request[3] for request in requests)
-        self._publisher.publish(records, max(0.0, deadline - time.monotonic()))
+    def _publish(self, requests: list[tuple[str, str, list[dict]]]) -> list[None]:
+        # One answer for all: if any record is not acknowledged, every request of the flush gets a 503 (never a
+        # 200 for an event that may be lost). The queue gets the whole enqueue timeout, whatever is left of each
+        # request's own: a request whose deadline comes first is answered then (Coalescer.submit) without
+        # cutting the others' wait short, and a publish fails only when the queue did not take the records.
+        self._publisher.publish(records_for(requests, self._publisher.partition_count()), self._timeout)
         return [None] * len(requests)
+
+
+NOT_QUEUED = "the event queue did not take the events in time; none of them was queued, retry later"
+MAY_ARRIVE = ("the event queue did not acknowledge the events in time: they are not accepted, but may still arrive."
+              " A retry with the same Idempotency-Key counts none of them twice; without one, a retry may count"
+              " some twice")
+
+
+def _unavailable(message: str) -> ServiceUnavailable:
+    return ServiceUnavailable("queue_unavailable", message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def records_for(requests: Sequence[tuple[str, str, list[dict]]], partitions: int) -> list[Record]:

@@ -6,6 +6,7 @@ returned only after the queue acknowledged every accepted event.
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, current_app, request
@@ -39,11 +40,14 @@ for _path, _batch in ROUTES.items():
 
 
 def ingest(ctx: FrontDoor, request: IngestRequest, batch: bool) -> JsonResponse:
+    # Every wait of the request (the shared state's answers, the queue's) ends by then: it is answered within the
+    # enqueue timeout, whatever those do. The body has arrived whole by now (deploy/http_handler.py).
+    deadline = time.monotonic() + ctx.settings.enqueue_timeout_seconds
     now = ctx.clock()
-    workspace, decision = auth.admit(request, ctx.admission, now)
+    workspace, decision = auth.admit(request, ctx.admission, now, deadline)
     limit_headers = rate_limit.enforce(decision)
     try:
-        response = _handle(ctx, request, workspace, batch, now)
+        response = _handle(ctx, request, workspace, batch, now, deadline)
     except ApiError as exc:
         exc.headers = {**limit_headers, **exc.headers}
         raise
@@ -51,7 +55,8 @@ def ingest(ctx: FrontDoor, request: IngestRequest, batch: bool) -> JsonResponse:
     return response
 
 
-def _handle(ctx: FrontDoor, request: IngestRequest, workspace, batch: bool, now: float) -> JsonResponse:
+def _handle(ctx: FrontDoor, request: IngestRequest, workspace, batch: bool, now: float,
+            deadline: float) -> JsonResponse:
     document = parse_json(read_body(request, ctx.settings.max_body_bytes))
     try:
         items = validate_batch_shape(document) if batch else [document]
@@ -61,27 +66,28 @@ def _handle(ctx: FrontDoor, request: IngestRequest, workspace, batch: bool, now:
 
     key = request.header("Idempotency-Key")
     if key is None:
-        return _accept(ctx, workspace, batch, items, event_ids, now)
+        return _accept(ctx, workspace, batch, items, event_ids, now, deadline)
     key = idempotency.valid_key(key)
     begun = idempotency.begin(ctx.state, workspace.name, key, idempotency.fingerprint(request.path, document),
-                              event_ids, now)
+                              event_ids, now, deadline)
     if isinstance(begun, JsonResponse):
         return begun
     try:
-        response = _accept(ctx, workspace, batch, items, begun, now)
+        response = _accept(ctx, workspace, batch, items, begun, now, deadline)
     except BadRequest as exc:
         # A final answer: a retry of the same body gets the same one.
-        idempotency.finish(ctx.state, workspace.name, key, exc.response())
+        idempotency.finish(ctx.state, workspace.name, key, exc.response(), deadline)
         raise
     except BaseException:
         # No final answer (queue unavailable, crash): a retry may go ahead, with the same event ids.
         idempotency.fail(ctx.state, workspace.name, key)
         raise
-    idempotency.finish(ctx.state, workspace.name, key, response)
+    idempotency.finish(ctx.state, workspace.name, key, response, deadline)
     return response
 
 
-def _accept(ctx, workspace, batch: bool, items: list, event_ids: list[str], now: float) -> JsonResponse:
+def _accept(ctx, workspace, batch: bool, items: list, event_ids: list[str], now: float,
+            deadline: float) -> JsonResponse:
     validator = ctx.strict_validator if workspace.strict_events else ctx.validator
     accepted, errors = [], []
     for index, item in enumerate(items):
@@ -98,7 +104,7 @@ def _accept(ctx, workspace, batch: bool, items: list, event_ids: list[str], now:
                          extra={"accepted": 0, "rejected": len(errors), "event_ids": [], "errors": errors})
 
     received_at = envelope.iso_ms(now)
-    ctx.enqueuer.publish(workspace.name, received_at, accepted)
+    ctx.enqueuer.publish(workspace.name, received_at, accepted, deadline)
     if not batch:
         return json_response({"status": "ok", "event_id": ids[0]})
     return json_response({"status": "ok", "accepted": len(accepted), "rejected": len(errors),

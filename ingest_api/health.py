@@ -1,11 +1,14 @@
 """Liveness, readiness and the API's own description."""
 from __future__ import annotations
 
+import time
 from importlib import resources
 
 from flask import Blueprint, Response, current_app
 
+from .coalesce import DeadlinePassed
 from .errors import RETRY_AFTER_SECONDS, json_response
+from .state.base import FrontDoorState, StateUnavailable, StoreCall
 
 bp = Blueprint("health", __name__)
 
@@ -17,13 +20,17 @@ def healthz():
     return json_response({"status": "ok"})
 
 
+# How long /readyz waits for each of the queue and the shared state.
+READY_TIMEOUT_SECONDS = 2.0
+
+
 @bp.get("/readyz")
 def readyz():
     ctx = current_app.extensions["flokit"]
-    if not ctx.publisher.ready(timeout=2.0):
-        return json_response({"error": "queue_unavailable", "message": "the event queue is not reachable"}, 503,
+    if not ctx.publisher.ready(timeout=READY_TIMEOUT_SECONDS):
+        return json_response({"error": "queue_unavailable", "message": "the event queue is not taking events"}, 503,
                              {"Retry-After": str(RETRY_AFTER_SECONDS)})
-    if not ctx.state.ping():
+    if not _state_answers(ctx.state):
         return json_response({"error": "state_unavailable", "message": "the shared state store is not reachable"}, 503,
                              {"Retry-After": str(RETRY_AFTER_SECONDS)})
     return json_response({"status": "ok"})
@@ -32,3 +39,11 @@ def readyz():
 @bp.get("/v1/openapi.json")
 def openapi():
     return Response(_OPENAPI.read_bytes(), mimetype="application/json")
+
+
+def _state_answers(state: FrontDoorState) -> bool:
+    # On one of the store's callers, so that a store that does not answer (Redis frozen) costs READY_TIMEOUT_SECONDS.
+    try:
+        return state.calls.submit(StoreCall(state.ping), time.monotonic() + READY_TIMEOUT_SECONDS)
+    except (DeadlinePassed, StateUnavailable):
+        return False

@@ -2,10 +2,16 @@
 front-door state must behave the same. Each test runs against both."""
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
+from contextlib import contextmanager
 
 import pytest
+import redis
 
+from ingest_api import idempotency
+from ingest_api.errors import Conflict, JsonResponse, ServiceUnavailable, json_response
 from ingest_api.state.base import (IDEMPOTENCY_STALE_SECONDS, IDEMPOTENCY_WINDOW_SECONDS, StoredResponse,
                                    key_id_of, split_key)
 from ingest_api.state.redis_state import RedisState
@@ -199,3 +205,65 @@ def test_redis_admission_keeps_one_connection_and_reconnects_after_losing_it(red
     finally:
         admin.close()
         store.close()
+
+
+@contextmanager
+def stalled(state, seconds: float, request, tmp_path):
+    """The store stops answering for `seconds`, for real: Redis paused (CLIENT PAUSE: every client of it waits),
+    or SQLite's write lock held by another connection."""
+    if isinstance(state, RedisState):
+        admin = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        admin.client_pause(int(seconds * 1000), all=True)  # ends by itself
+        try:
+            yield
+        finally:
+            admin.close()
+        return
+    blocker = sqlite3.connect(tmp_path / "state.sqlite3", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(seconds, blocker.rollback)
+    release.start()
+    try:
+        yield
+    finally:
+        release.join()
+        blocker.close()
+
+
+def until_answered(call, timeout: float = 15):
+    """call() once the record is not pending any more (Conflict: in progress)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except Conflict:
+            assert time.monotonic() < deadline, "the idempotency record stayed pending"
+            time.sleep(0.05)
+
+
+def test_a_stalled_store_holds_a_request_only_until_its_deadline(state, request, tmp_path):
+    # Neither Redis (a 5 s socket timeout) nor SQLite (a 10 s busy timeout) bounds a call by what is left of a
+    # request's time: the request's idempotency calls wait for the store until the request's deadline at most.
+    with stalled(state, 1.5, request, tmp_path):
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable) as raised:
+            idempotency.begin(state, "acme", "late", "fp", ["evt_1"], T0, deadline=started + 0.3)
+        assert raised.value.code == "state_unavailable" and time.monotonic() - started < 1.2
+    # The begin went through once the store answered, after its request had given up: it was released again,
+    # so the retry goes ahead at once, with the event ids of the attempt that timed out.
+    retry = until_answered(lambda: idempotency.begin(state, "acme", "late", "fp", ["evt_2"], T0 + 5,
+                                                     deadline=time.monotonic() + 5))
+    assert retry == ["evt_1"]
+
+
+def test_a_final_answer_the_store_cannot_take_in_time_still_goes_out_and_is_stored_later(state, request, tmp_path):
+    assert idempotency.begin(state, "acme", "k", "fp", ["evt_1"], T0, deadline=time.monotonic() + 5) == ["evt_1"]
+    ok = json_response({"status": "ok", "event_id": "evt_1"})
+    with stalled(state, 1.5, request, tmp_path):
+        started = time.monotonic()
+        idempotency.finish(state, "acme", "k", ok, deadline=started + 0.3)  # no error: the events are queued
+        assert time.monotonic() - started < 1.2
+    replay = until_answered(lambda: idempotency.begin(state, "acme", "k", "fp", ["evt_2"], T0 + 5,
+                                                      deadline=time.monotonic() + 5))
+    assert isinstance(replay, JsonResponse) and replay.body == ok.body
+    assert replay.headers["Idempotent-Replayed"] == "true"

@@ -53,13 +53,19 @@ class Publisher(ABC):
 
         Durable means: acknowledged by all in-sync replicas (Kafka acks=all), or
         committed to the local log. Raises QueueUnavailable if that does not
-        happen within `timeout` seconds; the caller must then report nothing as
-        accepted (some records may still arrive: event ids let consumers dedupe).
+        happen within `timeout` seconds; the caller must then report none of them
+        as accepted, though it cannot say that none was queued: a record already
+        sent may still be written (its event ids let consumers dedupe a retry).
+        The publisher stays usable: a later publish tries again, so the caller
+        recovers when the queue does, without being rebuilt.
         """
 
     @abstractmethod
     def ready(self, timeout: float = 2.0) -> bool:
-        """True when the queue can take records now (for /readyz)."""
+        """True when the queue takes records now (for /readyz): a publish was just
+        acknowledged, or the queue answered a request within `timeout`. Not after a
+        failed publish until one of those succeeds; an open TCP port is no proof (a
+        frozen broker's kernel still accepts connections)."""
 
     def close(self) -> None:
         """Flush what is in flight and release connections."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from typing import Callable, Mapping, Sequence
@@ -15,15 +14,36 @@ from .base import CommitFailed, Message, Publisher, QueueUnavailable, Record, Su
 
 log = logging.getLogger(__name__)
 
+# A producer is built at most this often: while the broker is away, a worker tries again once a second and
+# answers the publishes in between at once (QueueUnavailable) instead of connecting for each.
+REBUILD_SECONDS = 1.0
+# ready() takes a publish acknowledged this recently as proof of delivery, without asking the broker.
+DELIVERED_RECENTLY_SECONDS = 1.0
+
 
 class KafkaPublisher(Publisher):
-    """Publishes with acks=all and the idempotent producer, so a broker-side
-    retry never writes a record twice and a 200 means every in-sync replica has it.
+    """Publishes with acks=all: a publish returns once every in-sync replica has its records.
 
-    The producer is created on first use, in the process that uses it (gunicorn
-    forks workers; kafka-python's I/O thread must not cross a fork), and again
-    after a failure to connect, so the front door starts and answers 503 while
-    the broker is down instead of refusing to start.
+    kafka-python's idempotent producer is not used, because in 3.0.12 it can break for good
+    in an outage. When a batch that was already sent once (retried after a lost connection)
+    expires (delivery_timeout_ms), the Sender calls TransactionManager.reset_producer_id()
+    (sender.py, _send_producer_data). That clears the producer id and the sequence numbers
+    but leaves the manager in state READY, and init_producer_id(), which the Sender then calls
+    on every loop because there is no producer id, asks the broker for a new one only in state
+    UNINITIALIZED (transaction_manager.py), which no transition leads back to. Without a
+    producer id, Sender.run_once() returns before draining or expiring anything: every record
+    waits forever and every publish times out, until the process restarts. Nor can such a
+    producer be closed through the public API: close() first waits for its records, which
+    never complete. Without idempotence the data loses nothing: order within a partition is
+    kept by one request in flight per connection, and a record that a retry writes twice (its
+    acknowledgement lost) carries the same event ids, which consumers and the warehouse dedupe.
+
+    A producer that fails a publish is discarded all the same, so that no state of it we do not
+    know of can outlive the failure: the next publish builds a fresh one (at most one every
+    REBUILD_SECONDS; the publishes in between fail at once), and the failed one is closed in the
+    background once its records are acknowledged or expired. Producers are built on first use,
+    in the process that uses them (gunicorn forks workers; kafka-python's I/O thread must not
+    cross a fork), so the front door starts, and answers 503, while the broker is down.
     """
 
     def __init__(self, bootstrap: str, topic: str, timeout: float, *, linger_ms: int = 0,
@@ -34,33 +54,41 @@ class KafkaPublisher(Publisher):
         self._linger_ms = linger_ms
         self._compression = compression
         self._producer: KafkaProducer | None = None
+        self._next_build = 0.0  # time.monotonic() before which no producer is built
+        self._delivered_at: float | None = None  # when a publish was last acknowledged; None after a failure
         self._partitions: int | None = None
         self._lock = threading.Lock()
 
     def _get_producer(self) -> KafkaProducer:
         with self._lock:
-            if self._producer is None:
-                timeout_ms = int(self._timeout * 1000)
-                try:
-                    self._producer = KafkaProducer(
-                        bootstrap_servers=self._bootstrap,
-                        acks="all",
-                        enable_idempotence=True,
-                        linger_ms=self._linger_ms,
-                        compression_type=self._compression,
-                        batch_size=512 * 1024,
-                        max_request_size=16 * 1024 * 1024,
-                        # Bound every wait by the front door's enqueue timeout; an expired
-                        # record fails rather than arriving long after we answered 503.
-                        max_block_ms=timeout_ms,
-                        request_timeout_ms=timeout_ms,
-                        delivery_timeout_ms=timeout_ms + self._linger_ms,
-                        bootstrap_timeout_ms=timeout_ms,
-                        allow_auto_create_topics=False,
-                        metrics_enabled=False,  # kafka-python's own sensors cost CPU on every send
-                    )
-                except KafkaError as exc:
-                    raise QueueUnavailable(f"cannot reach Kafka at {self._bootstrap}: {exc}") from exc
+            if self._producer is not None:
+                return self._producer
+            now = time.monotonic()
+            if now < self._next_build:
+                raise QueueUnavailable(f"a Kafka producer failed less than {REBUILD_SECONDS:g}s ago")
+            self._next_build = now + REBUILD_SECONDS
+            timeout_ms = int(self._timeout * 1000)
+            try:
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self._bootstrap,
+                    acks="all",
+                    enable_idempotence=False,  # the class docstring says why
+                    max_in_flight_requests_per_connection=1,  # a retried batch cannot overtake the next one
+                    linger_ms=self._linger_ms,
+                    compression_type=self._compression,
+                    batch_size=512 * 1024,
+                    max_request_size=16 * 1024 * 1024,
+                    # Bound every wait by the front door's enqueue timeout; an expired record fails rather
+                    # than arriving long after we answered 503 (one already sent may still be written).
+                    max_block_ms=timeout_ms,
+                    request_timeout_ms=timeout_ms,
+                    delivery_timeout_ms=timeout_ms + self._linger_ms,
+                    bootstrap_timeout_ms=timeout_ms,
+                    allow_auto_create_topics=False,
+                    metrics_enabled=False,  # kafka-python's own sensors cost CPU on every send
+                )
+            except KafkaError as exc:
+                raise QueueUnavailable(f"cannot reach Kafka at {self._bootstrap}: {exc}") from exc
             return self._producer
 
     def partition_count(self) -> int:
@@ -82,23 +110,47 @@ class KafkaPublisher(Publisher):
             for future in futures:
                 future.get(timeout=max(0.0, deadline - time.monotonic()))
         except KafkaError as exc:  # includes KafkaTimeoutError
+            self._discard(producer)
             raise QueueUnavailable(f"Kafka did not acknowledge in {timeout:g}s: {exc}") from exc
+        self._delivered_at = time.monotonic()
+
+    def _discard(self, producer: KafkaProducer) -> None:
+        """Use `producer` no more (the class docstring says why) and close it without making anyone wait."""
+        with self._lock:
+            self._delivered_at = None
+            if self._producer is not producer:
+                return  # already discarded
+            self._producer = None
+        threading.Thread(target=self._close_discarded, args=(producer,), name="kafka-producer-close",
+                         daemon=True).start()
+
+    def _close_discarded(self, producer: KafkaProducer) -> None:
+        # close() first waits for the producer's records: each is acknowledged or expires within its delivery timeout.
+        try:
+            producer.close(timeout=self._timeout + self._linger_ms / 1000 + 1)
+        except KafkaError as exc:
+            log.warning("a discarded Kafka producer did not close: %s", exc)
 
     def ready(self, timeout: float = 2.0) -> bool:
-        # Topic metadata known, and a broker accepting connections right now
-        # (the producer keeps no public view of its live connections).
+        # A publish acknowledged a moment ago proves delivery; otherwise (idle, or the last publish failed) a
+        # metadata request for the topic must be answered in time. A TCP connect would not do: a broker that
+        # is frozen (or a producer that is broken) still lets the kernel accept connections.
+        delivered = self._delivered_at
+        if delivered is not None and time.monotonic() - delivered < DELIVERED_RECENTLY_SECONDS:
+            return True
+        timeout_ms = max(1, int(timeout * 500))  # half to connect, half for the answer
         try:
-            self.partition_count()
-        except QueueUnavailable:
+            admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, bootstrap_timeout_ms=timeout_ms,
+                                     request_timeout_ms=timeout_ms)
+        except KafkaError:
             return False
-        for server in self._bootstrap.split(","):
-            host, _, port = server.strip().rpartition(":")
-            try:
-                socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-                return True
-            except OSError:
-                continue
-        return False
+        try:
+            [topic] = admin.describe_topics([self._topic])
+            return topic["error_code"] == 0 and bool(topic["partitions"])
+        except KafkaError:
+            return False
+        finally:
+            admin.close()
 
     def close(self) -> None:
         with self._lock:

@@ -12,7 +12,9 @@ import math
 import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, NamedTuple, Sequence
+
+from ..coalesce import Coalescer
 
 # Idempotency records answer retries for this long after the first attempt.
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 60 * 60
@@ -20,6 +22,8 @@ IDEMPOTENCY_WINDOW_SECONDS = 24 * 60 * 60
 # (process killed); a retry may then take it over, reusing its event ids.
 IDEMPOTENCY_STALE_SECONDS = 60.0
 RATE_WINDOW_SECONDS = 60.0
+# Calls a process makes to the store at once for requests' idempotency records (StoreCall).
+STORE_CALLERS = 8
 
 KEY_PREFIX = "fk_"
 
@@ -182,8 +186,32 @@ def failed_record(record: dict) -> dict:
     return {**record, "state": "failed"}
 
 
+class StoreCall(NamedTuple):
+    """A call to the store made for a request, run by one of the store's callers (FrontDoorState.calls), so that
+    the request waits for it no longer than it may: neither Redis (a 5 s socket timeout) nor SQLite (a 10 s
+    busy timeout) bounds a call by what is left of a request's time. `undo(result)` runs if the call succeeds
+    after its request stopped waiting (Coalescer.submit's deadline)."""
+
+    call: Callable[[], Any]
+    undo: Callable[[Any], None] | None = None
+
+
+def _run_each(calls: list[StoreCall]) -> list:
+    return [c.call() for c in calls]
+
+
+def _undo(call: StoreCall, result) -> None:
+    if call.undo is not None:
+        call.undo(result)
+
+
 class FrontDoorState(ABC):
     """State shared by every front-door process (see the module docstring)."""
+
+    def __init__(self):
+        # Who runs the StoreCalls of this process's requests: one call each, STORE_CALLERS at once.
+        self.calls: Coalescer[StoreCall, Any] = Coalescer(_run_each, "state", flushers=STORE_CALLERS, most=1,
+                                                          on_abandoned=_undo)
 
     # keys and workspaces
     @abstractmethod

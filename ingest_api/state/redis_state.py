@@ -80,6 +80,7 @@ def _reachable():
 
 class RedisState(FrontDoorState):
     def __init__(self, url: str, namespace: str = "flokit"):
+        super().__init__()
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
         self._ns = namespace
         self._gcra = self._redis.register_script(_GCRA)

@@ -30,6 +30,7 @@ CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
 
 class SqliteState(FrontDoorState):
     def __init__(self, path: Path):
+        super().__init__()
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         # One connection per process, used by one request at a time: a
