@@ -73,12 +73,11 @@ def _no_answer(exc: requests.RequestException) -> str:
     listening), took it and dropped it without an answer (reset), or never answered in time."""
     if isinstance(exc, requests.Timeout) and not isinstance(exc, requests.ConnectTimeout):
         return "timeout"
-    cause: BaseException | None = exc
+    cause: BaseException | None = exc  # requests' error → urllib3's → the socket's
     while cause is not None:
         if isinstance(cause, ConnectionRefusedError):
             return "refused"
-        cause = cause.__cause__ or cause.__context__ or (cause.args[0] if cause.args and isinstance(
-            cause.args[0], BaseException) else None)
+        cause = cause.__cause__ or cause.__context__
     return "reset"
 
 

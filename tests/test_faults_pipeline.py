@@ -254,16 +254,17 @@ OUTAGE_SECONDS = 30
 RECOVERY_SECONDS = 15  # from the service's return to the front door's first 200 again, without a restart
 
 
-def assert_unavailable_then_healed(load: LoadGenerator, name: str, start: float, end: float, code: str,
-                                   timeout: float) -> None:
-    """Every answer to a request sent while the service was away is a 503 `code` with Retry-After (never a
-    200), and the front door serves 200s again within RECOVERY_SECONDS of its return."""
+def assert_unavailable_then_healed(load: LoadGenerator, name: str, away: tuple[float, float], back: float,
+                                   code: str) -> None:
+    """Every answer to a request sent and answered while the service was `away` (from, to) is a 503 `code` with
+    Retry-After (never a 200), and the front door serves 200s again within RECOVERY_SECONDS of its return,
+    `back` (a restarted service is back once its script found it ready)."""
     answers = load.answers()
-    window = in_window(answers, start, end)
+    window = in_window(answers, *away)
     assert len(window) >= 5, f"{name}: only {len(window)} answers while the service was away"
     wrong = [a for a in window if (a.status, a.error) != (503, code) or not a.retry_after]
     assert not wrong, f"{name}: {len(wrong)} answers that are not a 503 {code} with Retry-After: {wrong[:3]}"
-    healed = first_200_after(answers, end)
+    healed = first_200_after(answers, back)
     assert healed is not None and healed <= RECOVERY_SECONDS, f"{name}: first 200 {healed} s after the return"
 
 
@@ -312,8 +313,8 @@ def test_e_kafka_broker_stopped_then_frozen_for_30_seconds_under_batch_load(prod
     print(f"broker restart took {back_at - started_at:.1f} s; first 200 {first_200_after(answers, back_at)} s after"
           f" it was back, {first_200_after(answers, thawed_at)} s after the thaw; slowest answer "
           f"{max(a.latency for a in answers):.1f} s; {load.summary()}; {tally}")
-    assert_unavailable_then_healed(load, "stopped", stopped_at, started_at, "queue_unavailable", timeout)
-    assert_unavailable_then_healed(load, "frozen", frozen_at, thawed_at, "queue_unavailable", timeout)
+    assert_unavailable_then_healed(load, "stopped", (stopped_at, started_at), back_at, "queue_unavailable")
+    assert_unavailable_then_healed(load, "frozen", (frozen_at, thawed_at), thawed_at, "queue_unavailable")
     slow = [a for a in answers if a.latency > timeout + 1]
     assert not slow, f"{len(slow)} answers slower than the enqueue timeout + 1 s: {slow[:3]}"
     assert set(load.statuses()) <= {200, 503}, load.summary()
@@ -341,7 +342,8 @@ def test_f_redis_stopped_then_frozen_under_load(production, tmp_path, redis_url)
         finally:
             started_at = time.monotonic()
             run_script("redis.sh", "start", REDIS_PORT=port)  # from its append-only file: the API key is kept
-        wait_for_200_after(load, started_at, "Redis's restart")
+        back_at = time.monotonic()
+        wait_for_200_after(load, back_at, "Redis's restart")
         with frozen(service_pid("redis.sh", port)):
             frozen_at = time.monotonic()
             time.sleep(REDIS_OUTAGE_SECONDS)
@@ -357,11 +359,11 @@ def test_f_redis_stopped_then_frozen_under_load(production, tmp_path, redis_url)
     tally = count_in_warehouse(client, settings.clickhouse_database, workspace, load)
     consumer.stop()
     answers = load.answers()
-    print(f"first 200 {first_200_after(answers, started_at)} s after the restart, "
+    print(f"first 200 {first_200_after(answers, back_at)} s after the restart, "
           f"{first_200_after(answers, thawed_at)} s after the thaw; slowest answer "
           f"{max(a.latency for a in answers):.1f} s; {load.summary()}; {tally}")
-    assert_unavailable_then_healed(load, "stopped", stopped_at, started_at, "state_unavailable", timeout)
-    assert_unavailable_then_healed(load, "frozen", frozen_at, thawed_at, "state_unavailable", timeout)
+    assert_unavailable_then_healed(load, "stopped", (stopped_at, started_at), back_at, "state_unavailable")
+    assert_unavailable_then_healed(load, "frozen", (frozen_at, thawed_at), thawed_at, "state_unavailable")
     slow = [a for a in answers if a.latency > timeout + 1]
     assert not slow, f"{len(slow)} answers slower than the enqueue timeout + 1 s: {slow[:3]}"
     assert set(load.statuses()) <= {200, 503}, load.summary()
