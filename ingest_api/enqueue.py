@@ -36,7 +36,7 @@ class Enqueuer:
         try:
             self._requests.submit((workspace, received_at, events), deadline)
         except DeadlinePassed as exc:
-            # Withdrawn before any flush took them: nothing of them reaches the queue, and the answer can say so.
+            # Withdrawn before a flush took them, none of them ever reaches the queue; else their publish is under way.
             raise _unavailable(NOT_QUEUED if exc.withdrawn else MAY_ARRIVE) from exc
         except QueueUnavailable as exc:
             log.warning("enqueue failed: %s", exc)  # the detail names internal hosts: logged, not returned

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 import requests
+from kafka.admin import KafkaAdminClient
 
 from deploy.queue.kafka_queue import KafkaPublisher
 from ingest_api.enqueue import MAY_ARRIVE, NOT_QUEUED, Enqueuer
@@ -31,16 +32,17 @@ PIDFILE = f"/tmp/flokit-kafka-{KAFKA_PORT}/broker.pid"  # deploy/kafka.sh's, for
 
 
 @contextmanager
-def broker_stopped():
+def broker_stopped(topic: str):
     run_script("kafka.sh", "stop", KAFKA_PORT=KAFKA_PORT)
     try:
         yield
     finally:
         run_script("kafka.sh", "start", KAFKA_PORT=KAFKA_PORT)  # returns once the broker answers
+        leading(topic)
 
 
 @contextmanager
-def broker_frozen():
+def broker_frozen(topic: str):
     with open(PIDFILE) as f:
         pid = int(f.read())
     os.kill(pid, signal.SIGSTOP)  # connections are still accepted (by the kernel), nothing is answered
@@ -48,6 +50,18 @@ def broker_frozen():
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+        leading(topic)
+
+
+def leading(topic: str) -> None:
+    """Wait until every partition of `topic` has a leader again: a broker frozen past its session timeout was
+    fenced by its controller, and leads nothing until it registers again."""
+    admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{KAFKA_PORT}")
+    try:
+        wait_until(lambda: all(p["leader_id"] >= 0 for p in admin.describe_topics([topic])[0]["partitions"]),
+                   timeout=60, message=f"leaders for {topic}")
+    finally:
+        admin.close()
 
 
 @dataclass
@@ -139,7 +153,7 @@ def test_the_front_door_heals_after_a_broker_restart_under_load(env, workspace_k
     batch = lambda n: ("/v1/batch/events", {"events": [events_of(f"r{n}-{i}") for i in range(50)]}, {})
     with api_server(env, workers=2) as server, Load(server, key, batch) as load:
         wait_until(lambda: load.ok_count() >= 20, timeout=30, message="a loaded front door")
-        with broker_stopped():
+        with broker_stopped(env["FLOKIT_TOPIC"]):
             time.sleep(OUTAGE)
             assert requests.get(server.url + "/readyz", timeout=15).status_code == 503
         back = time.monotonic()  # the broker answers again
@@ -162,7 +176,7 @@ def test_a_frozen_broker_is_not_ready_and_idempotent_retries_are_exact(env, work
     with api_server(env, workers=1) as server:
         with Load(server, key, request) as load:
             wait_until(lambda: load.ok_count() >= 20, timeout=30, message="a loaded front door")
-            with broker_frozen():
+            with broker_frozen(env["FLOKIT_TOPIC"]):
                 time.sleep(2 * TIMEOUT)  # the publishes in flight have failed by now
                 started = time.monotonic()
                 ready = requests.get(server.url + "/readyz", timeout=15)
@@ -209,7 +223,7 @@ def test_a_request_still_waiting_for_the_queue_at_its_deadline_is_withdrawn(kafk
     publish = lambda marker, deadline=None: enqueuer.publish(
         workspace, "2026-11-27T10:00:00.000Z", [{"event_id": f"evt_{marker}", **events_of(marker)}], deadline)
     publish("before")
-    with broker_frozen():
+    with broker_frozen(topic):
         held = threading.Thread(target=lambda: pytest.raises(ServiceUnavailable, publish, "in-flight"))
         held.start()
         time.sleep(0.3)  # its publish holds the worker's publisher, waiting for the frozen broker
