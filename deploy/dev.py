@@ -21,10 +21,11 @@ whole group, gunicorn's workers included: SIGTERM, then SIGKILL. Nothing
 acknowledged is lost that way (a 200 means the event is in the local log;
 what the consumer had not committed is delivered again and deduped). The
 kernel's own PR_SET_PDEATHSIG, used before, was not enough: it reaches only
-the direct children, and with SIGTERM, which they take as a graceful stop —
-gunicorn served its open keep-alive connections for its 30 s graceful timeout
-and the consumer retried its batch against the warehouse already gone — so a
-second `flokit dev` found the port and the consumer group still taken.
+the direct children, and with SIGTERM, which they take as a graceful stop:
+under load gunicorn's workers went on serving their keep-alive clients until
+its 30 s graceful timeout, and the consumer retried its batch against the
+warehouse already gone for ~15 s, while a new `flokit dev` on the same data
+dir may already be starting.
 """
 from __future__ import annotations
 
