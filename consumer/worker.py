@@ -82,8 +82,8 @@ class Worker:
                 self.step()
             self.drain()
         except Stopped:
-            log.warning("stopped while the warehouse was unavailable; the batch in hand was not committed"
-                        " and will be delivered again")
+            log.warning("stopped while the warehouse or the queue was unavailable; the batch in hand was not"
+                        " committed and will be delivered again")
         except BaseException:
             self.stop()  # writes in flight that are waiting out the warehouse give up within STOP_GRACE_SECONDS
             raise
@@ -179,17 +179,22 @@ class Worker:
         """Wait for the oldest batch being written, then commit its offsets."""
         future, offsets = self._in_flight.popleft()
         written = future.result()  # re-raises Stopped
+        # A commit the queue cannot take now (the local log's disk full) is retried like a write: the batch
+        # is not committed until it is, and a stop meanwhile leaves it to be delivered again.
+        self._attempt(lambda: self._commit(offsets))
+        self.flushed_events += written
+        # The batch's objects (tens of thousands of header lists and id strings) are gone now; sweep for
+        # cycles here, once, rather than let automatic collections walk a batch in hand again and again
+        # while it builds (run() turns those off: they cost more than decoding did).
+        gc.collect()
+
+    def _commit(self, offsets: dict[int, int]) -> None:
         try:
             self._subscriber.commit(offsets)
         except CommitFailed as exc:
             # Written but not committed: the next owner reads these again and
             # the dedupe mechanisms hide the copies.
             log.warning("commit failed after the write (%s); the batch will be delivered again", exc)
-        self.flushed_events += written
-        # The batch's objects (tens of thousands of header lists and id strings) are gone now; sweep for
-        # cycles here, once, rather than let automatic collections walk a batch in hand again and again
-        # while it builds (run() turns those off: they cost more than decoding did).
-        gc.collect()
 
     def _write(self, writer: BatchWriter, per_message: list[MessageRows]) -> list[tuple[Message, str]]:
         """Write every message's rows; returns the messages ClickHouse rejected, with the reason."""
@@ -215,10 +220,10 @@ class Worker:
             writer.write(warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS, events_body(per_message), token)
 
     def _attempt(self, action: Callable[[], None]) -> None:
-        """Run `action`; while the warehouse or the dead-letter queue is
-        unavailable (consumer/transient.py), retry with backoff and commit nothing
-        meanwhile. Once a stop is requested, retries go on for STOP_GRACE_SECONDS
-        at most. Any other failure is raised at once."""
+        """Run `action`; while the warehouse, the dead-letter queue or the queue's
+        commit is unavailable (consumer/transient.py), retry with backoff and commit
+        nothing meanwhile. Once a stop is requested, retries go on for
+        STOP_GRACE_SECONDS at most. Any other failure is raised at once."""
         delay = 0.5
         while True:
             try:

@@ -374,7 +374,10 @@ class HttptoolsHandler:
         if not has_length and status[:3] not in ("204", "304"):
             head += b"Content-Length: %d\r\n" % body_length
         head += b"Date: " + _http_date() + b"\r\n"
-        keep_alive = request.keep_alive and not close
+        # A stopping worker (gunicorn's SIGTERM closes its server) closes each connection after its answer, so
+        # keep-alive clients go to the other workers instead of holding this one until gunicorn's graceful
+        # timeout kills it with their requests in flight.
+        keep_alive = request.keep_alive and not close and not self.server.closed
         if not keep_alive:
             head += b"Connection: close\r\n"
         elif request.version == "1.0":

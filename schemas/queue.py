@@ -104,7 +104,10 @@ class Subscriber(ABC):
         """Record the consumer group's position: partition → the offset of the
         next message to read (the last processed offset + 1). Messages before it
         are never delivered to the group again. Raises CommitFailed when the
-        group rebalanced and these partitions are no longer this member's."""
+        group rebalanced and these partitions are no longer this member's, and
+        QueueUnavailable when the queue cannot record it now (broker or group
+        coordinator unreachable, the local log's disk full): nothing was
+        committed, and the same commit may be tried again."""
 
     @abstractmethod
     def assignment(self) -> set[int]:

@@ -32,8 +32,10 @@ def descendants(pid: int) -> list[int]:
 
 
 class DevProcess:
-    def __init__(self, command: list[str], cwd: Path, env: dict[str, str]):
-        self.api_port, self.warehouse_port = free_port(), free_port()
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], *, api_port: int | None = None,
+                 warehouse_port: int | None = None):
+        """`api_port`, `warehouse_port`: default free ones (pass an earlier run's to start again on them)."""
+        self.api_port, self.warehouse_port = api_port or free_port(), warehouse_port or free_port()
         self.env = {**env, "FLOKIT_API_BIND": f"127.0.0.1:{self.api_port}",
                     "FLOKIT_WAREHOUSE_BIND": f"127.0.0.1:{self.warehouse_port}"}
         self.url = f"http://127.0.0.1:{self.api_port}"
@@ -83,3 +85,19 @@ def _state(pid: int) -> str:
         return (Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]).lower()
     except (OSError, IndexError):
         return "zombie"
+
+
+def processes_using(data_dir: Path) -> list[int]:
+    """Every live process (zombies aside) whose command line or environment names `data_dir`, from /proc."""
+    needle = str(data_dir).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes() or needle in (entry / "environ").read_bytes():
+                if "zombie" not in _state(int(entry.name)):
+                    found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return found

@@ -62,8 +62,8 @@ def unique(prefix: str) -> str:
 class ApiServer:
     """`flokit api` (gunicorn with deploy/gunicorn.conf.py) in a subprocess."""
 
-    def __init__(self, env: dict[str, str], workers: int = 2):
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], workers: int = 2, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env, "FLOKIT_API_BIND": f"127.0.0.1:{self.port}",
                     "FLOKIT_API_WORKERS": str(workers)}
@@ -137,10 +137,12 @@ def read_events(bootstrap: str, topic: str) -> list[dict]:
     for partition, offset, value in read_topic(bootstrap, topic):
         env = envelope.decode(value)
         for ref, event in zip(env.refs, env.documents()):
-            # Each event line carries its envelope's fields, and the header its ids.
-            assert (event.pop("workspace"), event.pop("received_at")) == (env.workspace, env.received_at)
+            # Each event line carries its envelope's workspace and its own received_at (the envelope's is its
+            # first event's: concurrent requests share records), and the header its ids.
+            assert event.pop("workspace") == env.workspace
+            received_at = event.pop("received_at")
             assert ref == (event["event_id"], event["anonymous_id"], event["user_id"], event["timestamp"])
-            events.append({**event, "_workspace": env.workspace, "_received_at": env.received_at,
+            events.append({**event, "_workspace": env.workspace, "_received_at": received_at,
                            "_partition": partition})
     return events
 
@@ -148,9 +150,15 @@ def read_events(bootstrap: str, topic: str) -> list[dict]:
 class ConsumerProcess:
     """`flokit consumer` (or another module's main, for fault injection) in a subprocess."""
 
-    def __init__(self, env: dict[str, str], module: str = "deploy.cli", args: tuple[str, ...] = ("consumer",)):
+    def __init__(self, env: dict[str, str], module: str = "deploy.cli", args: tuple[str, ...] = ("consumer",),
+                 log_path: Path | None = None):
+        """`log_path`: write the output there instead of a pipe (a pipe nobody reads blocks a long-running
+        consumer once it is full); wait() and stop() then return that file's text."""
+        self._log = open(log_path, "ab") if log_path else None
+        self.log_path = log_path
         self.proc = subprocess.Popen([sys.executable, "-m", module, *args], env={**os.environ, **env}, cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=self._log or subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         self.result: tuple[int, str] | None = None
 
     def signal(self, sig: int) -> None:
@@ -161,9 +169,17 @@ class ConsumerProcess:
         """(exit status, output); waiting again returns the same."""
         if self.result is None:
             code = self.proc.wait(timeout=timeout)
-            self.result = code, self.proc.stdout.read().decode(errors="replace")
-            self.proc.stdout.close()
+            if self._log is not None:
+                self._log.close()
+                self.result = code, self.log_path.read_text(errors="replace")
+            else:
+                self.result = code, self.proc.stdout.read().decode(errors="replace")
+                self.proc.stdout.close()
         return self.result
+
+    def output(self) -> str:
+        """What a consumer writing to `log_path` has written so far."""
+        return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 60) -> tuple[int, str]:
         if self.result is not None:
@@ -185,3 +201,26 @@ def wait_until(condition, timeout: float = 60, interval: float = 0.25, message: 
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not reached within {timeout} s (last: {value!r})")
         time.sleep(interval)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_lag(bootstrap: str, topic: str, group: str) -> int:
+    """Messages of `topic` the consumer group has not committed yet (all of them if it never committed)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        committed = admin.list_group_offsets(group).get(group, {})
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = consumer.end_offsets(partitions)
+        return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
+    finally:
+        consumer.close()
+        admin.close()

@@ -54,3 +54,24 @@ def stop_warehouse(proc: subprocess.Popen, timeout: float = 30.0) -> int:
     if proc.stdout is not None:
         proc.stdout.close()
     return proc.returncode
+
+
+class Warehouse:
+    """A warehouse process that a test can kill and start again on the same data dir and port."""
+
+    def __init__(self, data_dir: str | os.PathLike):
+        self.data_dir = data_dir
+        self.proc, self.url = start_warehouse(data_dir)
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        """kill -9: no clean shutdown of the engine."""
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+    def start_again(self) -> None:
+        self.proc, _ = start_warehouse(self.data_dir, port=self.port)
+
+    def stop(self) -> int:
+        return stop_warehouse(self.proc)

@@ -240,6 +240,8 @@ class KafkaSubscriber(Subscriber):
                                        for p, o in offsets.items()})
             except (CommitFailedError, IllegalStateError) as exc:
                 raise CommitFailed(str(exc)) from exc
+            except KafkaError as exc:  # the coordinator unreachable, a timeout: nothing committed
+                raise QueueUnavailable(f"offsets not committed: {exc}") from exc
 
     def assignment(self) -> set[int]:
         return {tp.partition for tp in self._consumer.assignment()}

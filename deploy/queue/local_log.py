@@ -405,11 +405,14 @@ class LocalLogSubscriber(Subscriber):
         for partition, offset in offsets.items():
             if partition < 0 or offset < 0:
                 raise ValueError(f"cannot commit offset {offset} of partition {partition}")
-        with _transaction(self._db) as db:
-            db.executemany(
-                "INSERT INTO group_offsets (grp, partition, next_offset) VALUES (?, ?, ?) "
-                "ON CONFLICT (grp, partition) DO UPDATE SET next_offset = excluded.next_offset",
-                [(self._group, p, o) for p, o in offsets.items()])
+        try:
+            with _transaction(self._db) as db:
+                db.executemany(
+                    "INSERT INTO group_offsets (grp, partition, next_offset) VALUES (?, ?, ?) "
+                    "ON CONFLICT (grp, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                    [(self._group, p, o) for p, o in offsets.items()])
+        except sqlite3.OperationalError as exc:  # the disk full, the log locked past the busy timeout
+            raise QueueUnavailable(f"offsets not committed to {self._path}: {exc}") from exc
         if time.monotonic() >= self._next_prune:
             try:
                 more = self.prune()
