@@ -5,6 +5,7 @@ any POST /v1/events can cost on gunicorn's gevent workers. `flask_app` is the sa
 request/response objects), to separate the framework's share from the front door's own work. Both are served
 by bench/noop_gunicorn.conf.py with deploy/gunicorn.conf.py's worker class, workers, connections and keep-alive.
 """
+
 from __future__ import annotations
 
 _BODY = b'{"status":"ok","event_id":"evt_01jb0000000000000000000000"}'

@@ -6,6 +6,7 @@ attempt did reach the queue) before they cost an insert. It is an
 optimisation; correctness comes from the table's ReplacingMergeTree key and
 the FINAL views, which hide any copy that gets past it.
 """
+
 from __future__ import annotations
 
 from itertools import islice

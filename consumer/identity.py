@@ -14,6 +14,7 @@ link it. That is forgotten when partitions are revoked. `linked_user_id` is a
 hint in any case: the analysts' views resolve identities at query time
 (docs/analytics.md).
 """
+
 from __future__ import annotations
 
 from itertools import islice

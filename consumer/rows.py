@@ -1,5 +1,6 @@
 """A batch's messages as the rows the writers insert: each message's event lines passed through as bytes,
 or edited (events already written dropped, linked_user_id stamped), and the identity links they carry."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,8 +21,9 @@ class MessageRows:
     event_ids: list[str] = field(default_factory=list)  # of the events kept, in order
 
 
-def message_rows(message: Message, env: Envelope, identity: IdentityCache, written: Container[str],
-                 seen: set[str]) -> MessageRows:
+def message_rows(
+    message: Message, env: Envelope, identity: IdentityCache, written: Container[str], seen: set[str]
+) -> MessageRows:
     """A message's rows: its event lines as they are, or edited: without the events already written (in
     `written`, or earlier in this batch: `seen`, which this adds to) and with linked_user_id on those whose
     link `identity` knows. The links its events make are told to `identity` as they come, in order, so an
@@ -64,13 +66,13 @@ def edited(lines: memoryview, linked_at: dict[int, str], dropped: set[int]) -> l
         end = record.find(b"\n", start)
         end = len(record) if end < 0 else end
         if kept < start:
-            pieces.append(lines[kept - base:start - base])  # untouched lines, each with its newline
+            pieces.append(lines[kept - base : start - base])  # untouched lines, each with its newline
         if target not in dropped:
             pieces.append(warehouse.event_row(record[start:end], linked_at[target]) + b"\n")
         kept = start = end + 1
         index = target + 1
     if kept < len(record):
-        pieces.append(lines[kept - base:])
+        pieces.append(lines[kept - base :])
     return pieces
 
 

@@ -7,6 +7,7 @@ as it is, and consumer/transient.py tells what the worker waits out (ClickHouse
 unreachable, overloaded, a table missing: the same batch is retried, nothing
 committed meanwhile) from what stops it.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Sequence
@@ -17,14 +18,14 @@ from schemas.warehouse import INSERT_FORMAT, INSERT_SETTINGS, quote_identifier
 
 # ClickHouse error codes that mean "this data", not "this server".
 DATA_ERROR_CODES = {
-    6,    # CANNOT_PARSE_TEXT
-    27,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
-    38,   # CANNOT_PARSE_DATE
-    41,   # CANNOT_PARSE_DATETIME
-    53,   # TYPE_MISMATCH
-    69,   # ARGUMENT_OUT_OF_BOUND
-    70,   # CANNOT_CONVERT_TYPE
-    72,   # CANNOT_PARSE_NUMBER
+    6,  # CANNOT_PARSE_TEXT
+    27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    38,  # CANNOT_PARSE_DATE
+    41,  # CANNOT_PARSE_DATETIME
+    53,  # TYPE_MISMATCH
+    69,  # ARGUMENT_OUT_OF_BOUND
+    70,  # CANNOT_CONVERT_TYPE
+    72,  # CANNOT_PARSE_NUMBER
     117,  # INCORRECT_DATA
     131,  # TOO_LARGE_STRING_SIZE
     321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
@@ -49,8 +50,13 @@ class BatchWriter:
         if isinstance(body, bytes) and not body:
             return
         try:
-            self._client.raw_insert(self._qualifier + table, columns, body, fmt=INSERT_FORMAT,
-                                    settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
+            self._client.raw_insert(
+                self._qualifier + table,
+                columns,
+                body,
+                fmt=INSERT_FORMAT,
+                settings={**INSERT_SETTINGS, "insert_deduplication_token": token},
+            )
         except OperationalError:
             raise
         except DatabaseError as exc:

@@ -28,6 +28,7 @@ else its user_id. Every event of one device therefore lands on one partition in
 order, including the event that links the device to a user, which is what lets
 a consumer stamp the user id on that device's later anonymous-only events.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -93,8 +94,12 @@ def iso_ms(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def encode_records(workspace: str, received_at: str | Sequence[str], events: Sequence[dict[str, Any]],
-                   max_bytes: int = MAX_RECORD_BYTES) -> list[bytes]:
+def encode_records(
+    workspace: str,
+    received_at: str | Sequence[str],
+    events: Sequence[dict[str, Any]],
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> list[bytes]:
     """Validated events (each with its event_id) as one or more envelopes, each at
     most about `max_bytes` long; an event larger than that on its own still gets
     an envelope of its own. Each event is serialised once. `received_at` is every
@@ -112,12 +117,18 @@ def encode_records(workspace: str, received_at: str | Sequence[str], events: Seq
     records, refs, rows, size, first = [], [], [], 0, ""
 
     def close_record() -> None:
-        head = b'{"v":%d,"workspace":%s,"received_at":%s,"events":[' % (VERSION, quoted_workspace, orjson.dumps(first))
+        head = b'{"v":%d,"workspace":%s,"received_at":%s,"events":[' % (
+            VERSION,
+            quoted_workspace,
+            orjson.dumps(first),
+        )
         records.append(head + b",".join(refs) + b"]}\n" + b"\n".join(rows))
 
     for at, event in zip(times, events):
         row = row_head(at) + orjson.dumps(event)[1:]
-        ref = orjson.dumps([event["event_id"], event.get("anonymous_id"), event.get("user_id"), event["timestamp"]])
+        ref = orjson.dumps(
+            [event["event_id"], event.get("anonymous_id"), event.get("user_id"), event["timestamp"]]
+        )
         if rows and size + len(row) + len(ref) + 2 > max_bytes:
             close_record()
             refs, rows, size = [], [], 0
@@ -141,15 +152,23 @@ def decode(value: bytes) -> Envelope:
     except orjson.JSONDecodeError as exc:
         raise EnvelopeError(f"header is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("v") != VERSION:
-        raise EnvelopeError(f"unsupported envelope version: {doc.get('v') if isinstance(doc, dict) else type(doc).__name__}")
+        raise EnvelopeError(
+            f"unsupported envelope version: {doc.get('v') if isinstance(doc, dict) else type(doc).__name__}"
+        )
     workspace, received_at, refs = doc.get("workspace"), doc.get("received_at"), doc.get("events")
     if not isinstance(workspace, str) or not isinstance(received_at, str) or not isinstance(refs, list):
         raise EnvelopeError("envelope lacks workspace, received_at or events")
     for ref in refs:
-        if not (isinstance(ref, list) and len(ref) == 4 and isinstance(ref[0], str) and isinstance(ref[3], str)
-                and (ref[1] is None or isinstance(ref[1], str)) and (ref[2] is None or isinstance(ref[2], str))):
+        if not (
+            isinstance(ref, list)
+            and len(ref) == 4
+            and isinstance(ref[0], str)
+            and isinstance(ref[3], str)
+            and (ref[1] is None or isinstance(ref[1], str))
+            and (ref[2] is None or isinstance(ref[2], str))
+        ):
             raise EnvelopeError("an event in the header is not [event_id, anonymous_id, user_id, timestamp]")
-    lines = memoryview(value)[len(header) + 1:]
+    lines = memoryview(value)[len(header) + 1 :]
     count = value.count(b"\n", len(header) + 1) + 1 if lines else 0
     if count != len(refs):
         raise EnvelopeError(f"the header lists {len(refs)} events but {count} event lines follow")

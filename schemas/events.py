@@ -26,6 +26,7 @@ Throughput (one core, the two API-reference examples alternating): about
 85,000 events/s. Roughly half of the ~11.5 us per event is marshmallow's
 Schema.load machinery itself (an empty 5-field schema caps at ~160,000/s).
 """
+
 from __future__ import annotations
 
 import re
@@ -118,13 +119,19 @@ _TAXONOMY_NAMES = frozenset(EVENTS)
 # accepted as a list here and its items are checked separately.
 _LIST_OF_STRINGS = frozenset({list})
 _KNOWN_PROPERTIES: dict[str, tuple[frozenset[type], str, tuple[float, float] | None]] = {
-    name: (_LIST_OF_STRINGS if type_name == "string[]" else SCALAR_PYTHON_TYPES[type_name], type_name,
-           NUMERIC_RANGES.get(type_name))
+    name: (
+        _LIST_OF_STRINGS if type_name == "string[]" else SCALAR_PYTHON_TYPES[type_name],
+        type_name,
+        NUMERIC_RANGES.get(type_name),
+    )
     for name, type_name in PROPERTY_TYPES.items()
 }
 _INTEGER_LOW, _INTEGER_HIGH = NUMERIC_RANGES["integer"]
 # What a number of each type can be, for messages.
-_RANGE_WORDS = {"integer": f"64-bit integers, {_INTEGER_LOW} to {_INTEGER_HIGH}", "number": "finite 64-bit floats"}
+_RANGE_WORDS = {
+    "integer": f"64-bit integers, {_INTEGER_LOW} to {_INTEGER_HIGH}",
+    "number": "finite 64-bit floats",
+}
 
 
 class EventInvalid(Exception):
@@ -147,8 +154,15 @@ class EventInvalid(Exception):
 # Helpers for messages
 # --------------------------------------------------------------------------
 
-_JSON_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean",
-                    list: "array", dict: "object", type(None): "null"}
+_JSON_TYPE_NAMES = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -223,7 +237,10 @@ class _Field(fields.Field):
 class EventName(_Field):
     def _deserialize(self, value, attr, data, **kwargs):
         if type(value) is not str:
-            raise _fail("invalid_event_name", f"event: must be a string event name like paywall_viewed, got {_sent(value)}")
+            raise _fail(
+                "invalid_event_name",
+                f"event: must be a string event name like paywall_viewed, got {_sent(value)}",
+            )
         if value in _TAXONOMY_NAMES:
             return value
         if not _EVENT_NAME.fullmatch(value):
@@ -255,9 +272,13 @@ class Identity(_Field):
             raise _fail(self.code, f"{attr}: must be a string, got {_sent(value)}")
         stripped = value.strip()
         if not stripped:
-            raise _fail(self.code, f"{attr}: must not be empty or only whitespace; omit it or send null when unknown")
+            raise _fail(
+                self.code, f"{attr}: must not be empty or only whitespace; omit it or send null when unknown"
+            )
         if len(stripped) > MAX_ID_LENGTH:
-            raise _fail(self.code, f"{attr}: is {len(stripped)} characters long; the limit is {MAX_ID_LENGTH}")
+            raise _fail(
+                self.code, f"{attr}: is {len(stripped)} characters long; the limit is {MAX_ID_LENGTH}"
+            )
         if not value.isprintable():
             bad = _CONTROL.search(value)
             if bad is not None:
@@ -311,7 +332,7 @@ def _parse_fallback(value: str) -> datetime:
         return dt
     leap = _LEAP_SECOND.search(value)
     if leap is not None:
-        head, tail = value[:leap.start()] + leap.group(1), value[leap.end():]
+        head, tail = value[: leap.start()] + leap.group(1), value[leap.end() :]
         dt = _as_datetime(head + ":59" + tail)
         if dt is not None:
             offset = "" if dt.tzinfo is not None else "Z (or the device's UTC offset)"
@@ -360,7 +381,10 @@ def _no_offset_message(value: str, dt: datetime) -> str:
 
 
 def _too_early(value: str) -> ValidationError:
-    return _fail("invalid_timestamp", f"timestamp: {_show(value)} is before {MIN_TIMESTAMP}; send when the event occurred")
+    return _fail(
+        "invalid_timestamp",
+        f"timestamp: {_show(value)} is before {MIN_TIMESTAMP}; send when the event occurred",
+    )
 
 
 class Properties(_Field):
@@ -373,7 +397,9 @@ class Properties(_Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, dict):
-            raise _fail("invalid_properties", f"properties: must be an object of key/values, got {_sent(value)}")
+            raise _fail(
+                "invalid_properties", f"properties: must be an object of key/values, got {_sent(value)}"
+            )
         try:
             raw = orjson.dumps(value)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
@@ -437,8 +463,10 @@ def _type_message(key: str, type_name: str, item: Any) -> str:
 
 
 def _range_message(key: str, type_name: str, item: Any) -> str:
-    return (f"properties.{key}: {_show(item)} is out of range; {type_name} properties are stored as "
-            f"{_RANGE_WORDS[type_name]}; null is allowed to leave it unset")
+    return (
+        f"properties.{key}: {_show(item)} is out of range; {type_name} properties are stored as "
+        f"{_RANGE_WORDS[type_name]}; null is allowed to leave it unset"
+    )
 
 
 _CONTAINERS = (dict, list, tuple)  # what orjson writes as JSON objects/arrays
@@ -507,7 +535,9 @@ class EventSchema(Schema):
         required=True,
         error_messages={
             "required": _Problem("missing_event", "event: required; the event name, e.g. paywall_viewed"),
-            "null": _Problem("invalid_event_name", "event: must be an event name like paywall_viewed, got null"),
+            "null": _Problem(
+                "invalid_event_name", "event: must be an event name like paywall_viewed, got null"
+            ),
         },
     )
     user_id = Identity("invalid_user_id", allow_none=True, load_default=None)
@@ -527,7 +557,9 @@ class EventSchema(Schema):
     )
     properties = Properties()
 
-    def __init__(self, *, strict_events: bool = False, clock: Callable[[], float] = time.time, **kwargs) -> None:
+    def __init__(
+        self, *, strict_events: bool = False, clock: Callable[[], float] = time.time, **kwargs
+    ) -> None:
         self.strict_events = strict_events
         self.clock = clock
         super().__init__(**kwargs)
@@ -559,7 +591,7 @@ class EventValidator:
                 raise EventInvalid(
                     "invalid_event_object",
                     "event object: each event must be a JSON object like "
-                    f"{{\"event\": ..., \"user_id\": ..., \"timestamp\": ...}}, got {_sent(obj)}",
+                    f'{{"event": ..., "user_id": ..., "timestamp": ...}}, got {_sent(obj)}',
                 )
         if not obj.keys() <= _FIELD_SET:
             key = next(k for k in obj if k not in _FIELD_SET)
@@ -589,8 +621,11 @@ def _first_problem(errors: dict, obj: dict) -> EventInvalid:
         if isinstance(problem, _Problem):
             return EventInvalid(problem.code, problem.message)
         # Not one of ours (should not happen): keep the API contract anyway.
-        code = {"event": "invalid_event_name", "timestamp": "invalid_timestamp",
-                "properties": "invalid_properties"}.get(field, f"invalid_{field}")
+        code = {
+            "event": "invalid_event_name",
+            "timestamp": "invalid_timestamp",
+            "properties": "invalid_properties",
+        }.get(field, f"invalid_{field}")
         return EventInvalid(code, f"{field}: {problem}")
     raise AssertionError(f"marshmallow reported errors outside the event fields: {errors!r}")
 
@@ -606,21 +641,23 @@ def validate_batch_shape(obj: object) -> list:
     if not isinstance(obj, dict):
         raise EventInvalid(
             "invalid_body",
-            f"body: must be a JSON object {{\"events\": [...]}}, got {_sent(obj)}",
+            f'body: must be a JSON object {{"events": [...]}}, got {_sent(obj)}',
         )
     events = obj.get("events")
     if "events" not in obj:
         hint = ""
         if "event" in obj:
-            hint = "; this looks like a single event: POST it to /v1/events or wrap it as {\"events\": [event]}"
-        raise EventInvalid("invalid_batch", f"events: required; the body must be {{\"events\": [event, ...]}}{hint}")
+            hint = '; this looks like a single event: POST it to /v1/events or wrap it as {"events": [event]}'
+        raise EventInvalid(
+            "invalid_batch", f'events: required; the body must be {{"events": [event, ...]}}{hint}'
+        )
     if type(events) is not list:
         raise EventInvalid("invalid_batch", f"events: must be an array of event objects, got {_sent(events)}")
     if len(obj) > 1:
         key = next(k for k in obj if k != "events")
         raise EventInvalid(
             "unknown_field",
-            f"{_show(key, 40)}: unknown field; a batch body has only \"events\" (put per-event data in each event)",
+            f'{_show(key, 40)}: unknown field; a batch body has only "events" (put per-event data in each event)',
         )
     if not events:
         raise EventInvalid("batch_empty", "events: the array is empty; send 1 to 1000 events")

@@ -5,6 +5,7 @@ mode). The front door only publishes; consumers only poll and commit. Both sides
 records of one partition are delivered in the order they were published, and each partition is read by one
 member of a consumer group at a time.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

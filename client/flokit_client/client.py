@@ -4,6 +4,7 @@ Every queued event gets exactly one outcome: delivered, rejected (the server's v
 carry), or failed (retries used up, the client closed first); the last two reach on_error. Outcomes come in
 tracking order, which is what flush() waits on.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -54,12 +55,23 @@ class Client:
     "block" waits for room.
     """
 
-    def __init__(self, api_key: str, host: str = "http://127.0.0.1:8080", *,
-                 on_error: Optional[ErrorCallback] = None, flush_interval: float = 1.0,
-                 max_batch_size: int = MAX_BATCH_SIZE, max_batch_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 max_queue_size: int = 10_000, max_queue_bytes: int = 4 * DEFAULT_MAX_BODY_BYTES,
-                 on_full: str = "drop", gzip: bool = True, max_retries: int = 10, timeout: float = 15.0,
-                 shutdown_timeout: float = 10.0):
+    def __init__(
+        self,
+        api_key: str,
+        host: str = "http://127.0.0.1:8080",
+        *,
+        on_error: Optional[ErrorCallback] = None,
+        flush_interval: float = 1.0,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        max_batch_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_queue_size: int = 10_000,
+        max_queue_bytes: int = 4 * DEFAULT_MAX_BODY_BYTES,
+        on_full: str = "drop",
+        gzip: bool = True,
+        max_retries: int = 10,
+        timeout: float = 15.0,
+        shutdown_timeout: float = 10.0,
+    ):
         if not isinstance(api_key, str) or not api_key:
             raise ValueError("api_key must be a non-empty str (fk_...)")
         if on_full not in ("drop", "block"):
@@ -96,8 +108,15 @@ class Client:
 
     # --- the app's side ---------------------------------------------------------------------------------
 
-    def track(self, event: str, *, user_id: Optional[str] = None, anonymous_id: Optional[str] = None,
-              timestamp: Timestamp = None, properties: Optional[Mapping[str, Any]] = None) -> bool:
+    def track(
+        self,
+        event: str,
+        *,
+        user_id: Optional[str] = None,
+        anonymous_id: Optional[str] = None,
+        timestamp: Timestamp = None,
+        properties: Optional[Mapping[str, Any]] = None,
+    ) -> bool:
         """Queue one event and return at once (with on_full="block", once there is room): True if queued.
 
         Raises only for arguments of the wrong type (TypeError; a naive datetime, ValueError). The server
@@ -121,9 +140,11 @@ class Client:
                 self._counts["dropped"] += 1
                 first = self._counts["dropped"] == 1
                 if first or self._counts["dropped"] % 10_000 == 0:
-                    log.warning("event dropped: %s; %d dropped so far (stats().dropped)",
-                                "the client is closed" if self._closing else "the queue is full",
-                                self._counts["dropped"])
+                    log.warning(
+                        "event dropped: %s; %d dropped so far (stats().dropped)",
+                        "the client is closed" if self._closing else "the queue is full",
+                        self._counts["dropped"],
+                    )
                 return False
             self._queue.append((data, time.monotonic()))
             self._queued_bytes += len(data)
@@ -134,8 +155,11 @@ class Client:
                 self._start()
             # Wake the sender only when it has something new to decide: a first event starts the interval,
             # a full batch goes at once.
-            if len(self._queue) == 1 or len(self._queue) == self._max_batch_size \
-                    or self._queued_bytes >= self._batch_bytes():
+            if (
+                len(self._queue) == 1
+                or len(self._queue) == self._max_batch_size
+                or self._queued_bytes >= self._batch_bytes()
+            ):
                 self._changed.notify_all()
         return True
 
@@ -196,9 +220,16 @@ class Client:
 
     def _start(self) -> None:
         self._report = _Report(self)
-        self._sender = Sender(self._api_key, self._host, compress=self._gzip, timeout=self._timeout,
-                              max_retries=self._max_retries, body_limit=self._max_batch_bytes, report=self._report,
-                              wait=lambda seconds: not self._stopping.wait(seconds))
+        self._sender = Sender(
+            self._api_key,
+            self._host,
+            compress=self._gzip,
+            timeout=self._timeout,
+            max_retries=self._max_retries,
+            body_limit=self._max_batch_bytes,
+            report=self._report,
+            wait=lambda seconds: not self._stopping.wait(seconds),
+        )
         self._thread = threading.Thread(target=self._run, name="flokit-client-sender", daemon=True)
         self._thread.start()
 
@@ -210,12 +241,15 @@ class Client:
             try:
                 if self._stopping.is_set():
                     for event in batch:
-                        self._report.failed(event, "client_closed",
-                                             "the client was closed before this event was sent")
+                        self._report.failed(
+                            event, "client_closed", "the client was closed before this event was sent"
+                        )
                 else:
                     self._sender.deliver(batch, str(uuid.uuid4()))
             except Exception:  # a bug must not stop the sender; the batch is reported, the next one goes
-                log.exception("flokit_client: unexpected error while sending a batch of %d events", len(batch))
+                log.exception(
+                    "flokit_client: unexpected error while sending a batch of %d events", len(batch)
+                )
                 for event in batch:
                     self._report.failed(event, "client_error", "unexpected error in the client; see its log")
             finally:
@@ -232,9 +266,13 @@ class Client:
             while True:
                 if self._queue:
                     due_at = self._queue[0][1] + self._flush_interval
-                    if (len(self._queue) >= self._max_batch_size or self._queued_bytes >= self._batch_bytes()
-                            or self._finished < self._flush_through or self._stopping.is_set()
-                            or time.monotonic() >= due_at):
+                    if (
+                        len(self._queue) >= self._max_batch_size
+                        or self._queued_bytes >= self._batch_bytes()
+                        or self._finished < self._flush_through
+                        or self._stopping.is_set()
+                        or time.monotonic() >= due_at
+                    ):
                         return self._take()
                     self._changed.wait(due_at - time.monotonic())
                 elif self._stopping.is_set():

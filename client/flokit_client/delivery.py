@@ -4,6 +4,7 @@ Every attempt of a batch sends the same bytes under the same Idempotency-Key, so
 a batch it already took with its first answer instead of taking the events again. A batch the server finds
 too large (413) is split in two halves under keys derived from the batch's (`<key>.0`, `<key>.1`).
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -40,7 +41,9 @@ def batch_body(events: List[bytes]) -> bytes:
     return b'{"events":[' + b",".join(events) + b"]}"
 
 
-BODY_OVERHEAD = len(batch_body([]))  # the bytes around the events' own (plus one comma per event after the first)
+BODY_OVERHEAD = len(
+    batch_body([])
+)  # the bytes around the events' own (plus one comma per event after the first)
 
 
 def backoff(failures: int) -> float:
@@ -67,19 +70,33 @@ def retry_after(value: Optional[str]) -> Optional[float]:
 class Sender:
     """Sends batches over one keep-alive connection. Used by the client's sender thread only."""
 
-    def __init__(self, api_key: str, host: str, *, compress: bool, timeout: float, max_retries: int,
-                 body_limit: int, report: Report, wait: Callable[[float], bool]):
+    def __init__(
+        self,
+        api_key: str,
+        host: str,
+        *,
+        compress: bool,
+        timeout: float,
+        max_retries: int,
+        body_limit: int,
+        report: Report,
+        wait: Callable[[float], bool],
+    ):
         self._url = host.rstrip("/") + BATCH_PATH
-        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
-                         "User-Agent": "flokit-client/0.1"}
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "User-Agent": "flokit-client/0.1",
+        }
         if compress:
             self._headers["Content-Encoding"] = "gzip"
         self._compress = compress
         self._max_retries = max_retries
         self._report = report
         self._wait = wait  # sleeps; False when the client is closing and waiting must stop
-        self._pool = urllib3.PoolManager(num_pools=1, maxsize=1, retries=False,
-                                         timeout=urllib3.Timeout(connect=timeout, read=timeout))
+        self._pool = urllib3.PoolManager(
+            num_pools=1, maxsize=1, retries=False, timeout=urllib3.Timeout(connect=timeout, read=timeout)
+        )
         # The largest body to send; lowered when the server answers 413 (it caps bodies lower than this).
         self.body_limit = body_limit
 
@@ -96,7 +113,9 @@ class Sender:
         while True:
             self._report.sending()
             try:
-                response = self._pool.request("POST", self._url, body=payload, headers=headers, redirect=False)
+                response = self._pool.request(
+                    "POST", self._url, body=payload, headers=headers, redirect=False
+                )
             except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out: the answer is unknown
                 status, delay, problem = None, None, f"{type(exc).__name__}: {exc}"
             else:
@@ -116,8 +135,9 @@ class Sender:
                 failures += 1
                 if failures > self._max_retries:
                     for event in events:
-                        self._report.failed(event, "delivery_failed",
-                                            f"gave up after {failures} attempts; last: {problem}")
+                        self._report.failed(
+                            event, "delivery_failed", f"gave up after {failures} attempts; last: {problem}"
+                        )
                     return
             if delay is None:
                 delay = backoff(failures if status not in (409, 429) else 1)
@@ -125,16 +145,22 @@ class Sender:
             self._report.retrying(status)
             if not self._wait(delay):
                 for event in events:
-                    self._report.failed(event, "client_closed",
-                                        f"the client was closed before this event was delivered (last: {problem})")
+                    self._report.failed(
+                        event,
+                        "client_closed",
+                        f"the client was closed before this event was delivered (last: {problem})",
+                    )
                 return
 
     def _accepted(self, events: List[bytes], answer: dict, status: int) -> None:
         if "accepted" not in answer:
             # Not the API's answer (a proxy, a wrong URL): the events' fate is unknown, and retrying cannot help.
             for event in events:
-                self._report.failed(event, "unexpected_response",
-                                    f"HTTP {status} without the API's batch answer; is the host right?")
+                self._report.failed(
+                    event,
+                    "unexpected_response",
+                    f"HTTP {status} without the API's batch answer; is the host right?",
+                )
             return
         self._rejected_each(events, answer.get("errors") or [])
         self._report.delivered(int(answer["accepted"]))

@@ -3,6 +3,7 @@
 The event is serialised when it is tracked, so a caller changing its properties dict afterwards changes
 nothing that is sent, and a value JSON cannot carry is known before it can spoil a whole batch.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -22,8 +23,13 @@ def utc_timestamp(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def build_event(event: str, user_id: Optional[str], anonymous_id: Optional[str], timestamp: Timestamp,
-                properties: Optional[Mapping[str, Any]]) -> dict:
+def build_event(
+    event: str,
+    user_id: Optional[str],
+    anonymous_id: Optional[str],
+    timestamp: Timestamp,
+    properties: Optional[Mapping[str, Any]],
+) -> dict:
     """The event document. Wrong argument types are programming errors and raise TypeError (a naive datetime,
     ValueError); what the values say (names, ids, sizes) is left to the server, whose verdict reaches
     on_error."""
@@ -50,7 +56,9 @@ def _timestamp(timestamp: Timestamp) -> str:
     if isinstance(timestamp, dt.datetime):
         if timestamp.tzinfo is None or timestamp.utcoffset() is None:
             # The API refuses a timestamp without an offset rather than guess one; so does the client.
-            raise ValueError("timestamp is a naive datetime; pass an aware one, e.g. datetime.now(timezone.utc)")
+            raise ValueError(
+                "timestamp is a naive datetime; pass an aware one, e.g. datetime.now(timezone.utc)"
+            )
         return utc_timestamp(timestamp)
     if isinstance(timestamp, str):
         return timestamp  # sent as written: the server validates it (and says what is wrong)
@@ -61,8 +69,9 @@ def encode_event(document: dict) -> bytes:
     """Compact UTF-8 JSON. Raises UnserializableEvent for values JSON cannot carry: one NaN in a batch
     would make the whole body invalid JSON, so it is caught here, per event."""
     try:
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                          default=_json_default).encode("utf-8")
+        return json.dumps(
+            document, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
+        ).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         raise UnserializableEvent(_describe(exc)) from None
 
@@ -82,4 +91,3 @@ def _describe(exc: BaseException) -> str:
     if "Circular reference" in text:
         return "properties refer to themselves (a cycle), which JSON cannot carry"
     return text
-

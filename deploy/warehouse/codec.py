@@ -4,6 +4,7 @@ clickhouse-connect compresses insert bodies by default (`Content-Encoding: lz4`,
 chunked) and asks for compressed query results (`Accept-Encoding: lz4,zstd,gzip,deflate` together with
 `enable_http_compression=1`). Both directions stream: nothing here holds a whole body.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -95,7 +96,9 @@ def decoded(chunks: Iterator[bytes], encoding: str | None) -> Iterator[bytes]:
             try:
                 out = decoder.decompress(chunk)
             except Exception as exc:
-                raise ClickHouseError.of(CANNOT_READ_ALL_DATA, f"Cannot decode {encoding} body: {exc}") from None
+                raise ClickHouseError.of(
+                    CANNOT_READ_ALL_DATA, f"Cannot decode {encoding} body: {exc}"
+                ) from None
             if out:
                 yield out
             chunk, pending = b"", not decoder.eof

@@ -10,6 +10,7 @@ closed last, keeps the engine up for the life of the server.
 Insert bodies are spooled to files under `<data dir>/tmp/http_inserts` and inserted with `FROM INFILE`,
 because chdb's streaming inserter loses storage-stage errors (see `Connection.insert`).
 """
+
 from __future__ import annotations
 
 import errno
@@ -82,8 +83,10 @@ def _spool_dir(path: str) -> tuple[str, bool]:
     if _GLOB_CHARS.isdisjoint(spool):
         return spool, True
     os.rmdir(spool)
-    raise ValueError(f"cannot spool inserts: both {path!r} and the temp directory {spool!r} contain one of "
-                     f"{''.join(sorted(_GLOB_CHARS))}, which FROM INFILE reads as a glob")
+    raise ValueError(
+        f"cannot spool inserts: both {path!r} and the temp directory {spool!r} contain one of "
+        f"{''.join(sorted(_GLOB_CHARS))}, which FROM INFILE reads as a glob"
+    )
 
 
 class Connection:
@@ -174,7 +177,7 @@ class Connection:
                     view = memoryview(chunk)
                     while view:  # os.write may write less than asked
                         try:
-                            view = view[os.write(fd, view):]
+                            view = view[os.write(fd, view) :]
                         except OSError as exc:
                             raise _spool_error(exc) from None
             finally:

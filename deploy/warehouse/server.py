@@ -1,4 +1,5 @@
 """The warehouse process: one chdb data directory, served over ClickHouse's HTTP interface on loopback."""
+
 from __future__ import annotations
 
 import signal
