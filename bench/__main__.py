@@ -19,7 +19,7 @@ import time
 import traceback
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -212,7 +212,7 @@ class Run:
     def __init__(self, plan: Plan, args, overrides: dict):
         self.plan = plan
         self.args = args
-        self.stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.run_id = f"{self.stamp}-{uuid.uuid4().hex[:6]}"
         self.tmp = Path(f"/tmp/flokit-bench-{self.run_id}")
         self.logs = self.tmp / "logs"

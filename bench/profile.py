@@ -28,7 +28,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import limits, pipeline, procs, workload, wrk
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     for k in [k for k in os.environ if k.startswith("FLOKIT_")]:
         del os.environ[k]
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
     out_dir = RESULTS / f"profile-{stamp}"
     out_dir.mkdir(parents=True)
@@ -189,10 +189,10 @@ def main(argv=None) -> int:
     summary: dict = {"run_id": run_id, "seconds": args.seconds, "prefill": args.prefill, "stages": {}}
     state = key = None
     try:
+        from deploy import clickhouse
         from deploy.queue.kafka_queue import create_topics
         from deploy.settings import Settings
         from ingest_api.state.redis_state import RedisState
-        from deploy import clickhouse
 
         warehouse_proc, warehouse_url = procs.start_warehouse(tmp / "warehouse-data", logs)
         started.append(warehouse_proc)

@@ -17,8 +17,8 @@ hint in any case: the analysts' views resolve identities at query time
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from itertools import islice
-from typing import Callable, Iterable
 
 from schemas.warehouse import IDENTITY_RESOLVED_VIEW, quote_identifier
 

@@ -3,8 +3,8 @@ or edited (events already written dropped, linked_user_id stamped), and the iden
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
-from typing import Container, Iterator
 
 from schemas import warehouse
 from schemas.envelope import Envelope

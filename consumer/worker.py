@@ -11,8 +11,8 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Sequence
 
 from schemas import warehouse
 from schemas.queue import CommitFailed, Message, SubscriberFactory

@@ -10,7 +10,7 @@ committed meanwhile) from what stops it.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 

@@ -32,10 +32,11 @@ a consumer stamp the user id on that device's later anonymous-only events.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -91,7 +92,7 @@ def partition_for(key: str, partitions: int) -> int:
 
 def iso_ms(ts: float) -> str:
     """A POSIX time as the envelope writes every time: UTC, milliseconds, `Z`."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def encode_records(

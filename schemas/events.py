@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing
@@ -106,7 +107,7 @@ BATCH_ERROR_CODES: tuple[str, ...] = (
 )
 
 _MIN_EPOCH = datetime.fromisoformat(MIN_TIMESTAMP).timestamp()
-_UTC = timezone.utc
+_UTC = UTC
 _fromisoformat = datetime.fromisoformat
 _TWO_DIGITS = tuple(f"{i:02d}" for i in range(100))
 _MILLIS_Z = tuple(f".{i:03d}Z" for i in range(1000))

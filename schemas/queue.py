@@ -9,8 +9,8 @@ member of a consumer group at a time.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 #: Called by a subscriber with the partitions a rebalance takes away from it (see Subscriber).
 OnRevoke = Callable[[set[int]], None]

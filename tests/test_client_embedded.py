@@ -179,8 +179,8 @@ def test_rejected_events_reach_on_error_and_the_rest_arrive(server, key, data_di
         r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", queued[0]["timestamp"]
     )  # defaults to now, UTC
     assert abs(
-        dt.datetime.fromisoformat(queued[0]["timestamp"][:-1]).replace(tzinfo=dt.timezone.utc)
-        - dt.datetime.now(dt.timezone.utc)
+        dt.datetime.fromisoformat(queued[0]["timestamp"][:-1]).replace(tzinfo=dt.UTC)
+        - dt.datetime.now(dt.UTC)
     ) < dt.timedelta(minutes=5)
     assert queued[5]["timestamp"] == "2024-03-15T14:22:05.123Z"  # an aware datetime, in UTC
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import marshmallow
 import orjson
@@ -26,7 +26,7 @@ from schemas.events import (
 from schemas.taxonomy import EVENTS, PROPERTY_TYPES
 
 # The server clock for these tests: 2024-03-16T00:00:00Z.
-NOW = datetime(2024, 3, 16, tzinfo=timezone.utc).timestamp()
+NOW = datetime(2024, 3, 16, tzinfo=UTC).timestamp()
 
 PAYWALL_VIEWED = {
     "event": "paywall_viewed",
@@ -141,9 +141,9 @@ def test_timestamp_normalized_to_utc_milliseconds(v, sent, normalized):
 def test_timestamp_normalization_matches_reference_implementation(v):
     """Random instants and offsets against datetime's own arithmetic and formatting."""
     rng = random.Random(20240315)
-    lo = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
+    lo = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
     for _ in range(2000):
-        instant = datetime.fromtimestamp(rng.uniform(lo, NOW), timezone.utc).replace(
+        instant = datetime.fromtimestamp(rng.uniform(lo, NOW), UTC).replace(
             microsecond=rng.randrange(1_000_000)
         )
         offset = timedelta(minutes=15 * rng.randrange(-48, 57))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
 
 import jsonschema
@@ -448,7 +448,7 @@ def test_timestamp_pattern(timestamp, in_pattern):
 def test_timestamp_pattern_admits_now_and_tomorrow():
     """The pattern's years end at 2029 (so that generated timestamps stay near the accepted window): this fails
     when they must be extended."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for moment in (now, now + timedelta(hours=23)):
         for timestamp in (
             moment.strftime("%Y-%m-%dT%H:%M:%SZ"),

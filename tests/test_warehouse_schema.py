@@ -14,11 +14,15 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
+from consumer.identity import resolve_links
+from consumer.writer import BatchWriter
+from deploy import clickhouse
+from deploy.clickhouse import migrate_main
 from deploy.settings import Settings
 from schemas import envelope, warehouse
 from schemas.migrations import (
@@ -32,16 +36,12 @@ from schemas.migrations import (
     render_all,
 )
 from schemas.taxonomy import PROPERTY_TYPES
-from consumer.identity import resolve_links
-from consumer.writer import BatchWriter
-from deploy import clickhouse
-from deploy.clickhouse import migrate_main
 from schemas.warehouse import EVENT_COLUMNS, LINK_COLUMNS, event_row, link_document
 
 from .warehouse_process import start_warehouse, stop_warehouse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-UTC = timezone.utc
+UTC = UTC
 RECEIVED_AT = "2024-04-10T11:59:59.000Z"
 
 

@@ -21,7 +21,7 @@ from deploy.warehouse.sql import insert_from_file
 
 from .warehouse_process import start_warehouse, stop_warehouse
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @pytest.fixture(scope="module")

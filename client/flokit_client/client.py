@@ -16,8 +16,9 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, List, Optional, Tuple
 
 from .delivery import BODY_OVERHEAD, Sender
 from .events import Timestamp, UnserializableEvent, build_event, encode_event
@@ -210,7 +211,7 @@ class Client:
         with self._lock:
             return Stats(pending=self._pending, **self._counts)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -347,7 +348,7 @@ class _Report:
 
 # --- process lifecycle: exit and fork -----------------------------------------------------------------------
 
-_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _clients_lock = threading.Lock()
 
 

@@ -63,9 +63,9 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 from schemas.queue import GroupBusy, Message, OnRevoke, Publisher, QueueUnavailable, Record, Subscriber
 

@@ -8,7 +8,8 @@ chunked) and asks for compressed query results (`Accept-Encoding: lz4,zstd,gzip,
 from __future__ import annotations
 
 import zlib
-from typing import BinaryIO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import lz4.frame
 

@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import threading
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from chdb import _chdb  # importing via the package runs chdb's own loader setup
 
@@ -53,7 +53,7 @@ class Engine:
         names = self._owner.query("SELECT name FROM system.formats WHERE is_output", "TabSeparated").bytes()
         self.output_formats = {name.lower(): name for name in names.decode().split()}
 
-    def connect(self) -> "Connection":
+    def connect(self) -> Connection:
         return Connection(_chdb.connect(self.path), self.spool_dir)
 
     def close(self) -> None:
@@ -96,7 +96,7 @@ class Connection:
         self._h = handle
         self._spool_dir = spool_dir
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc) -> None:

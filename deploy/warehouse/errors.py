@@ -98,13 +98,13 @@ class ClickHouseError(Exception):
         self.code, self.name, self.message = code, name, message
 
     @classmethod
-    def of(cls, kind: tuple[int, str], text: str) -> "ClickHouseError":
+    def of(cls, kind: tuple[int, str], text: str) -> ClickHouseError:
         """An error raised by this server itself, e.g. `ClickHouseError.of(SYNTAX_ERROR, "Empty query")`."""
         code, name = kind
         return cls(code, name, f"DB::Exception: {text}. ({name})")
 
     @classmethod
-    def from_engine(cls, exc: BaseException) -> "ClickHouseError":
+    def from_engine(cls, exc: BaseException) -> ClickHouseError:
         """Wrap whatever chdb raised; its text already reads `Code: N. DB::Exception: ... (NAME)`."""
         if isinstance(exc, ClickHouseError):
             return exc

@@ -19,8 +19,8 @@ import socket
 import sys
 import traceback
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
-from typing import Iterator
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson

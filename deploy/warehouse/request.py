@@ -76,7 +76,7 @@ class QueryRequest:
     params: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_pairs(cls, pairs: list[tuple[str, str]], method: str, headers=None) -> "QueryRequest":
+    def from_pairs(cls, pairs: list[tuple[str, str]], method: str, headers=None) -> QueryRequest:
         """From the URL's (name, value) pairs; ClickHouse's X-ClickHouse-Database/-Format headers count too."""
         req, raw = cls(readonly=method == "GET"), dict(pairs)
         headers = headers or {}

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from deploy.warehouse.errors import SESSION_IS_LOCKED, SESSION_NOT_FOUND, ClickHouseError
-
 
 LOCK_WAIT_SECONDS = 1.0
 

@@ -13,8 +13,8 @@ the statement part.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 _WORD = re.compile(rb"[A-Za-z_][A-Za-z0-9_$]*")
 _SPACE = b" \t\n\r\f\v"

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from importlib import resources
-from typing import Iterable
 
 from schemas.warehouse import MIGRATIONS_TABLE, quote_identifier
 
@@ -75,7 +75,7 @@ class Migration:
     checksum: str  # sha256 of the file's text (UTF-8, LF line endings)
 
     @classmethod
-    def from_text(cls, file_name: str, text: str) -> "Migration":
+    def from_text(cls, file_name: str, text: str) -> Migration:
         match = _FILE_NAME.match(file_name)
         if not match:
             raise MigrationError(f"{file_name}: migration files are named NNNN_snake_case_name.sql")
@@ -257,7 +257,7 @@ def apply_migrations(
                 ) from exc
         client.insert(
             MIGRATIONS_TABLE,
-            [[migration.name, datetime.now(timezone.utc), migration.checksum]],
+            [[migration.name, datetime.now(UTC), migration.checksum]],
             column_names=["name", "applied_at", "checksum"],
             database=topology.database,
         )
