@@ -18,7 +18,7 @@ import uuid
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, List, Optional, Tuple
+from typing import Any, Callable
 
 from .delivery import BODY_OVERHEAD, Sender
 from .events import Timestamp, UnserializableEvent, build_event, encode_event
@@ -61,7 +61,7 @@ class Client:
         api_key: str,
         host: str = "http://127.0.0.1:8080",
         *,
-        on_error: Optional[ErrorCallback] = None,
+        on_error: ErrorCallback | None = None,
         flush_interval: float = 1.0,
         max_batch_size: int = MAX_BATCH_SIZE,
         max_batch_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -96,7 +96,7 @@ class Client:
         """Everything that belongs to one process (run again in a forked child: see _after_fork)."""
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # queue, outcomes, flush requests
-        self._queue: Deque[Tuple[bytes, float]] = collections.deque()  # (event JSON, when queued)
+        self._queue: collections.deque[tuple[bytes, float]] = collections.deque()  # (event JSON, when queued)
         self._queued_bytes = 0
         self._pending = self._pending_bytes = 0  # queued or being sent
         self._enqueued = self._finished = 0  # events that entered the queue / got their outcome (in order)
@@ -104,8 +104,8 @@ class Client:
         self._counts = collections.Counter()
         self._closing = False
         self._stopping = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._sender: Optional[Sender] = None
+        self._thread: threading.Thread | None = None
+        self._sender: Sender | None = None
 
     # --- the app's side ---------------------------------------------------------------------------------
 
@@ -113,10 +113,10 @@ class Client:
         self,
         event: str,
         *,
-        user_id: Optional[str] = None,
-        anonymous_id: Optional[str] = None,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
         timestamp: Timestamp = None,
-        properties: Optional[Mapping[str, Any]] = None,
+        properties: Mapping[str, Any] | None = None,
     ) -> bool:
         """Queue one event and return at once (with on_full="block", once there is room): True if queued.
 
@@ -169,7 +169,7 @@ class Client:
             return True  # an event larger than max_queue_bytes still goes alone, so "block" cannot hang on it
         return self._pending < self._max_queue_size and self._pending_bytes + size <= self._max_queue_bytes
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Send everything queued so far now and wait until each event has an outcome (delivered, rejected or
         failed), at most `timeout` seconds. True if they all have."""
         if threading.current_thread() is self._thread:
@@ -186,7 +186,7 @@ class Client:
                 self._changed.wait(remaining)
         return True
 
-    def close(self, timeout: Optional[float] = None) -> bool:
+    def close(self, timeout: float | None = None) -> bool:
         """Flush, then stop the sender, within `timeout` seconds (default: shutdown_timeout). Events without
         an outcome by then are reported to on_error as `client_closed`, in up to one more second (a request
         already on the wire may finish first). Later track() calls drop their events. True if everything
@@ -260,7 +260,7 @@ class Client:
                     self._pending_bytes -= sum(map(len, batch))
                     self._changed.notify_all()
 
-    def _next_batch(self) -> Optional[List[bytes]]:
+    def _next_batch(self) -> list[bytes] | None:
         """Wait until a batch is due (full, its oldest event flush_interval old, a flush, closing), take it.
         None: the client is closed and nothing is left."""
         with self._lock:
@@ -284,9 +284,9 @@ class Client:
     def _batch_bytes(self) -> int:
         return min(self._max_batch_bytes, self._sender.body_limit) - BODY_OVERHEAD
 
-    def _take(self) -> List[bytes]:
+    def _take(self) -> list[bytes]:
         limit = self._batch_bytes()
-        batch: List[bytes] = []
+        batch: list[bytes] = []
         size = 0
         while self._queue and len(batch) < self._max_batch_size:
             data = self._queue[0][0]
@@ -337,7 +337,7 @@ class _Report:
     def sending(self) -> None:
         self._count("requests")
 
-    def retrying(self, status: Optional[int]) -> None:
+    def retrying(self, status: int | None) -> None:
         self._count("retries")
         if status == 429:
             self._count("rate_limited")

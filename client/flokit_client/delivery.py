@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from typing import Callable, List, Optional, Protocol
+from typing import Callable, Protocol
 
 import urllib3
 
@@ -33,11 +33,11 @@ class Report(Protocol):
     def delivered(self, count: int) -> None: ...
     def rejected(self, event: bytes, error: str, message: str) -> None: ...
     def failed(self, event: bytes, error: str, message: str) -> None: ...
-    def retrying(self, status: Optional[int]) -> None: ...
+    def retrying(self, status: int | None) -> None: ...
     def split(self) -> None: ...
 
 
-def batch_body(events: List[bytes]) -> bytes:
+def batch_body(events: list[bytes]) -> bytes:
     return b'{"events":[' + b",".join(events) + b"]}"
 
 
@@ -53,7 +53,7 @@ def backoff(failures: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def retry_after(value: Optional[str]) -> Optional[float]:
+def retry_after(value: str | None) -> float | None:
     """Retry-After in seconds (delta-seconds or an HTTP date), or None when absent or unreadable."""
     if not value:
         return None
@@ -103,7 +103,7 @@ class Sender:
     def close(self) -> None:
         self._pool.clear()
 
-    def deliver(self, events: List[bytes], key: str) -> None:
+    def deliver(self, events: list[bytes], key: str) -> None:
         """Send `events` under `key` until the server gives a verdict, the retries run out or the client
         closes; every event is reported exactly once."""
         body = batch_body(events)
@@ -152,7 +152,7 @@ class Sender:
                     )
                 return
 
-    def _accepted(self, events: List[bytes], answer: dict, status: int) -> None:
+    def _accepted(self, events: list[bytes], answer: dict, status: int) -> None:
         if "accepted" not in answer:
             # Not the API's answer (a proxy, a wrong URL): the events' fate is unknown, and retrying cannot help.
             for event in events:
@@ -165,7 +165,7 @@ class Sender:
         self._rejected_each(events, answer.get("errors") or [])
         self._report.delivered(int(answer["accepted"]))
 
-    def _refused(self, events: List[bytes], answer: dict, status: int) -> None:
+    def _refused(self, events: list[bytes], answer: dict, status: int) -> None:
         if answer.get("error") == "no_valid_events":
             return self._rejected_each(events, answer.get("errors") or [])
         error = answer.get("error") or f"http_{status}"
@@ -175,11 +175,11 @@ class Sender:
         for event in events:
             self._report.rejected(event, error, message)
 
-    def _rejected_each(self, events: List[bytes], errors: list) -> None:
+    def _rejected_each(self, events: list[bytes], errors: list) -> None:
         for item in errors:
             self._report.rejected(events[item["index"]], item["error"], item["message"])
 
-    def _split(self, events: List[bytes], key: str, size: int) -> None:
+    def _split(self, events: list[bytes], key: str, size: int) -> None:
         self.body_limit = min(self.body_limit, size // 2)
         self._report.split()
         log.info("batch %s: 413 for %d bytes; sending it in two halves", key, size)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 Timestamp = Union[dt.datetime, str, None]
 
@@ -26,10 +26,10 @@ def utc_timestamp(moment: dt.datetime) -> str:
 
 def build_event(
     event: str,
-    user_id: Optional[str],
-    anonymous_id: Optional[str],
+    user_id: str | None,
+    anonymous_id: str | None,
     timestamp: Timestamp,
-    properties: Optional[Mapping[str, Any]],
+    properties: Mapping[str, Any] | None,
 ) -> dict:
     """The event document. Wrong argument types are programming errors and raise TypeError (a naive datetime,
     ValueError); what the values say (names, ids, sizes) is left to the server, whose verdict reaches
