@@ -1,10 +1,11 @@
 """`python -m bench [--quick]`: benchmark a real FloKit Ingest deployment on this machine.
 
-Starts, on free loopback ports and fresh state (topics, databases, data dirs under /tmp), the embedded warehouse,
-the front door (`flokit api`: gunicorn with deploy/gunicorn.conf.py), consumers (`flokit consumer`) and a no-op
-app on the same gunicorn configuration; uses the Kafka broker on 127.0.0.1:19092 and Redis on 16379 (started
-with deploy/kafka.sh / deploy/redis.sh if needed, never stopped); drives them with wrk and bench.loadgen; writes
-bench/results/<timestamp>.json and <timestamp>-e2e.png and prints a table. See bench/README.md.
+Starts, on free loopback ports and fresh state (topics, databases, data dirs under /tmp), the embedded
+warehouse, the front door (`flokit api`: gunicorn with deploy/gunicorn.conf.py), consumers (`flokit consumer`)
+and a no-op app on the same gunicorn configuration; uses the Kafka broker on 127.0.0.1:19092 and Redis on
+16379 (started with deploy/kafka.sh / deploy/redis.sh if needed, never stopped); drives them with wrk and
+bench.loadgen; writes bench/results/<timestamp>.json and <timestamp>-e2e.png and prints a table. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -43,14 +44,14 @@ class Plan:
     flask_noop: bool
     generator_capacity: bool
     batch_conns: int = 8
-    # Single events: many clients at once, as a busy app back end has. Greenlets make an open connection cheap,
-    # and at 3,000 requests/s of ~20 ms each some 60 are in flight: fewer connections would queue requests in
-    # the generator, not in the server.
+    # Single events: many clients at once, as a busy app back end has. Greenlets make an open connection
+    # cheap, and at 3,000 requests/s of ~20 ms each some 60 are in flight: fewer connections would queue
+    # requests in the generator, not in the server.
     single_conns: int = 256
     e2e_conns: int = 4
     open_fraction: float = 0.65
-    # More open-loop runs (full run): lower fractions of saturation (where the p99 target holds when the machine
-    # is not full) and the target's own rate, whatever the saturation.
+    # More open-loop runs (full run): lower fractions of saturation (where the p99 target holds when the
+    # machine is not full) and the target's own rate, whatever the saturation.
     lower_open_fractions: tuple[float, ...] = ()
     target_open_rates: tuple[float, ...] = ()
     consumer_timeout: float = 300.0
@@ -770,8 +771,9 @@ class Run:
         result["machine_busy"] = round((busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * 2, 2)
         lat = result["latency_ms"]
         log(
-            f"  open loop {rate:,.0f} req/s: got {result['requests_per_s']:,.0f} req/s, p50 {lat.get('p50')} ms, "
-            f"p99 {lat.get('p99')} ms, p999 {lat.get('p999')} ms; statuses {result['statuses']}"
+            f"  open loop {rate:,.0f} req/s: got {result['requests_per_s']:,.0f} req/s, "
+            f"p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, p999 {lat.get('p999')} ms; "
+            f"statuses {result['statuses']}"
         )
         return result
 
@@ -791,9 +793,9 @@ class Run:
         start_at_end: bool = False,
     ) -> dict:
         """An end-to-end phase: a fresh database and consumer group (both named after `name`) behind the front
-        door at `api_url`, load from bench.loadgen (closed loop, or open loop at `open_rate` requests/s), until
-        every accepted event is a row. `start_at_end`: the group starts at the topic's current end (a topic
-        an earlier phase already filled), not at its beginning."""
+        door at `api_url`, load from bench.loadgen (closed loop, or open loop at `open_rate` requests/s),
+        until every accepted event is a row. `start_at_end`: the group starts at the topic's current end (a
+        topic an earlier phase already filled), not at its beginning."""
         from bench import pipeline
 
         settings = self.migrate(self.database(name.replace("-", "_")))

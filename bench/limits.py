@@ -1,8 +1,8 @@
 """The limits each figure is compared with, measured in the same run on the same machine:
 
 * validation: schemas.events.EventValidator().validate over the run's events in a tight loop (one core);
-* the other per-event CPU steps of the path, for the profile: envelope encoding (front door), envelope decoding
-  and schemas.warehouse.event_row over envelope lines, every event stamped (consumer's worst case);
+* the other per-event CPU steps of the path, for the profile: envelope encoding (front door), envelope
+  decoding and schemas.warehouse.event_row over envelope lines, every event stamped (consumer's worst case);
 * raw Kafka produce: a bare kafka-python producer with the front door's own settings (acks=all, idempotent,
   its linger, 512 KiB batches) publishing the same envelopes, pipelined; and Kafka's own Java
   ProducerPerformance with the same record size;

@@ -14,12 +14,12 @@ wrk cannot report progress while it runs (the end-to-end phase samples accepted 
   open-loop latency phases use it, so that they measure a server holding its clients' connections, not one
   accepting a few hundred connections opened in the same millisecond (bench/README.md).
 
-It is C (one epoll loop that wakes when the next request is due, requests pre-formatted) because it shares the two cores
-with what it measures: the asyncio generator it replaced took 0.29-0.38 of a core at 3,000 requests/s
-(bench/README.md). The binary is built with the system's C compiler on first use, into a cache directory
-named by the source's hash. Bounded by --seconds and --max-requests; targets only 127.0.0.1. Progress lines
-(`BENCH_PROGRESS {...}`, CLOCK_MONOTONIC seconds) go to stdout every 0.25 s, the result (`BENCH_RESULT {...}`)
-last.
+It is C (one epoll loop that wakes when the next request is due, requests pre-formatted) because it shares the
+two cores with what it measures: the asyncio generator it replaced took 0.29-0.38 of a core at 3,000
+requests/s (bench/README.md). The binary is built with the system's C compiler on first use, into a cache
+directory named by the source's hash. Bounded by --seconds and --max-requests; targets only 127.0.0.1.
+Progress lines (`BENCH_PROGRESS {...}`, CLOCK_MONOTONIC seconds) go to stdout every 0.25 s, the result
+(`BENCH_RESULT {...}`) last.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """gunicorn settings for the no-op ceiling: deploy/gunicorn.conf.py's own values (worker class, workers,
-connections, keep-alive, timeouts, logging), read from that file with the same FLOKIT_* environment, with only the
-application swapped for bench.noop_app (BENCH_NOOP_APP picks `app` or `flask_app`)."""
+connections, keep-alive, timeouts, logging), read from that file with the same FLOKIT_* environment, with only
+the application swapped for bench.noop_app (BENCH_NOOP_APP picks `app` or `flask_app`)."""
 
 import os
 import runpy

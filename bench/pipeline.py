@@ -1,8 +1,8 @@
 """Pipeline phases: the consumer alone draining a pre-filled queue, and end to end under sustained batches.
 
-Rows are counted with `SELECT count() FROM events` through clickhouse-connect on the warehouse under test (every
-event id is unique, so count() is the number of events stored). Accepted events come from the load generator's
-progress lines (the sum of the `accepted` fields of its 200 answers).
+Rows are counted with `SELECT count() FROM events` through clickhouse-connect on the warehouse under test
+(every event id is unique, so count() is the number of events stored). Accepted events come from the load
+generator's progress lines (the sum of the `accepted` fields of its 200 answers).
 """
 
 from __future__ import annotations

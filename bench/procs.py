@@ -1,9 +1,9 @@
 """Starting, watching and stopping the processes of a benchmark run, and reading what they cost.
 
-Every process is started the way the project starts it (the same commands as deploy/dev.py and tests/services.py:
-`python -m deploy.cli api|consumer`, `python -m deploy.warehouse_server`), on a free loopback port, in its own
-session, and stopped by its own process group id. Memory is /proc/<pid>/status VmHWM (peak resident set), CPU
-is utime+stime from /proc/<pid>/stat.
+Every process is started the way the project starts it (the same commands as deploy/dev.py and
+tests/services.py: `python -m deploy.cli api|consumer`, `python -m deploy.warehouse_server`), on a free
+loopback port, in its own session, and stopped by its own process group id. Memory is /proc/<pid>/status VmHWM
+(peak resident set), CPU is utime+stime from /proc/<pid>/stat.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def _wait_http(proc: Proc, url: str, timeout: float = 60.0) -> None:
 
 
 def start_warehouse(data_dir: Path, log_dir: Path, timeout: float = 90.0) -> tuple[Proc, str]:
-    """`python -m deploy.warehouse_server` on a free port; returns it and its URL once it printed its ready line."""
+    """`python -m deploy.warehouse_server` on a free port; returns it and its URL after its ready line."""
     env = {**os.environ, "FLOKIT_DATA_DIR": str(data_dir), "FLOKIT_WAREHOUSE_BIND": "127.0.0.1:0"}
     proc = Proc(
         "warehouse",
@@ -225,7 +225,8 @@ def start_api(env: dict[str, str], log_dir: Path, name: str = "api") -> tuple[Pr
 def start_noop(
     env: dict[str, str], log_dir: Path, app: str = "bench.noop_app:app", name: str = "noop"
 ) -> tuple[Proc, str]:
-    """The no-op WSGI app under gunicorn with deploy/gunicorn.conf.py's values (bench/noop_gunicorn.conf.py)."""
+    """The no-op WSGI app under gunicorn with deploy/gunicorn.conf.py's values
+    (bench/noop_gunicorn.conf.py)."""
     port = free_port()
     env = {**os.environ, **env, "FLOKIT_API_BIND": f"127.0.0.1:{port}", "BENCH_NOOP_APP": app}
     conf = Path(__file__).with_name("noop_gunicorn.conf.py")

@@ -10,9 +10,9 @@ GIL, i.e. the Python CPU time of the process; the target is never paused):
   consumer-local  the same consumer draining the embedded local log
 
 Writes, under bench/results/profile-<timestamp>/, each stage's collapsed stacks (`<stage>.txt`, the input of
-flamegraph.pl or speedscope), and `summary.json` / `summary.md`: the top functions by self and inclusive samples
-and the samples per cost category (the innermost frame of each stack that belongs to a known layer). Also prints
-the per-process CPU split (from /proc) of each stage. py-spy costs a few percent of a core itself.
+flamegraph.pl or speedscope), and `summary.json` / `summary.md`: the top functions by self and inclusive
+samples and the samples per cost category (the innermost frame of each stack that belongs to a known layer).
+Also prints the per-process CPU split (from /proc) of each stage. py-spy costs a few percent of a core itself.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def summarize(raw_path: Path, top: int = 25) -> dict:
             incl_c[key] += n
         names = {fn for fn, _ in frames}
         category = next((name for fn, name in CONTEXT if fn in names), None)
-        for fn, fl in [] if category else reversed(frames):
+        for _fn, fl in [] if category else reversed(frames):
             for needle, name in CATEGORIES:
                 if needle in fl:
                     category = name

@@ -204,7 +204,8 @@ def rows(r: dict) -> list[tuple]:
     t = r.get("e2e_kafka_at_target")
     if t:
         line(
-            f"3. end to end (Kafka) at {_fmt(t.get('offered_events_per_s'))} events/s offered (open loop), events/s",
+            f"3. end to end (Kafka) at {_fmt(t.get('offered_events_per_s'))} events/s offered "
+            "(open loop), events/s",
             _get(t, "events_per_s"),
             TARGETS["e2e_events_per_s"],
             limits=[("consumer alone on this queue, events/s", _get(r, "consumer_kafka", "events_per_s"))],
@@ -221,9 +222,9 @@ def rows(r: dict) -> list[tuple]:
                 "",
             )
         )
-    for key, label, raw_queue, raw_name in (
-        ("consumer_kafka", "4. consumer alone (Kafka), events/s", None, None),
-        ("consumer_local", "5. consumer alone (local log), events/s", None, None),
+    for key, label in (
+        ("consumer_kafka", "4. consumer alone (Kafka), events/s"),
+        ("consumer_local", "5. consumer alone (local log), events/s"),
     ):
         c = r.get(key)
         if not c:
@@ -296,8 +297,11 @@ def table(r: dict) -> str:
     header = ("figure", "measured", "target", "vs target", "limit (same run)", "limit", "figure/limit")
     body = rows(r)
     widths = [max(len(str(x[i])) for x in [header, *body]) for i in range(len(header))]
-    lines = [" | ".join(str(h).ljust(w) for h, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
-    lines += [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in body]
+    lines = [
+        " | ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)),
+        "-+-".join("-" * w for w in widths),
+    ]
+    lines += [" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in body]
     return "\n".join(lines)
 
 

@@ -10,8 +10,8 @@ devices and users so that partitions fill evenly:
 Timestamps fall in the hour before generation, so they are valid for the front door (not in the future, after
 2000) and land in one or two monthly partitions of the events table.
 
-Everything is seeded: the same seed gives the same bodies. Bodies are JSON on one line each (no newline inside),
-which is how the wrk script and the load generator read them from a file.
+Everything is seeded: the same seed gives the same bodies. Bodies are JSON on one line each (no newline
+inside), which is how the wrk script and the load generator read them from a file.
 """
 
 from __future__ import annotations
@@ -233,7 +233,8 @@ def request_records(
     events: list[dict], partitions: int, workspace: str, per_request: int = 1000
 ) -> Iterator[list[tuple[int, bytes, int]]]:
     """The queue records the front door would publish for `events` arriving `per_request` per request:
-    per request, a list of (partition, envelope bytes, events in it), grouped exactly as ingest_api.enqueue."""
+    per request, a list of (partition, envelope bytes, events in it), grouped exactly as
+    ingest_api.enqueue."""
     from schemas import envelope
 
     for start in range(0, len(events), per_request):

@@ -95,7 +95,8 @@ class Worker:
                 " and will be delivered again"
             )
         except BaseException:
-            self.stop()  # writes in flight that are waiting out the warehouse give up within STOP_GRACE_SECONDS
+            # Writes in flight that are waiting out the warehouse give up within STOP_GRACE_SECONDS.
+            self.stop()
             raise
         finally:
             self._write_threads.shutdown(wait=True)
@@ -261,7 +262,8 @@ class Worker:
         try:
             self.drain()
         except BaseException as exc:
-            # Raised again from step() once poll() returns: the queue's client may swallow a callback's failure.
+            # Raised again from step() once poll() returns: the queue's
+            # client may swallow a callback's failure.
             self._revoke_failure = exc
             raise
         # While another member owned them, links may have been made that this one never saw.

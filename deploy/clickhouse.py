@@ -80,7 +80,8 @@ def connect(settings: Settings, *, database: str | None = None, **extra: Any):
         client = clickhouse_connect.get_client(**{**client_options(settings.warehouse_url), **extra})
     except OperationalError as exc:
         raise WarehouseUnreachable(
-            f"cannot reach the warehouse at {describe_url(settings.warehouse_url)}: {clickhouse_message(exc)}\n"
+            f"cannot reach the warehouse at {describe_url(settings.warehouse_url)}: "
+            f"{clickhouse_message(exc)}\n"
             "  Is the warehouse running? Start the embedded one with `flokit warehouse`, "
             "or set FLOKIT_CLICKHOUSE_URL to your ClickHouse server."
         ) from exc

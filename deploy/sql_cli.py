@@ -105,7 +105,8 @@ def run(
     except OperationalError as exc:
         stdout.flush()
         print(
-            f"flokit sql: lost the warehouse at {describe_url(settings.warehouse_url)}: {clickhouse_message(exc)}",
+            f"flokit sql: lost the warehouse at {describe_url(settings.warehouse_url)}: "
+            f"{clickhouse_message(exc)}",
             file=stderr,
         )
         return 1

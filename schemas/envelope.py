@@ -4,7 +4,8 @@ door and the consumers).
 One record carries the accepted events of one workspace that fall in one
 partition, from one request or from the several a front-door worker enqueues
 together (ingest_api.enqueue), so a 1,000-event batch costs a handful of queue
-appends rather than a thousand, and so do a hundred concurrent single events. Version 2 is a JSON header line, then one line per event:
+appends rather than a thousand, and so do a hundred concurrent single events. Version 2 is a JSON header line,
+then one line per event:
 
     {"v":2,"workspace":"acme","received_at":"2026-11-26T10:00:00.123Z",
      "events":[["evt_…","dev_9"|null,"usr_1"|null,"2024-03-15T14:22:00.000Z"],…]}
@@ -125,7 +126,8 @@ def encode_records(
         )
         records.append(head + b",".join(refs) + b"]}\n" + b"\n".join(rows))
 
-    for at, event in zip(times, events):
+    # One time per event: a shorter list must fail loudly, not drop the events past its end.
+    for at, event in zip(times, events, strict=True):
         row = row_head(at) + orjson.dumps(event)[1:]
         ref = orjson.dumps(
             [event["event_id"], event.get("anonymous_id"), event.get("user_id"), event["timestamp"]]

@@ -112,12 +112,12 @@ _fromisoformat = datetime.fromisoformat
 _TWO_DIGITS = tuple(f"{i:02d}" for i in range(100))
 _MILLIS_Z = tuple(f".{i:03d}Z" for i in range(1000))
 _FIELD_SET = frozenset(EVENT_FIELDS)
-_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,%d}" % (MAX_EVENT_NAME_LENGTH - 1))
+_EVENT_NAME = re.compile(rf"[a-z][a-z0-9_]{{0,{MAX_EVENT_NAME_LENGTH - 1}}}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TAXONOMY_NAMES = frozenset(EVENTS)
 
-# Known property name -> (accepted exact Python types, type name, (lowest, highest) value or None). string[] is
-# accepted as a list here and its items are checked separately.
+# Known property name -> (accepted exact Python types, type name, (lowest, highest) value or None). string[]
+# is accepted as a list here and its items are checked separately.
 _LIST_OF_STRINGS = frozenset({list})
 _KNOWN_PROPERTIES: dict[str, tuple[frozenset[type], str, tuple[float, float] | None]] = {
     name: (
@@ -248,13 +248,14 @@ class EventName(_Field):
             raise _fail(
                 "invalid_event_name",
                 f"event: {_show(value)} is not a valid event name; use snake_case: a lowercase letter, "
-                f"then lowercase letters, digits or _ (at most {MAX_EVENT_NAME_LENGTH} characters), e.g. paywall_viewed",
+                f"then lowercase letters, digits or _ (at most {MAX_EVENT_NAME_LENGTH} characters), "
+                "e.g. paywall_viewed",
             )
         if self.parent.strict_events:
             raise _fail(
                 "unknown_event",
-                f"event: {_show(value)} is not in the event taxonomy (this server only accepts taxonomy events), "
-                "e.g. paywall_viewed, subscription_started",
+                f"event: {_show(value)} is not in the event taxonomy "
+                "(this server only accepts taxonomy events), e.g. paywall_viewed, subscription_started",
             )
         return value
 
@@ -285,7 +286,8 @@ class Identity(_Field):
             if bad is not None:
                 raise _fail(
                     self.code,
-                    f"{attr}: contains the control character U+{ord(bad.group()):04X} at position {bad.start()}",
+                    f"{attr}: contains the control character U+{ord(bad.group()):04X} "
+                    f"at position {bad.start()}",
                 )
         return value
 
@@ -297,7 +299,8 @@ class Timestamp(_Field):
         if type(value) is not str:
             raise _fail(
                 "invalid_timestamp",
-                f"timestamp: must be an ISO 8601 datetime string with a UTC offset, e.g. 2024-03-15T14:22:00Z, got {_sent(value)}",
+                "timestamp: must be an ISO 8601 datetime string with a UTC offset, "
+                f"e.g. 2024-03-15T14:22:00Z, got {_sent(value)}",
             )
         try:
             dt = _fromisoformat(value)
@@ -548,11 +551,13 @@ class EventSchema(Schema):
         error_messages={
             "required": _Problem(
                 "missing_timestamp",
-                "timestamp: required; when the event occurred, ISO 8601 with a UTC offset, e.g. 2024-03-15T14:22:00Z",
+                "timestamp: required; when the event occurred, ISO 8601 with a UTC offset, "
+                "e.g. 2024-03-15T14:22:00Z",
             ),
             "null": _Problem(
                 "invalid_timestamp",
-                "timestamp: must be an ISO 8601 datetime string with a UTC offset, e.g. 2024-03-15T14:22:00Z, got null",
+                "timestamp: must be an ISO 8601 datetime string with a UTC offset, "
+                "e.g. 2024-03-15T14:22:00Z, got null",
             ),
         },
     )
@@ -658,13 +663,15 @@ def validate_batch_shape(obj: object) -> list:
         key = next(k for k in obj if k != "events")
         raise EventInvalid(
             "unknown_field",
-            f'{_show(key, 40)}: unknown field; a batch body has only "events" (put per-event data in each event)',
+            f'{_show(key, 40)}: unknown field; a batch body has only "events" '
+            "(put per-event data in each event)",
         )
     if not events:
         raise EventInvalid("batch_empty", "events: the array is empty; send 1 to 1000 events")
     if len(events) > MAX_BATCH_EVENTS:
         raise EventInvalid(
             "batch_too_large",
-            f"events: {len(events)} events in one batch; the limit is {MAX_BATCH_EVENTS}, split it into several requests",
+            f"events: {len(events)} events in one batch; the limit is {MAX_BATCH_EVENTS}, "
+            "split it into several requests",
         )
     return events

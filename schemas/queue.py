@@ -74,7 +74,7 @@ class Publisher(ABC):
         failed publish until one of those succeeds; an open TCP port is no proof (a
         frozen broker's kernel still accepts connections)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- a no-op default on purpose: not every queue holds anything
         """Flush what is in flight and release connections."""
 
 
@@ -116,7 +116,7 @@ class Subscriber(ABC):
         nothing more is there to poll right now. False when not, or not known."""
         return False
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- a no-op default on purpose, like Publisher.close
         """Leave the group; uncommitted messages go to whichever member takes
         the partition next."""
 

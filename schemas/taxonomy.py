@@ -47,7 +47,8 @@ SCALAR_PYTHON_TYPES: Mapping[str, frozenset[type]] = MappingProxyType(
 )
 
 #: The values the numeric types hold, inclusive: their warehouse columns' (Int64 and Float64, see
-#: schemas/migrations/0001_events.sql). A value outside is refused rather than stored as NULL; NaN is outside too.
+#: schemas/migrations/0001_events.sql). A value outside is refused
+#: rather than stored as NULL; NaN is outside too.
 NUMERIC_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType(
     {
         "integer": (-(2**63), 2**63 - 1),

@@ -61,9 +61,9 @@ ALICE_TIMELINE = [
 ]
 
 EXPECTED = {
-    # offer, viewed, trial_started, paid. offer_intro: Alice, Bob, Erin (via her shared device's anonymous view),
-    # Grace and Heidi viewed and trialled; Alice, Erin and Bob (subscribed after his trial expired) paid within
-    # 14 days; Grace converted 14 days 5 minutes after her view: outside the window.
+    # offer, viewed, trial_started, paid. offer_intro: Alice, Bob, Erin (via her shared device's anonymous
+    # view), Grace and Heidi viewed and trialled; Alice, Erin and Bob (subscribed after his trial expired)
+    # paid within 14 days; Grace converted 14 days 5 minutes after her view: outside the window.
     "funnel_by_offer": [("offer_intro", 5, 5, 3), ("offer_winback", 2, 0, 0), ("(none)", 1, 0, 0)],
     # plan, viewed, trial_started, paid
     "funnel_by_plan": [("plan_annual", 7, 4, 2), ("plan_monthly", 4, 1, 1)],

@@ -1,6 +1,6 @@
-"""The Python client against the production front door (Kafka + Redis): exactly once from many threads, through
-a broker stopped and restarted mid-run, and slowed but lossless on a rate-limited workspace. Arrival is
-checked in the topic itself, by event."""
+"""The Python client against the production front door (Kafka + Redis): exactly once from many threads,
+through a broker stopped and restarted mid-run, and slowed but lossless on a rate-limited workspace. Arrival
+is checked in the topic itself, by event."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ def test_one_runtime_dependency():
 
 def test_importing_it_loads_nothing_of_the_server():
     probe = "import sys, flokit_client; print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"
-    # -I: isolated, so the repository (cwd) is not on the path: the installed distribution is what is imported.
+    # -I: isolated, so the repository (cwd) is not on the path: the
+    # installed distribution is what is imported.
     out = subprocess.run(
         [sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=60, cwd="/"
     )

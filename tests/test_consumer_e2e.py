@@ -360,12 +360,12 @@ def test_dead_letters(pipeline):
         )
     finally:
         consumer.stop()
-    reasons = sorted(l["reason"].split(":")[0] for l in letters)
+    reasons = sorted(letter["reason"].split(":")[0] for letter in letters)
     assert reasons == ["corrupt envelope", "corrupt envelope", "rejected by the warehouse"], reasons
-    rejected = next(l for l in letters if l["reason"].startswith("rejected"))
+    rejected = next(letter for letter in letters if letter["reason"].startswith("rejected"))
     assert envelope.decode(rejected["value"].encode()).refs[0].event_id == ev(1)["event_id"]
-    assert next(l for l in letters if "value_base64" in l)["partition"] == 0
-    assert all(l["topic"] == settings.topic for l in letters) and len(letters) == 3
+    assert next(letter for letter in letters if "value_base64" in letter)["partition"] == 0
+    assert all(letter["topic"] == settings.topic for letter in letters) and len(letters) == 3
     assert sorted(r[0] for r in client.query(f"SELECT event_id FROM {db}.events").result_rows) == [
         ev(2)["event_id"],
         ev(3)["event_id"],
@@ -383,9 +383,10 @@ def test_warehouse_down_then_up_loses_nothing(queue_env, tmp_path):
     }
     settings = Settings.from_env(env)
     clickhouse.migrate(settings)
-    count_rows = lambda view: count(
-        clickhouse.connect(settings), "flokit_down", "SELECT count() FROM {db}." + view
-    )
+
+    def count_rows(view: str) -> int:
+        return count(clickhouse.connect(settings), "flokit_down", "SELECT count() FROM {db}." + view)
+
     publisher = components.make_publisher(settings)
     consumer = ConsumerProcess(env)
     try:

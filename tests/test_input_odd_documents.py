@@ -1,7 +1,7 @@
 """Odd JSON documents through the real front door (gunicorn, Kafka, Redis): nesting orjson reads but will not
 write back, numbers at and past 64 bits, escapes, long and duplicate keys, bodies that are not objects. Each
-goes to both endpoints, with and without an Idempotency-Key: never a 5xx, every refusal in the API's shape, and
-an idempotent retry gets the first answer back."""
+goes to both endpoints, with and without an Idempotency-Key: never a 5xx, every refusal in the API's shape,
+and an idempotent retry gets the first answer back."""
 
 from __future__ import annotations
 
@@ -112,8 +112,8 @@ def key(workspace_key):
     return workspace_key(rate_limit_per_minute=100_000)[1]
 
 
-# Refusals made before the Idempotency-Key is looked at (the body is not a document of the endpoint's shape), so
-# a retry gets the same answer again, not a replay.
+# Refusals made before the Idempotency-Key is looked at (the body is not a document of the endpoint's shape),
+# so a retry gets the same answer again, not a replay.
 BEFORE_THE_KEY = {
     "/v1/events": {"invalid_json", "invalid_utf8"},
     "/v1/batch/events": {"invalid_json", "invalid_utf8", *BATCH_ERROR_CODES},

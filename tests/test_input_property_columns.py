@@ -101,7 +101,7 @@ def test_every_accepted_number_lands_in_its_column_as_sent(client):
             )
     columns = ", ".join(TYPED)
     rows = {
-        row[0]: dict(zip(TYPED, row[1:]))
+        row[0]: dict(zip(TYPED, row[1:], strict=True))
         for row in connection.query(f"SELECT event_id, {columns} FROM {database}.events").result_rows
     }
     stored = [(name, sent, rows[event_id][name]) for event_id, name, sent in accepted]

@@ -3,7 +3,8 @@ RECV_BYTES pieces with kafka-python's semantics; off, kafka-python's own method 
 both positions.
 
 The reads are checked on a real socket pair, through a wrapper that counts the `recv` calls; the consumer's
-real fetches go through them in the Kafka queue tests (tests/test_queue_contract.py, also in both positions)."""
+real fetches go through them in the Kafka queue tests (tests/test_queue_contract.py, also in both
+positions)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import closing
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -136,7 +137,7 @@ def test_processes_appending_at_once_each_record_exactly_once(tmp_path):
     # (one after the other would change writer 3 times; SQLite's lock is not fair,
     # so a process often keeps it for a while, but never for all its 500 calls).
     writers = [parse(m.value)[0] for m in messages if m.partition == 0]
-    assert sum(a != b for a, b in zip(writers, writers[1:])) > 3
+    assert sum(a != b for a, b in pairwise(writers)) > 3
 
 
 def test_kill_9_mid_load_keeps_every_acknowledged_publish_and_no_half(tmp_path):

@@ -131,7 +131,7 @@ def test_document_is_valid_openapi_3_1():
 
 
 def test_schemas_are_valid_json_schema():
-    for name, schema in SCHEMAS.items():
+    for schema in SCHEMAS.values():
         jsonschema.Draft202012Validator.check_schema(schema)
 
 
@@ -373,7 +373,8 @@ def test_batch_request_limits():
     assert not is_valid("BatchRequest", {"events": []})
     assert not is_valid("BatchRequest", {"events": [{}] * (MAX_BATCH_EVENTS + 1)})
     assert not is_valid("BatchRequest", {"events": [PAYWALL_VIEWED], "extra": 1})
-    # Each element is an Event (the server still takes the valid ones of a batch, and says so in its description).
+    # Each element is an Event (the server still takes the valid ones of
+    # a batch, and says so in its description).
     assert batch["items"] == {"$ref": "#/components/schemas/Event"}
     assert not is_valid("BatchRequest", {"events": [PAYWALL_VIEWED, {"event": "no timestamp"}]})
     assert "still a 200" in SCHEMAS["BatchRequest"]["description"]
@@ -446,8 +447,8 @@ def test_timestamp_pattern(timestamp, in_pattern):
 
 
 def test_timestamp_pattern_admits_now_and_tomorrow():
-    """The pattern's years end at 2029 (so that generated timestamps stay near the accepted window): this fails
-    when they must be extended."""
+    """The pattern's years end at 2029 (so that generated timestamps stay near the accepted window): this
+    fails when they must be extended."""
     now = datetime.now(UTC)
     for moment in (now, now + timedelta(hours=23)):
         for timestamp in (

@@ -300,9 +300,9 @@ def test_at_end_once_every_partition_is_read_to_its_end(backend):
 
 
 def test_revocation_is_delivered_as_the_interface_says(backend):
-    """schemas.queue.Subscriber: a second member of the group either takes partitions away from the first, which
-    hears of it through on_revoke before the second reads them (Kafka), or is refused because the queue is
-    exclusive (the local log: its one member owns every partition and never hears of a revocation)."""
+    """schemas.queue.Subscriber: a second member of the group either takes partitions away from the first,
+    which hears of it through on_revoke before the second reads them (Kafka), or is refused because the queue
+    is exclusive (the local log: its one member owns every partition and never hears of a revocation)."""
     pub = backend.publisher()
     group, revoked = unique("g"), []
     first = backend.subscriber(group, on_revoke=revoked.append)

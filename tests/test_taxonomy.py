@@ -206,8 +206,10 @@ LOADER_ERRORS = [
     ('[events.a]\ndescription = "x"\n[events.a.properties]\np = { type = "string" }\n', "description"),
     ('[events.a]\ndescription = "x"\nextra = 1\n', "only"),
     (
-        '[events.a]\ndescription = "x"\n[events.a.properties]\nprice = { type = "number", description = "d" }\n'
-        '[events.b]\ndescription = "y"\n[events.b.properties]\nprice = { type = "string", description = "d" }\n',
+        '[events.a]\ndescription = "x"\n[events.a.properties]\n'
+        'price = { type = "number", description = "d" }\n'
+        '[events.b]\ndescription = "y"\n[events.b.properties]\n'
+        'price = { type = "string", description = "d" }\n',
         "conflicts",
     ),
 ]

@@ -2,9 +2,9 @@
 warehouse: migrations, row builders, deduplication before any merge, identity resolution.
 
 The seeded world below (seed_world) is shared with tests/test_analytics_docs.py and tests/test_sql_cli.py;
-it is inserted the way the consumer inserts: envelope lines through event_row, and link_document, through the consumer's own
-BatchWriter (clickhouse-connect, JSONEachRow), with insert_deduplication_token, merges stopped so every
-duplicate is physically present.
+it is inserted the way the consumer inserts: envelope lines through event_row, and link_document, through the
+consumer's own BatchWriter (clickhouse-connect, JSONEachRow), with insert_deduplication_token, merges stopped
+so every duplicate is physically present.
 """
 
 from __future__ import annotations
@@ -366,7 +366,8 @@ WORLD: list[tuple[str, dict, str | None]] = [
         None,
     ),
     ("acme", ev("h3", "trial_cancelled", "03-22 10:00", user="usr_heidi", plan_id=ANNUAL), None),
-    # An anonymous event whose link only the consumer knew (no identity_links row): linked_user_id is the fallback.
+    # An anonymous event whose link only the consumer knew (no
+    # identity_links row): linked_user_id is the fallback.
     ("acme", ev("l1", "app_opened", "03-25 10:00", anon="dev_legacy"), "usr_legacy"),
     # Another workspace using the same anonymous id, linked earlier to another user: must not leak into acme.
     (
@@ -578,14 +579,17 @@ def test_migration_file_rules():
 
 def test_flokit_migrate_command(warehouse_url):
     env = {**os.environ, "FLOKIT_CLICKHOUSE_URL": warehouse_url, "FLOKIT_CLICKHOUSE_DATABASE": fresh_db()}
-    run = lambda: subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "migrate"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "deploy.cli", "migrate"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     first, second = run(), run()
     assert first.returncode == 0, first.stderr
     assert "applied 0001_events: the events table" in first.stdout
@@ -923,8 +927,9 @@ def test_identity_resolved_first_link_wins(client, world):
 def test_events_resolved_attribution(client, world):
     rows = client.query(
         f"SELECT event_id, user_id, linked_user_id, resolved_user_id, person_id FROM {world}.events_resolved "
-        "WHERE workspace = 'acme' AND event_id IN ('evt_a1', 'evt_a3', 'evt_a5', 'evt_s1', 'evt_s2', 'evt_f1', "
-        "'evt_f2', 'evt_d1', 'evt_l1') ORDER BY event_id"
+        "WHERE workspace = 'acme' AND event_id IN "
+        "('evt_a1', 'evt_a3', 'evt_a5', 'evt_s1', 'evt_s2', 'evt_f1', 'evt_f2', 'evt_d1', 'evt_l1') "
+        "ORDER BY event_id"
     ).result_rows
     assert rows == [
         ("evt_a1", None, None, "usr_alice", "usr_alice"),  # pre-login, via identity_resolved

@@ -191,7 +191,8 @@ def test_dedup_token_covers_a_many_block_insert(client, database, warehouse, tmp
 
     def insert(body, token: str) -> None:
         curl(
-            f"{warehouse}/?query={quote(f'INSERT INTO {table} FORMAT TSV')}&insert_deduplication_token={token}"
+            f"{warehouse}/?query={quote(f'INSERT INTO {table} FORMAT TSV')}"
+            f"&insert_deduplication_token={token}"
             "&max_block_size=30000&min_insert_block_size_rows=30000&max_insert_block_size=30000",
             "--data-binary",
             f"@{body}",
@@ -320,20 +321,23 @@ def test_insert_statement_forms(client, database, warehouse):
     curl(warehouse + "/", "--data-binary", f"INSERT INTO {table} (a, c) VALUES (3, 1 + 2), (4, 4)")
     # A SETTINGS clause in the statement applies, whether it allows or forbids.
     unknown_field = '{"a": 5, "nope": 1}\n'
+    forbid = f"INSERT INTO {table} SETTINGS input_format_skip_unknown_fields = 0 FORMAT JSONEachRow"
+    allow = f"INSERT INTO {table} SETTINGS input_format_skip_unknown_fields = 1 FORMAT JSONEachRow"
     status, headers, _ = curl_response(
-        f"{warehouse}/?query={quote(f'INSERT INTO {table} SETTINGS input_format_skip_unknown_fields = 0 FORMAT JSONEachRow')}",
+        f"{warehouse}/?query={quote(forbid)}",
         "--data-binary",
         unknown_field,
     )
     assert status != 200 and headers["X-ClickHouse-Exception-Code"] == "117"
     curl(
-        f"{warehouse}/?query={quote(f'INSERT INTO {table} SETTINGS input_format_skip_unknown_fields = 1 FORMAT JSONEachRow')}",
+        f"{warehouse}/?query={quote(allow)}",
         "--data-binary",
         unknown_field,
     )
     # So does one given as a URL parameter.
     status, headers, _ = curl_response(
-        f"{warehouse}/?query={quote(f'INSERT INTO {table} FORMAT JSONEachRow')}&input_format_skip_unknown_fields=0",
+        f"{warehouse}/?query={quote(f'INSERT INTO {table} FORMAT JSONEachRow')}"
+        "&input_format_skip_unknown_fields=0",
         "--data-binary",
         unknown_field,
     )

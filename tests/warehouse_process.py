@@ -24,7 +24,8 @@ def start_warehouse(
     data_dir: str | os.PathLike, timeout: float = 60.0, port: int = 0
 ) -> tuple[subprocess.Popen, str]:
     """Start a warehouse on `data_dir` bound to `port` (default: a free loopback port); returns (process,
-    base url) once it has printed its ready line. A server that exits or stays silent is an error, never a skip."""
+    base url) once it has printed its ready line. A server that exits or stays silent is an error, never a
+    skip."""
     env = {**os.environ, "FLOKIT_DATA_DIR": str(data_dir), "FLOKIT_WAREHOUSE_BIND": f"127.0.0.1:{port}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploy.warehouse_server"],

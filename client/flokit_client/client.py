@@ -308,8 +308,8 @@ class Client:
             log.exception("flokit_client: on_error raised")
 
     def _after_fork(self) -> None:
-        # The child has no sender thread and shares the parent's connection; the parent's queued events are the
-        # parent's to send (sending them here too would send them twice). Start again, empty.
+        # The child has no sender thread and shares the parent's connection; the parent's queued events are
+        # the parent's to send (sending them here too would send them twice). Start again, empty.
         self._fresh_state()
 
 

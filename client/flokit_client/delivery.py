@@ -129,8 +129,8 @@ class Sender:
                     return self._refused(events, answer, status)
                 delay = retry_after(response.headers.get("Retry-After"))
                 problem = f"HTTP {status} {answer.get('error', '')}".rstrip()
-            # 409 (the same key still in flight) and 429 (rate limited) are the server pacing a healthy client:
-            # they wait as told and never use up the retries. Everything else counts.
+            # 409 (the same key still in flight) and 429 (rate limited) are the server pacing a healthy
+            # client: they wait as told and never use up the retries. Everything else counts.
             if status not in (409, 429):
                 failures += 1
                 if failures > self._max_retries:
@@ -154,7 +154,8 @@ class Sender:
 
     def _accepted(self, events: list[bytes], answer: dict, status: int) -> None:
         if "accepted" not in answer:
-            # Not the API's answer (a proxy, a wrong URL): the events' fate is unknown, and retrying cannot help.
+            # Not the API's answer (a proxy, a wrong URL): the events' fate
+            # is unknown, and retrying cannot help.
             for event in events:
                 self._report.failed(
                     event,

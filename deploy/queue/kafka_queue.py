@@ -134,7 +134,8 @@ class KafkaPublisher(Publisher):
         ).start()
 
     def _close_discarded(self, producer: KafkaProducer) -> None:
-        # close() first waits for the producer's records: each is acknowledged or expires within its delivery timeout.
+        # close() first waits for the producer's records: each is
+        # acknowledged or expires within its delivery timeout.
         try:
             producer.close(timeout=self._timeout + self._linger_ms / 1000 + 1)
         except KafkaError as exc:

@@ -391,7 +391,8 @@ class LocalLogSubscriber(Subscriber):
                     break
                 position = self._positions.get(partition, 0)
                 for offset, value in db.execute(
-                    "SELECT offset, value FROM log WHERE partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                    "SELECT offset, value FROM log WHERE partition = ? AND offset >= ? "
+                    "ORDER BY offset LIMIT ?",
                     (partition, position, want),
                 ):
                     out.append(Message(partition, offset, value))

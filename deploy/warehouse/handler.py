@@ -1,8 +1,8 @@
 """The request handler: ClickHouse's HTTP interface, the subset clickhouse-connect and curl use.
 
-    GET /ping, GET /                      -> "Ok.\n"
-    GET /?query=SELECT ...                -> result in the query's FORMAT, else default_format, else TabSeparated
-    POST / (query in body)                -> same; the body is appended to a `query=` parameter after a newline
+    GET /ping, GET /                  -> "Ok.\n"
+    GET /?query=SELECT ...            -> result in the query's FORMAT, else default_format, else TabSeparated
+    POST / (query in body)            -> same; the body is appended to a `query=` parameter after a newline
     POST /?query=INSERT ... FORMAT X + data, or POST / with "INSERT ... FORMAT X\n<data>" as the body
 
 Inserts with inline data are streamed to a spool file and inserted from it (engine.Connection.insert says
@@ -30,7 +30,8 @@ from deploy.warehouse.errors import SYNTAX_ERROR, ClickHouseError
 from deploy.warehouse.request import QueryRequest
 from deploy.warehouse.sql import Incomplete, InlineInsert, first_token, output_format, split_insert
 
-# An INSERT whose data start is not found within this many bytes is handed to the engine whole (to fail there).
+# An INSERT whose data start is not found within this many bytes is
+# handed to the engine whole (to fail there).
 MAX_HEAD = 1 << 20
 
 # Formats whose per-block output concatenates into one valid document (no header, footer or names row).

@@ -77,7 +77,7 @@ class QueryRequest:
 
     @classmethod
     def from_pairs(cls, pairs: list[tuple[str, str]], method: str, headers=None) -> QueryRequest:
-        """From the URL's (name, value) pairs; ClickHouse's X-ClickHouse-Database/-Format headers count too."""
+        """From the URL's (name, value) pairs; the X-ClickHouse-Database/-Format headers count too."""
         req, raw = cls(readonly=method == "GET"), dict(pairs)
         headers = headers or {}
         for key, value in pairs:

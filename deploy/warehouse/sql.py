@@ -34,7 +34,7 @@ class Incomplete(Exception):
 
 
 def tokens(buf: bytes, pos: int = 0) -> Iterator[Token]:
-    """Tokens of `buf` from `pos`, skipping whitespace and comments; raises Incomplete on a cut-off literal."""
+    """Tokens of `buf` from `pos`, skipping whitespace and comments; Incomplete on a cut-off literal."""
     n = len(buf)
     while pos < n:
         ch = buf[pos]
@@ -82,7 +82,7 @@ def _quoted_end(buf: bytes, pos: int) -> int:
 
 
 def first_token(buf: bytes) -> bytes:
-    """The statement's first token: a keyword upper-cased, or a punctuation byte such as b"(" (b"" if none)."""
+    """The statement's first token: a keyword upper-cased, or a punctuation byte like b"(" (b"" if none)."""
     try:
         for tok in tokens(buf):
             return tok.text

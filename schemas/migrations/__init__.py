@@ -36,8 +36,9 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
+from itertools import pairwise
 
 from schemas.warehouse import MIGRATIONS_TABLE, quote_identifier
 
@@ -126,7 +127,7 @@ def load_migrations() -> list[Migration]:
         if entry.name.endswith(".sql"):
             found.append(Migration.from_text(entry.name, entry.read_bytes().decode("utf-8")))
     found.sort(key=lambda m: m.number)
-    for before, after in zip(found, found[1:]):
+    for before, after in pairwise(found):
         if before.number == after.number:
             raise MigrationError(f"two migrations numbered {after.number:04d}: {before.name}, {after.name}")
     return found
@@ -241,8 +242,9 @@ def apply_migrations(
     changed = [m.name for m in migrations if m.name in applied and applied[m.name] != m.checksum]
     if changed:
         raise MigrationError(
-            f"applied migration(s) {', '.join(changed)} changed since they were applied (checksum differs from "
-            f"{topology.database}.{MIGRATIONS_TABLE}); never edit an applied migration, add a new one instead"
+            f"applied migration(s) {', '.join(changed)} changed since they were applied "
+            f"(checksum differs from {topology.database}.{MIGRATIONS_TABLE}); "
+            "never edit an applied migration, add a new one instead"
         )
     done = []
     for migration, statements in rendered:
