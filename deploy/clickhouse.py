@@ -142,9 +142,8 @@ def migrate_main(settings: Settings, print_only: bool = False, stdout=None, stde
     except (WarehouseUnreachable, MigrationError) as exc:
         print(f"flokit migrate: {exc}", file=stderr)
         return 1
-    except (
-        Exception
-    ) as exc:  # clickhouse-connect's errors: ClickHouse refused a bootstrap statement or went away
+    # clickhouse-connect's errors: ClickHouse refused a bootstrap statement or went away.
+    except Exception as exc:
         print(
             f"flokit migrate: {describe_url(settings.warehouse_url)}: {clickhouse_message(exc)}", file=stderr
         )

@@ -134,9 +134,8 @@ def test_rejected_events_reach_on_error_and_the_rest_arrive(server, key, data_di
     assert client.track("paywall_viewed", user_id="usr_1", properties={**good, "seq": 0})
     assert client.track("Paywall Viewed", user_id="usr_1", properties={**good, "seq": 1})  # not snake_case
     assert client.track("paywall_viewed", properties={**good, "seq": 2})  # no identity
-    assert client.track(
-        "paywall_viewed", user_id="usr_1", timestamp="2024-03-15 14:22", properties={**good, "seq": 3}
-    )  # no offset
+    no_offset = "2024-03-15 14:22"
+    assert client.track("paywall_viewed", user_id="usr_1", timestamp=no_offset, properties={**good, "seq": 3})
     # NaN cannot travel as JSON: refused at once, alone, instead of making the whole batch invalid JSON.
     assert not client.track("paywall_viewed", user_id="usr_1", properties={**good, "seq": 4, "x": math.nan})
     assert client.track(
@@ -161,12 +160,13 @@ def test_rejected_events_reach_on_error_and_the_rest_arrive(server, key, data_di
         4: "unserializable_event",
         6: "invalid_property_type",
     }
+    # The event as it was sent.
     assert by_seq[1][0] == {
         "event": "Paywall Viewed",
         "user_id": "usr_1",
         "properties": {**good, "seq": 1},
         "timestamp": by_seq[1][0]["timestamp"],
-    }  # the event as it was sent
+    }
     assert "snake_case" in by_seq[1][2] and "NaN" in by_seq[4][2]
     assert client.stats().rejected == 5 and client.stats().delivered == 2
     queued = {
@@ -175,9 +175,8 @@ def test_rejected_events_reach_on_error_and_the_rest_arrive(server, key, data_di
         if (e["properties"] or {}).get("run") == run
     }
     assert sorted(queued) == [0, 5]
-    assert re.fullmatch(
-        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", queued[0]["timestamp"]
-    )  # defaults to now, UTC
+    # The timestamp defaults to now, UTC.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", queued[0]["timestamp"])
     assert abs(
         dt.datetime.fromisoformat(queued[0]["timestamp"][:-1]).replace(tzinfo=dt.UTC)
         - dt.datetime.now(dt.UTC)
@@ -331,13 +330,8 @@ def test_a_lost_answer_is_retried_under_the_same_key_and_counted_once(server, ke
     assert (stats.delivered, stats.requests, stats.retries) == (3_000, 5, 2), stats
     keys = [headers["idempotency-key"] for headers in proxy.requests]
     assert keys[0] == keys[1] == keys[2] and len(set(keys)) == 3  # the batch whose answers were lost, 3 times
-    assert proxy.replayed == [
-        False,
-        True,
-        True,
-        False,
-        False,
-    ]  # the server answered its retries from the record
+    # The server answered its retries from the record.
+    assert proxy.replayed == [False, True, True, False, False]
     assert {headers["content-encoding"] for headers in proxy.requests} == {"gzip"}
     assert_exactly_once(arrivals(queued_events(data_dir), run), range(3_000))
 

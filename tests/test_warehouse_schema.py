@@ -753,13 +753,14 @@ def test_the_warehouse_types_the_property_columns(client, warehouse_url):
         "note": "hé ✓",
         "nested": {"a": [1, 2]},
     }
+    # Types only a producer that bypassed the front door could send.
     odd = {
         "revenue": True,
         "trial_length_days": "seven",
         "renewal_number": 2**64 - 1,
         "offer_id": ["x"],
         "currency": {"c": 1},
-    }  # types only a producer that bypassed the front door could send
+    }
     body = event_rows(
         [
             (

@@ -387,15 +387,13 @@ def test_no_spool_files_are_left_behind(client, database, warehouse, warehouse_d
     with pytest.raises(DatabaseError):  # storage-stage failure
         client.insert(table, [[2, dt.datetime(2300, 1, 1, tzinfo=UTC)]], column_names=["id", "ts"])
     query = quote(f"INSERT INTO {table} FORMAT TSV")
-    status, _, body = curl_response(
-        f"{warehouse}/?query={query}", "--data-binary", "3\tnot a time\n"
-    )  # parse error
-    assert (
-        status == 400 and "http_inserts" not in body and "INFILE" not in body
-    )  # the spool file stays internal
+    # A parse error: the spool file stays internal.
+    status, _, body = curl_response(f"{warehouse}/?query={query}", "--data-binary", "3\tnot a time\n")
+    assert status == 400 and "http_inserts" not in body and "INFILE" not in body
+    # An undecodable body.
     status, _, _ = curl_response(
         f"{warehouse}/?query={query}", "-H", "Content-Encoding: gzip", "--data-binary", "not gzip"
-    )  # undecodable body
+    )
     assert status != 200
     # A body cut short: the client announces more than it sends, then stops sending.
     parts = urlsplit(warehouse)

@@ -41,9 +41,8 @@ def batch_body(events: list[bytes]) -> bytes:
     return b'{"events":[' + b",".join(events) + b"]}"
 
 
-BODY_OVERHEAD = len(
-    batch_body([])
-)  # the bytes around the events' own (plus one comma per event after the first)
+# The bytes around the events' own (plus one comma per event after the first).
+BODY_OVERHEAD = len(batch_body([]))
 
 
 def backoff(failures: int) -> float:

@@ -130,9 +130,7 @@ def _connect(path: Path, busy_timeout: float, synchronous: str = "FULL") -> sqli
         if _journal_mode_wal(conn, busy_timeout).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot put {path} in WAL mode")
         conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute(
-            "PRAGMA journal_size_limit=67108864"
-        )  # truncate the WAL back to 64 MB after a checkpoint
+        conn.execute("PRAGMA journal_size_limit=67108864")  # the WAL back to 64 MB after a checkpoint
         with _transaction(conn):
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
