@@ -42,7 +42,7 @@ class Batch:
         """Full, or max_seconds old; or, once the queue has nothing more for now (`caught_up`), a quarter
         of that: a consumer that has caught up does not sit on events, yet a trickle of events still
         makes at most a few inserts a second (ClickHouse prefers few, large inserts)."""
-        if self.empty():
+        if self.started_at is None:  # empty: nothing added yet
             return False
         age = now - self.started_at
         return self.full() or age >= self.max_seconds or (caught_up and age >= self.max_seconds / 4)

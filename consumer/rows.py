@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from schemas import warehouse
 from schemas.envelope import Envelope
+from schemas.warehouse import LinkDocument
 from schemas.queue import Message
 
 from .identity import IdentityCache
@@ -17,7 +19,7 @@ from .identity import IdentityCache
 class MessageRows:
     message: Message
     events: list[bytes | memoryview]  # its events' JSONEachRow rows (schemas.warehouse.event_row), in pieces
-    links: list[dict] = field(default_factory=list)  # schemas.warehouse.link_document
+    links: list[LinkDocument] = field(default_factory=list)
     event_ids: list[str] = field(default_factory=list)  # of the events kept, in order
 
 
@@ -54,7 +56,8 @@ def edited(lines: memoryview, linked_at: dict[int, str], dropped: set[int]) -> l
     """A record's event lines (a view of the record) without the `dropped` ones and with linked_user_id on
     the `linked_at` ones, as pieces of a JSONEachRow body: runs of untouched lines stay views of the record,
     only an edited line is new bytes. So a batch in flight holds each event's bytes once."""
-    record = lines.obj  # lines is the record's tail: offsets in the record are offsets in lines + base
+    # lines is the record's tail (schemas.envelope.decode): offsets in the record are offsets in lines + base.
+    record = cast(bytes, lines.obj)
     base = len(record) - len(lines)
     pieces: list[bytes | memoryview] = []
     kept = start = base  # kept: the first byte not yet in a piece; start: where line `index` starts

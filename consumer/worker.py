@@ -65,7 +65,7 @@ class Worker:
         self._max_in_flight = len(writers)
         self._write_threads = ThreadPoolExecutor(max_workers=self._max_in_flight, thread_name_prefix="writer")
         # Batches being written, oldest first, with the offsets to commit once each is written.
-        self._in_flight: deque[tuple[Future, dict[int, int]]] = deque()
+        self._in_flight: deque[tuple[Future[int], dict[int, int]]] = deque()
         # Start from a batch request's share of one partition (1,000 events over a few partitions), so the
         # very first poll does not ask for a whole batch's worth of messages of unknown size.
         self._events_per_message = 250.0
@@ -167,7 +167,8 @@ class Worker:
         }
         self._attempt(lambda: self._identity.prefetch(anonymous_only))
         failures = [(u.message, u.reason) for u in batch.undecodable]
-        per_message, seen = [], set()
+        per_message: list[MessageRows] = []
+        seen: set[str] = set()
         for item in batch.decoded:  # in order: a link before the events it stamps
             try:
                 per_message.append(

@@ -11,10 +11,14 @@ committed meanwhile) from what stops it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from schemas.warehouse import INSERT_FORMAT, INSERT_SETTINGS, quote_identifier
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 # ClickHouse error codes that mean "this data", not "this server".
 DATA_ERROR_CODES = {
@@ -39,11 +43,13 @@ class RowsRejected(Exception):
 
 
 class BatchWriter:
-    def __init__(self, client, database: str):
+    def __init__(self, client: Client, database: str) -> None:
         self._client = client
         self._qualifier = quote_identifier(database) + "."
 
-    def write(self, table: str, columns: Sequence[str], body: bytes | Iterable[bytes], token: str) -> None:
+    def write(
+        self, table: str, columns: Sequence[str], body: bytes | Iterable[bytes | memoryview], token: str
+    ) -> None:
         """Insert `body` (JSONEachRow rows, schemas.warehouse; bytes or an iterator of chunks) as one
         block. ClickHouse drops a block whose token it has seen recently, so writing the same batch again
         stores it once."""
@@ -53,7 +59,8 @@ class BatchWriter:
             self._client.raw_insert(
                 self._qualifier + table,
                 columns,
-                body,
+                # Typed Generator[bytes], but it sends any iterable of bytes-like chunks as they come.
+                body,  # type: ignore[arg-type]
                 fmt=INSERT_FORMAT,
                 settings={**INSERT_SETTINGS, "insert_deduplication_token": token},
             )

@@ -33,7 +33,7 @@ a consumer stamp the user id on that device's later anonymous-only events.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -82,8 +82,9 @@ class Envelope:
         return [orjson.loads(row) for row in self.rows]
 
 
-def partition_key(event: dict[str, Any]) -> str:
-    return event.get("anonymous_id") or event["user_id"]
+def partition_key(event: Mapping[str, Any]) -> str:
+    key: str = event.get("anonymous_id") or event["user_id"]
+    return key
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -99,7 +100,7 @@ def iso_ms(ts: float) -> str:
 def encode_records(
     workspace: str,
     received_at: str | Sequence[str],
-    events: Sequence[dict[str, Any]],
+    events: Sequence[Mapping[str, Any]],
     max_bytes: int = MAX_RECORD_BYTES,
 ) -> list[bytes]:
     """Validated events (each with its event_id) as one or more envelopes, each at
@@ -116,7 +117,10 @@ def encode_records(
             heads[at] = b'{"workspace":%s,"received_at":%s,' % (quoted_workspace, orjson.dumps(at))
         return heads[at]
 
-    records, refs, rows, size, first = [], [], [], 0, ""
+    records: list[bytes] = []
+    refs: list[bytes] = []  # the current record's header entries
+    rows: list[bytes] = []  # and its event lines
+    size, first = 0, ""
 
     def close_record() -> None:
         head = b'{"v":%d,"workspace":%s,"received_at":%s,"events":[' % (

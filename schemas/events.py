@@ -31,18 +31,20 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict, TypeVar, overload
 
 import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing
+from marshmallow.types import ErrorMessages
 
 from schemas.taxonomy import EVENTS, NUMERIC_RANGES, PROPERTY_TYPES, SCALAR_PYTHON_TYPES
 
 __all__ = [
     "EventInvalid",
     "EventValidator",
+    "ValidEvent",
     "validate_batch_shape",
     "EVENT_FIELDS",
     "EVENT_ERROR_CODES",
@@ -135,6 +137,16 @@ _RANGE_WORDS = {
 }
 
 
+class ValidEvent(TypedDict):
+    """What EventValidator.validate returns (keys in this order)."""
+
+    event: str
+    user_id: str | None
+    anonymous_id: str | None
+    timestamp: str  # YYYY-MM-DDTHH:MM:SS.fffZ
+    properties: dict[str, Any]  # the caller's own dict, validated
+
+
 class EventInvalid(Exception):
     """An event (or batch body) the API rejects.
 
@@ -147,7 +159,7 @@ class EventInvalid(Exception):
         self.code = code
         self.message = message
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[EventInvalid], tuple[str, str]]:
         return (type(self), (self.code, self.message))
 
 
@@ -166,7 +178,7 @@ _JSON_TYPE_NAMES = {
 }
 
 
-def _show(value: Any, limit: int = 60) -> str:
+def _show(value: object, limit: int = 60) -> str:
     """A short, JSON-flavoured rendering of what the client sent."""
     if isinstance(value, str):
         text = value if len(value) <= limit else value[:limit] + "…"
@@ -181,7 +193,7 @@ def _show(value: Any, limit: int = 60) -> str:
     return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def _sent(value: Any) -> str:
+def _sent(value: object) -> str:
     """'string "7"', 'number 7.5', 'boolean true', 'an array', 'an object', 'null'."""
     kind = _JSON_TYPE_NAMES.get(type(value))
     if kind in ("array", "object"):
@@ -204,8 +216,17 @@ class _Problem:
         self.message = message
 
 
+# marshmallow types a message as str | list | dict, but stores any other object as it is: the two places a
+# _Problem is handed to it as a message say so to mypy.
+
+
 def _fail(code: str, message: str) -> ValidationError:
-    return ValidationError(_Problem(code, message))
+    return ValidationError(_Problem(code, message))  # type: ignore[arg-type]
+
+
+def _messages(**problems: _Problem) -> ErrorMessages:
+    """A field's error_messages (marshmallow's keys: required, null) as _Problems."""
+    return problems  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------
@@ -213,18 +234,35 @@ def _fail(code: str, message: str) -> ValidationError:
 # --------------------------------------------------------------------------
 
 
-class _Field(fields.Field):
+_T = TypeVar("_T")
+
+
+class _Field(fields.Field[_T]):
     """Base for our fields. deserialize() is marshmallow's Field.deserialize
     minus the hooks these fields never use (field pre_load/post_load and
     `validate=` validators, whose And(*validators) marshmallow rebuilds on
     every call); required / allow_none / load_default keep their meaning."""
 
-    def deserialize(self, value, attr=None, data=None, **kwargs):
+    # marshmallow's own two signatures (the implementation below is checked against them).
+    @overload
+    def deserialize(
+        self, value: None, attr: str | None = None, data: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> _T | None: ...
+
+    @overload
+    def deserialize(
+        self, value: Any, attr: str | None = None, data: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> _T: ...
+
+    def deserialize(
+        self, value: Any, attr: str | None = None, data: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> _T | None:
         if value is missing:
             if self.required:
                 raise self.make_error("required")
             default = self.load_default
-            return default() if callable(default) else default
+            loaded: _T | None = default() if callable(default) else default
+            return loaded
         if value is None:
             if self.allow_none:
                 return None
@@ -235,8 +273,12 @@ class _Field(fields.Field):
         return None
 
 
-class EventName(_Field):
-    def _deserialize(self, value, attr, data, **kwargs):
+class EventName(_Field[str]):
+    parent: EventSchema  # the schema it is bound to (marshmallow types it Field | Schema | None)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str:
         if type(value) is not str:
             raise _fail(
                 "invalid_event_name",
@@ -260,16 +302,18 @@ class EventName(_Field):
         return value
 
 
-class Identity(_Field):
+class Identity(_Field[str]):
     """user_id / anonymous_id: a string, 1..MAX_ID_LENGTH characters once
     surrounding whitespace is stripped (the original is kept), no control
     characters. JSON null is the same as absent (marshmallow allow_none)."""
 
-    def __init__(self, code: str, **kwargs) -> None:
+    def __init__(self, code: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.code = code
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str:
         if type(value) is not str:
             raise _fail(self.code, f"{attr}: must be a string, got {_sent(value)}")
         stripped = value.strip()
@@ -292,10 +336,14 @@ class Identity(_Field):
         return value
 
 
-class Timestamp(_Field):
+class Timestamp(_Field[str]):
     """ISO 8601 datetime WITH a UTC offset (or Z) -> 'YYYY-MM-DDTHH:MM:SS.fffZ' in UTC."""
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    parent: EventSchema  # the schema it is bound to (marshmallow types it Field | Schema | None)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str:
         if type(value) is not str:
             raise _fail(
                 "invalid_timestamp",
@@ -391,15 +439,19 @@ def _too_early(value: str) -> ValidationError:
     )
 
 
-class Properties(_Field):
+class Properties(_Field[dict[str, Any]]):
     """A JSON object of custom key/values; known taxonomy properties are type-checked."""
 
-    def deserialize(self, value, attr=None, data=None, **kwargs):
+    def deserialize(
+        self, value: Any, attr: str | None = None, data: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         if value is None or value is missing:  # null is the same as absent
             return {}
         return self._deserialize(value, attr, data, **kwargs)
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise _fail(
                 "invalid_properties", f"properties: must be an object of key/values, got {_sent(value)}"
@@ -476,7 +528,7 @@ def _range_message(key: str, type_name: str, item: Any) -> str:
 _CONTAINERS = (dict, list, tuple)  # what orjson writes as JSON objects/arrays
 
 
-def _check_nested(props: dict) -> None:
+def _check_nested(props: dict[str, Any]) -> None:
     """Depth and nested key-length checks (only for properties that nest).
     A path-free walk decides; the slower walk that names the path runs only
     to word the error."""
@@ -537,34 +589,32 @@ class EventSchema(Schema):
 
     event = EventName(
         required=True,
-        error_messages={
-            "required": _Problem("missing_event", "event: required; the event name, e.g. paywall_viewed"),
-            "null": _Problem(
-                "invalid_event_name", "event: must be an event name like paywall_viewed, got null"
-            ),
-        },
+        error_messages=_messages(
+            required=_Problem("missing_event", "event: required; the event name, e.g. paywall_viewed"),
+            null=_Problem("invalid_event_name", "event: must be an event name like paywall_viewed, got null"),
+        ),
     )
     user_id = Identity("invalid_user_id", allow_none=True, load_default=None)
     anonymous_id = Identity("invalid_anonymous_id", allow_none=True, load_default=None)
     timestamp = Timestamp(
         required=True,
-        error_messages={
-            "required": _Problem(
+        error_messages=_messages(
+            required=_Problem(
                 "missing_timestamp",
                 "timestamp: required; when the event occurred, ISO 8601 with a UTC offset, "
                 "e.g. 2024-03-15T14:22:00Z",
             ),
-            "null": _Problem(
+            null=_Problem(
                 "invalid_timestamp",
                 "timestamp: must be an ISO 8601 datetime string with a UTC offset, "
                 "e.g. 2024-03-15T14:22:00Z, got null",
             ),
-        },
+        ),
     )
     properties = Properties()
 
     def __init__(
-        self, *, strict_events: bool = False, clock: Callable[[], float] = time.time, **kwargs
+        self, *, strict_events: bool = False, clock: Callable[[], float] = time.time, **kwargs: Any
     ) -> None:
         self.strict_events = strict_events
         self.clock = clock
@@ -590,7 +640,7 @@ class EventValidator:
         self.clock = clock
         self._load = EventSchema(strict_events=strict_events, clock=clock).load
 
-    def validate(self, obj: object) -> dict:
+    def validate(self, obj: object) -> ValidEvent:
         """Return the normalized event, or raise EventInvalid for the first problem."""
         if type(obj) is not dict:
             if not isinstance(obj, dict):
@@ -607,15 +657,15 @@ class EventValidator:
                 "event, user_id, anonymous_id, timestamp and properties; put custom data in properties",
             )
         try:
-            result = self._load(obj)
+            result: ValidEvent = self._load(obj)
         except ValidationError as exc:
-            raise _first_problem(exc.messages, obj) from None
+            raise _first_problem(exc.messages_dict, obj) from None
         if result["user_id"] is None and result["anonymous_id"] is None:
             raise EventInvalid("missing_identity", _MISSING_IDENTITY)
         return result
 
 
-def _first_problem(errors: dict, obj: dict) -> EventInvalid:
+def _first_problem(errors: Mapping[str, Any], obj: Mapping[Any, Any]) -> EventInvalid:
     for field in _ERROR_ORDER:
         if field is None:
             if obj.get("user_id") is None and obj.get("anonymous_id") is None:
@@ -636,7 +686,7 @@ def _first_problem(errors: dict, obj: dict) -> EventInvalid:
     raise AssertionError(f"marshmallow reported errors outside the event fields: {errors!r}")
 
 
-def validate_batch_shape(obj: object) -> list:
+def validate_batch_shape(obj: object) -> list[object]:
     """Check a POST /v1/batch/events body and return its `events` list.
 
     Checked in this order: not an object -> invalid_body; `events` missing or

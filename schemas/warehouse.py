@@ -17,6 +17,9 @@ property is converted or even parsed in Python.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TypedDict
+
 import orjson
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "PROPERTY_COLUMNS",
     "EVENT_COLUMNS",
     "LINK_COLUMNS",
+    "LinkDocument",
     "INSERT_FORMAT",
     "INSERT_SETTINGS",
     "event_row",
@@ -126,14 +130,24 @@ def event_row(line: bytes, linked_user_id: str | None) -> bytes:
     return line[:-1] + b',"linked_user_id":%s}' % orjson.dumps(linked_user_id)
 
 
-def encode(documents: list[dict]) -> bytes:
+class LinkDocument(TypedDict):
+    """An identity_links row (LINK_COLUMNS)."""
+
+    workspace: str
+    anonymous_id: str
+    user_id: str
+    timestamp: str
+    event_id: str
+
+
+def encode(documents: Sequence[Mapping[str, object]]) -> bytes:
     """Row documents (dicts) as one JSONEachRow body (ClickHouse reads a JSON array of objects)."""
     return orjson.dumps(documents)
 
 
 def link_document(
     workspace: str, event_id: str, anonymous_id: str | None, user_id: str | None, timestamp: str
-) -> dict:
+) -> LinkDocument:
     """The `identity_links` row of an event that carries both ids, as a JSONEachRow document."""
     if not anonymous_id or not user_id:
         raise ValueError(f"event {event_id!r} does not carry both anonymous_id and user_id")

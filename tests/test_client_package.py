@@ -6,6 +6,9 @@ from __future__ import annotations
 import importlib.metadata
 import subprocess
 import sys
+from pathlib import Path
+
+CLIENT = Path(__file__).resolve().parent.parent / "client"
 
 
 def test_one_runtime_dependency():
@@ -38,3 +41,27 @@ def test_importing_it_loads_nothing_of_the_server():
         "requests",
     }
     assert not loaded & server_side, loaded & server_side
+
+
+def test_the_package_build_ships_the_typed_marker(tmp_path):
+    """PEP 561: a py.typed file in the package is what lets an app's type checker read the client's
+    annotations; it must be among the files a build installs (setuptools' build_py, what a wheel holds),
+    not only in the source tree."""
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import setuptools; setuptools.setup()",
+            "-q",
+            "build_py",
+            "-d",
+            str(tmp_path),
+        ],
+        cwd=CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert build.returncode == 0, build.stderr
+    assert (tmp_path / "flokit_client" / "client.py").is_file()
+    assert (tmp_path / "flokit_client" / "py.typed").is_file()

@@ -25,7 +25,8 @@ from .events import Timestamp, UnserializableEvent, build_event, encode_event
 
 log = logging.getLogger("flokit_client")
 
-ErrorCallback = Callable[[dict, str, str], None]
+# on_error(event, error code, message): the event as it was tracked (its JSON document).
+ErrorCallback = Callable[[dict[str, Any], str, str], None]
 MAX_BATCH_SIZE = 1000  # the API's limit per batch request
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # the server's default FLOKIT_MAX_BODY_BYTES
 # After close()'s timeout, how long the sender gets to report what is left to on_error.
@@ -101,7 +102,7 @@ class Client:
         self._pending = self._pending_bytes = 0  # queued or being sent
         self._enqueued = self._finished = 0  # events that entered the queue / got their outcome (in order)
         self._flush_through = 0  # send without waiting for the interval until this many have finished
-        self._counts = collections.Counter()
+        self._counts: collections.Counter[str] = collections.Counter()
         self._closing = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -214,7 +215,7 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # --- the sender thread ------------------------------------------------------------------------------
@@ -231,10 +232,12 @@ class Client:
             report=self._report,
             wait=lambda seconds: not self._stopping.wait(seconds),
         )
-        self._thread = threading.Thread(target=self._run, name="flokit-client-sender", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(self._sender,), name="flokit-client-sender", daemon=True
+        )
         self._thread.start()
 
-    def _run(self) -> None:
+    def _run(self, sender: Sender) -> None:
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -246,7 +249,7 @@ class Client:
                             event, "client_closed", "the client was closed before this event was sent"
                         )
                 else:
-                    self._sender.deliver(batch, str(uuid.uuid4()))
+                    sender.deliver(batch, str(uuid.uuid4()))
             except Exception:  # a bug must not stop the sender; the batch is reported, the next one goes
                 log.exception(
                     "flokit_client: unexpected error while sending a batch of %d events", len(batch)
@@ -282,7 +285,9 @@ class Client:
                     self._changed.wait()
 
     def _batch_bytes(self) -> int:
-        return min(self._max_batch_bytes, self._sender.body_limit) - BODY_OVERHEAD
+        sender = self._sender  # there is one once an event is queued (track() starts it)
+        limit = self._max_batch_bytes if sender is None else min(self._max_batch_bytes, sender.body_limit)
+        return limit - BODY_OVERHEAD
 
     def _take(self) -> list[bytes]:
         limit = self._batch_bytes()
@@ -298,7 +303,7 @@ class Client:
         self._queued_bytes -= sum(map(len, batch))
         return batch
 
-    def _call_on_error(self, event: dict, error: str, message: str) -> None:
+    def _call_on_error(self, event: dict[str, Any], error: str, message: str) -> None:
         if self._on_error is None:
             log.warning("event %r not delivered: %s: %s", event.get("event"), error, message)
             return

@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import urllib3
 
@@ -151,7 +151,7 @@ class Sender:
                     )
                 return
 
-    def _accepted(self, events: list[bytes], answer: dict, status: int) -> None:
+    def _accepted(self, events: list[bytes], answer: dict[str, Any], status: int) -> None:
         if "accepted" not in answer:
             # Not the API's answer (a proxy, a wrong URL): the events' fate
             # is unknown, and retrying cannot help.
@@ -165,7 +165,7 @@ class Sender:
         self._rejected_each(events, answer.get("errors") or [])
         self._report.delivered(int(answer["accepted"]))
 
-    def _refused(self, events: list[bytes], answer: dict, status: int) -> None:
+    def _refused(self, events: list[bytes], answer: dict[str, Any], status: int) -> None:
         if answer.get("error") == "no_valid_events":
             return self._rejected_each(events, answer.get("errors") or [])
         error = answer.get("error") or f"http_{status}"
@@ -175,7 +175,7 @@ class Sender:
         for event in events:
             self._report.rejected(event, error, message)
 
-    def _rejected_each(self, events: list[bytes], errors: list) -> None:
+    def _rejected_each(self, events: list[bytes], errors: list[dict[str, Any]]) -> None:
         for item in errors:
             self._report.rejected(events[item["index"]], item["error"], item["message"])
 
@@ -188,7 +188,8 @@ class Sender:
         self.deliver(events[half:], key + ".1")
 
 
-def _json(data: bytes) -> dict:
+def _json(data: bytes) -> dict[str, Any]:
+    """The answer's JSON object ({} for anything else): what the server says, not checked further."""
     try:
         answer = json.loads(data)
     except ValueError:

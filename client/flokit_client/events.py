@@ -30,7 +30,7 @@ def build_event(
     anonymous_id: str | None,
     timestamp: Timestamp,
     properties: Mapping[str, Any] | None,
-) -> dict:
+) -> dict[str, Any]:
     """The event document. Wrong argument types are programming errors and raise TypeError (a naive datetime,
     ValueError); what the values say (names, ids, sizes) is left to the server, whose verdict reaches
     on_error."""
@@ -41,7 +41,7 @@ def build_event(
             raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
     if properties is not None and not isinstance(properties, Mapping):
         raise TypeError(f"properties must be a mapping or None, not {type(properties).__name__}")
-    document: dict = {"event": event, "timestamp": _timestamp(timestamp)}
+    document: dict[str, Any] = {"event": event, "timestamp": _timestamp(timestamp)}
     if user_id is not None:
         document["user_id"] = user_id
     if anonymous_id is not None:
@@ -66,7 +66,7 @@ def _timestamp(timestamp: Timestamp) -> str:
     raise TypeError(f"timestamp must be a datetime, a str or None, not {type(timestamp).__name__}")
 
 
-def encode_event(document: dict) -> bytes:
+def encode_event(document: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON. Raises UnserializableEvent for values JSON cannot carry: one NaN in a batch
     would make the whole body invalid JSON, so it is caught here, per event."""
     try:
@@ -77,7 +77,7 @@ def encode_event(document: dict) -> bytes:
         raise UnserializableEvent(_describe(exc)) from None
 
 
-def _json_default(value: Any) -> Any:
+def _json_default(value: object) -> str:
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
     raise TypeError(f"a property value of type {type(value).__name__} cannot be sent as JSON")

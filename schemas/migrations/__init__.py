@@ -39,8 +39,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 from schemas.warehouse import MIGRATIONS_TABLE, quote_identifier
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 __all__ = [
     "MIGRATIONS_TABLE",
@@ -213,7 +217,7 @@ def bootstrap_statements(topology: Topology) -> list[str]:
 # -- applying ----------------------------------------------------------------------------------------------
 
 
-def applied_migrations(client, topology: Topology) -> dict[str, str]:
+def applied_migrations(client: Client, topology: Topology) -> dict[str, str]:
     """name -> checksum of what schema_migrations records (the database and table must exist)."""
     rows = client.query(
         f"SELECT name, any(checksum) FROM {topology.db}.{MIGRATIONS_TABLE} GROUP BY name"
@@ -222,7 +226,7 @@ def applied_migrations(client, topology: Topology) -> dict[str, str]:
 
 
 def apply_migrations(
-    client, database: str, cluster: str = "", migrations: Iterable[Migration] | None = None
+    client: Client, database: str, cluster: str = "", migrations: Iterable[Migration] | None = None
 ) -> list[str]:
     """Apply every migration not yet recorded in `database`.schema_migrations, in order, for a single node
     (`cluster` "") or a cluster; returns their names.
