@@ -9,8 +9,8 @@ from typing import cast
 
 from schemas import warehouse
 from schemas.envelope import Envelope
-from schemas.warehouse import LinkDocument
 from schemas.queue import Message
+from schemas.warehouse import LinkDocument
 
 from .identity import IdentityCache
 
