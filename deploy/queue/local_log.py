@@ -249,6 +249,7 @@ class LocalLogPublisher(Publisher):
                 raise QueueUnavailable(f"cannot open the local log {self._path}: {exc}") from exc
             finally:
                 self._lock.release()
+        assert self._partitions is not None  # _conn() sets it
         return self._partitions
 
     def publish(self, records: Sequence[Record], timeout: float) -> None:
@@ -470,10 +471,10 @@ class LocalLogSubscriber(Subscriber):
         return more
 
     def close(self) -> None:
-        db = getattr(self, "_db", None)
+        db = getattr(self, "_db", None)  # absent if __init__ failed, or once closed
         if db is not None:
             db.close()
-            self._db = None
+            del self._db
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None

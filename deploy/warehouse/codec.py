@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import lz4.frame
 
@@ -72,7 +72,19 @@ def _truncated() -> ClickHouseError:
     return ClickHouseError.of(CANNOT_READ_ALL_DATA, "Request body ended before its declared end")
 
 
-_DECODERS: dict[str, Callable[[], object]] = {
+class Decompressor(Protocol):
+    """What zlib's, zstd's and lz4.frame's decompressor objects have in common."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+
+_DECODERS: dict[str, Callable[[], Decompressor]] = {
     "lz4": lz4.frame.LZ4FrameDecompressor,
     "zstd": zstd.ZstdDecompressor,
     "gzip": lambda: zlib.decompressobj(wbits=31),

@@ -19,13 +19,17 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
+from typing import Any
 
 from chdb import _chdb  # importing via the package runs chdb's own loader setup
 
 from deploy.warehouse.errors import CANNOT_WRITE_TO_FILE_DESCRIPTOR, NOT_ENOUGH_SPACE, ClickHouseError
 from deploy.warehouse.sql import insert_from_file
 from schemas.warehouse import quote_identifier
+
+# chdb's stub for its C module declares almost none of it, connect() not among it.
+_connect: Callable[[str], Any] = _chdb.connect  # type: ignore[attr-defined]
 
 # ClickHouse expands these in a FROM INFILE name (no escaping): a spool path must not contain any.
 _GLOB_CHARS = frozenset("*?{}[]")
@@ -41,7 +45,7 @@ class Engine:
 
     def __init__(self, path: str):
         self.path = path
-        self._owner = _chdb.connect(path)
+        self._owner = _connect(path)
         self._close_lock = threading.Lock()
         try:
             self.spool_dir, self._own_spool_dir = _spool_dir(path)
@@ -54,7 +58,7 @@ class Engine:
         self.output_formats = {name.lower(): name for name in names.decode().split()}
 
     def connect(self) -> Connection:
-        return Connection(_chdb.connect(self.path), self.spool_dir)
+        return Connection(_connect(self.path), self.spool_dir)
 
     def close(self) -> None:
         """Shut the engine down; call only once no connection is in use."""
@@ -127,7 +131,9 @@ class Connection:
         """chdb's parse-only classification: query_class (READ_ONLY, MUTATING, ...) and statement_count."""
         return self._h.classify_query(sql)
 
-    def stream(self, sql: str, fmt: str, params: dict[str, str] | None = None) -> Iterator:
+    def stream(
+        self, sql: str | bytes, fmt: str, params: dict[str, str] | None = None
+    ) -> Generator[Any, None, None]:
         """Run a query block by block: yields chdb results, one per block, each already in `fmt`."""
         try:
             stream = self._h.send_query(sql, fmt, params=params or {})

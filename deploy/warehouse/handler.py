@@ -13,14 +13,16 @@ for ordinary queries) or the format has a header/footer that per-block output wo
 
 from __future__ import annotations
 
+import io
 import itertools
 import secrets
 import socket
 import sys
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -29,6 +31,9 @@ from deploy.warehouse.codec import Encoder, RequestBody, choose_encoding, decode
 from deploy.warehouse.errors import SYNTAX_ERROR, ClickHouseError
 from deploy.warehouse.request import QueryRequest
 from deploy.warehouse.sql import Incomplete, InlineInsert, first_token, output_format, split_insert
+
+if TYPE_CHECKING:
+    from deploy.warehouse.server import WarehouseServer
 
 # An INSERT whose data start is not found within this many bytes is
 # handed to the engine whole (to fail there).
@@ -83,6 +88,9 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as clickhouse-connect's connection pool expects
     server_version = "FloKitWarehouse"
     sys_version = ""
+    # What socketserver gives this handler (its stubs say BaseServer and BufferedIOBase).
+    server: WarehouseServer
+    rfile: io.BufferedReader
 
     def log_message(self, format, *args) -> None:  # noqa: A002  one line per request is noise here
         pass
@@ -248,7 +256,7 @@ class Handler(BaseHTTPRequestHandler):
         if len(body):
             self.wfile.write(body)
 
-    def _reply_stream(self, results: Iterator, fmt: str, encoder: Encoder | None) -> None:
+    def _reply_stream(self, results: Generator[Any, None, None], fmt: str, encoder: Encoder | None) -> None:
         """Send blocks as they come (chunked). An error after the first block can no longer change the
         status, so it is appended in ClickHouse's tagged form (`X-ClickHouse-Exception-Tag`), which
         clickhouse-connect detects and raises."""

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
+from email.utils import collapse_rfc2231_value
 
 from deploy.warehouse.errors import BAD_ARGUMENTS, NOT_IMPLEMENTED, UNKNOWN_SETTING, ClickHouseError
 
@@ -119,8 +120,10 @@ class QueryRequest:
             b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
         )
         for part in message.iter_parts():
-            name = part.get_param("name", header="content-disposition") or ""
-            value = (part.get_payload(decode=True) or b"").decode()
+            param = part.get_param("name", header="content-disposition")  # a tuple when RFC 2231-encoded
+            name = collapse_rfc2231_value(param) if isinstance(param, tuple) else param or ""
+            payload = part.get_payload(decode=True)  # bytes for a part that is not itself multipart
+            value = payload.decode() if isinstance(payload, bytes) else ""
             if part.get_filename() is not None:
                 raise ClickHouseError.of(NOT_IMPLEMENTED, "External data (multipart files) is not supported")
             if name == "query":
