@@ -1,8 +1,8 @@
 """The limits each figure is compared with, measured in the same run on the same machine:
 
 * validation: schemas.events.EventValidator().validate over the run's events in a tight loop (one core);
-* the other per-event CPU steps of the path, for the profile: envelope encoding (front door), envelope decoding
-  and schemas.warehouse.event_row over envelope lines, every event stamped (consumer's worst case);
+* the other per-event CPU steps of the path, for the profile: envelope encoding (front door), envelope
+  decoding and schemas.warehouse.event_row over envelope lines, every event stamped (consumer's worst case);
 * raw Kafka produce: a bare kafka-python producer with the front door's own settings (acks=all, idempotent,
   its linger, 512 KiB batches) publishing the same envelopes, pipelined; and Kafka's own Java
   ProducerPerformance with the same record size;
@@ -14,6 +14,7 @@
 
 The raw produce and append runs double as the pre-fill of the consumer-alone phases.
 """
+
 from __future__ import annotations
 
 import glob
@@ -44,11 +45,17 @@ def validation(raw_events: list[dict], seconds: float) -> dict:
             validate(e)
         done += len(raw_events)
     elapsed = time.perf_counter() - start
-    return {"events": done, "seconds": round(elapsed, 3), "events_per_s": _rate(done, elapsed),
-            "us_per_event": round(elapsed / done * 1e6, 2)}
+    return {
+        "events": done,
+        "seconds": round(elapsed, 3),
+        "events_per_s": _rate(done, elapsed),
+        "us_per_event": round(elapsed / done * 1e6, 2),
+    }
 
 
-def path_steps(raw_events: list[dict], normalized: list[dict], partitions: int = 4, seconds: float = 0.5) -> dict:
+def path_steps(
+    raw_events: list[dict], normalized: list[dict], partitions: int = 4, seconds: float = 0.5
+) -> dict:
     """Per-event cost of the other CPU steps (one core each), on 1,000-event requests."""
     from ingest_api.ids import new_event_ids
     from schemas import envelope, warehouse
@@ -98,6 +105,7 @@ def path_steps(raw_events: list[dict], normalized: list[dict], partitions: int =
 
 # --- Kafka ----------------------------------------------------------------------------------------------
 
+
 def _linger_ms() -> int:
     """The front door's own linger: its setting as the processes this run starts read it (with --env)."""
     return Settings.from_env().kafka_linger_ms
@@ -107,9 +115,17 @@ def kafka_produce(bootstrap: str, topic: str, requests: list[list[tuple[int, byt
     """Publish every request's records with the front door's producer settings, pipelined, then flush."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=_linger_ms(),
-                             batch_size=512 * 1024, max_request_size=16 * 1024 * 1024,
-                             request_timeout_ms=30_000, max_block_ms=30_000, allow_auto_create_topics=False)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=_linger_ms(),
+        batch_size=512 * 1024,
+        max_request_size=16 * 1024 * 1024,
+        request_timeout_ms=30_000,
+        max_block_ms=30_000,
+        allow_auto_create_topics=False,
+    )
     try:
         producer.partitions_for(topic)  # metadata before the clock starts
         events = records = size = 0
@@ -128,9 +144,16 @@ def kafka_produce(bootstrap: str, topic: str, requests: list[list[tuple[int, byt
         producer.close(timeout=30)
     if failed:
         raise RuntimeError(f"raw produce: {failed} records failed")
-    return {"events": events, "records": records, "bytes": size, "seconds": round(elapsed, 3),
-            "events_per_s": _rate(events, elapsed), "records_per_s": _rate(records, elapsed),
-            "mb_per_s": round(size / elapsed / 1e6, 1), "avg_record_bytes": round(size / records)}
+    return {
+        "events": events,
+        "records": records,
+        "bytes": size,
+        "seconds": round(elapsed, 3),
+        "events_per_s": _rate(events, elapsed),
+        "records_per_s": _rate(records, elapsed),
+        "mb_per_s": round(size / elapsed / 1e6, 1),
+        "avg_record_bytes": round(size / records),
+    }
 
 
 def producer_performance(bootstrap: str, topic: str, records: int, record_size: int) -> dict | None:
@@ -138,20 +161,47 @@ def producer_performance(bootstrap: str, topic: str, records: int, record_size: 
     libs = sorted(glob.glob(os.path.expanduser("~/.cache/flokit/kafka-*/libs")))
     if not libs:
         return None
-    cmd = ["java", "-Xmx512m", "-cp", libs[-1] + "/*", "org.apache.kafka.tools.ProducerPerformance",
-           "--topic", topic, "--num-records", str(records), "--record-size", str(record_size), "--throughput", "-1",
-           "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "enable.idempotence=true",
-           f"linger.ms={_linger_ms()}", "batch.size=524288", "max.request.size=16777216"]
+    cmd = [
+        "java",
+        "-Xmx512m",
+        "-cp",
+        libs[-1] + "/*",
+        "org.apache.kafka.tools.ProducerPerformance",
+        "--topic",
+        topic,
+        "--num-records",
+        str(records),
+        "--record-size",
+        str(record_size),
+        "--throughput",
+        "-1",
+        "--producer-props",
+        f"bootstrap.servers={bootstrap}",
+        "acks=all",
+        "enable.idempotence=true",
+        f"linger.ms={_linger_ms()}",
+        "batch.size=524288",
+        "max.request.size=16777216",
+    ]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     wall = time.perf_counter() - start
-    m = re.search(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency, "
-                  r"([\d.]+) ms max latency(?:, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th)?", out.stdout)
+    m = re.search(
+        r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency, "
+        r"([\d.]+) ms max latency(?:, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th)?",
+        out.stdout,
+    )
     if out.returncode != 0 or not m:
         return {"error": (out.stdout + out.stderr)[-1500:]}
-    return {"records": int(m.group(1)), "records_per_s": float(m.group(2)), "mb_per_s": float(m.group(3)),
-            "avg_latency_ms": float(m.group(4)), "p99_latency_ms": float(m.group(8)) if m.group(8) else None,
-            "record_bytes": record_size, "wall_seconds_incl_jvm_start": round(wall, 2)}
+    return {
+        "records": int(m.group(1)),
+        "records_per_s": float(m.group(2)),
+        "mb_per_s": float(m.group(3)),
+        "avg_latency_ms": float(m.group(4)),
+        "p99_latency_ms": float(m.group(8)) if m.group(8) else None,
+        "record_bytes": record_size,
+        "wall_seconds_incl_jvm_start": round(wall, 2),
+    }
 
 
 def local_log_append(path: Path, requests: list[list[tuple[int, bytes, int]]], partitions: int = 4) -> dict:
@@ -172,9 +222,15 @@ def local_log_append(path: Path, requests: list[list[tuple[int, bytes, int]]], p
         elapsed = time.perf_counter() - start
     finally:
         publisher.close()
-    return {"events": events, "records": records, "publishes": len(requests), "seconds": round(elapsed, 3),
-            "events_per_s": _rate(events, elapsed), "publishes_per_s": _rate(len(requests), elapsed),
-            "mb_per_s": round(size / elapsed / 1e6, 1)}
+    return {
+        "events": events,
+        "records": records,
+        "publishes": len(requests),
+        "seconds": round(elapsed, 3),
+        "events_per_s": _rate(events, elapsed),
+        "publishes_per_s": _rate(len(requests), elapsed),
+        "mb_per_s": round(size / elapsed / 1e6, 1),
+    }
 
 
 # --- ClickHouse -------------------------------------------------------------------------------------------
@@ -189,6 +245,7 @@ def _row_builder(warehouse):
     def build(events: list[dict]) -> bytes:
         values = envelope.encode_records("bench", received, events, max_bytes=1 << 30)
         return b"\n".join(bytes(envelope.decode(v).lines) for v in values)
+
     return build
 
 
@@ -203,14 +260,19 @@ def clickhouse_insert(settings, normalized: list[dict], block: int) -> dict:
     build_block = _row_builder(warehouse)
     try:
         start = time.perf_counter()
-        blocks = [build_block(normalized[i:i + block]) for i in range(0, len(normalized), block)]
+        blocks = [build_block(normalized[i : i + block]) for i in range(0, len(normalized), block)]
         build = time.perf_counter() - start
         table, columns = warehouse.EVENTS_TABLE, warehouse.EVENT_COLUMNS
         start = time.perf_counter()
         for i, data in enumerate(blocks):
             # (the client's default database is settings.clickhouse_database: deploy.clickhouse.connect)
-            client.raw_insert(table, columns, data, fmt=warehouse.INSERT_FORMAT,
-                              settings={**warehouse.INSERT_SETTINGS, "insert_deduplication_token": f"bench-{i}"})
+            client.raw_insert(
+                table,
+                columns,
+                data,
+                fmt=warehouse.INSERT_FORMAT,
+                settings={**warehouse.INSERT_SETTINGS, "insert_deduplication_token": f"bench-{i}"},
+            )
         elapsed = time.perf_counter() - start
         stored = client.query(f"SELECT count() FROM {table}").result_rows[0][0]
     finally:
@@ -218,6 +280,12 @@ def clickhouse_insert(settings, normalized: list[dict], block: int) -> dict:
     n = len(normalized)
     if stored != n:
         raise RuntimeError(f"raw insert: {stored} rows stored of {n}")
-    return {"rows": n, "block_rows": block, "method": "raw_insert(JSONEachRow: the envelopes' event lines)",
-            "seconds": round(elapsed, 3),
-            "rows_per_s": _rate(n, elapsed), "row_build_seconds": round(build, 3), "row_build_per_s": _rate(n, build)}
+    return {
+        "rows": n,
+        "block_rows": block,
+        "method": "raw_insert(JSONEachRow: the envelopes' event lines)",
+        "seconds": round(elapsed, 3),
+        "rows_per_s": _rate(n, elapsed),
+        "row_build_seconds": round(build, 3),
+        "row_build_per_s": _rate(n, build),
+    }

@@ -14,13 +14,14 @@ wrk cannot report progress while it runs (the end-to-end phase samples accepted 
   open-loop latency phases use it, so that they measure a server holding its clients' connections, not one
   accepting a few hundred connections opened in the same millisecond (bench/README.md).
 
-It is C (one epoll loop that wakes when the next request is due, requests pre-formatted) because it shares the two cores
-with what it measures: the asyncio generator it replaced took 0.29-0.38 of a core at 3,000 requests/s
-(bench/README.md). The binary is built with the system's C compiler on first use, into a cache directory
-named by the source's hash. Bounded by --seconds and --max-requests; targets only 127.0.0.1. Progress lines
-(`BENCH_PROGRESS {...}`, CLOCK_MONOTONIC seconds) go to stdout every 0.25 s, the result (`BENCH_RESULT {...}`)
-last.
+It is C (one epoll loop that wakes when the next request is due, requests pre-formatted) because it shares the
+two cores with what it measures: the asyncio generator it replaced took 0.29-0.38 of a core at 3,000
+requests/s (bench/README.md). The binary is built with the system's C compiler on first use, into a cache
+directory named by the source's hash. Bounded by --seconds and --max-requests; targets only 127.0.0.1.
+Progress lines (`BENCH_PROGRESS {...}`, CLOCK_MONOTONIC seconds) go to stdout every 0.25 s, the result
+(`BENCH_RESULT {...}`) last.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,21 +49,51 @@ def binary() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # built aside, then renamed: concurrent runs are safe
         out = Path(tmp) / "loadgen"
-        done = subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(SOURCE)], capture_output=True, text=True)
+        done = subprocess.run(
+            [cc, "-O2", "-Wall", "-o", str(out), str(SOURCE)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             raise RuntimeError(f"bench.loadgen: building {SOURCE} failed:\n{done.stderr[-3000:]}")
         os.replace(out, path)
     return path
 
 
-def spawn(url: str, path: str, bodies: str, key: str, *, seconds: float, conns: int, open_rate: float | None = None,
-          max_requests: int = 0, on_progress=None, drain_seconds: float = 15.0, warmup: bool = False) -> dict:
+def spawn(
+    url: str,
+    path: str,
+    bodies: str,
+    key: str,
+    *,
+    seconds: float,
+    conns: int,
+    open_rate: float | None = None,
+    max_requests: int = 0,
+    on_progress=None,
+    drain_seconds: float = 15.0,
+    warmup: bool = False,
+) -> dict:
     """Run the generator in its own process; `on_progress(dict)` is called for each progress line. `warmup`:
     one request on every connection, answered, before the clock starts (not counted: the run measures the
     server holding every connection, not accepting them)."""
-    cmd = [str(binary()), "--url", url, "--path", path, "--bodies", bodies, "--key", key,
-           "--conns", str(conns), "--seconds", str(seconds), "--max-requests", str(max_requests),
-           "--drain-seconds", str(drain_seconds)]
+    cmd = [
+        str(binary()),
+        "--url",
+        url,
+        "--path",
+        path,
+        "--bodies",
+        bodies,
+        "--key",
+        key,
+        "--conns",
+        str(conns),
+        "--seconds",
+        str(seconds),
+        "--max-requests",
+        str(max_requests),
+        "--drain-seconds",
+        str(drain_seconds),
+    ]
     cmd += ["--closed"] if open_rate is None else ["--open-rate", str(open_rate)]
     cmd += ["--warmup"] if warmup else []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

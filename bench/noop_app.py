@@ -3,8 +3,10 @@
 `app` is a bare WSGI callable: it reads the whole request body and answers a small JSON document, the least
 any POST /v1/events can cost on gunicorn's gevent workers. `flask_app` is the same on Flask (routing,
 request/response objects), to separate the framework's share from the front door's own work. Both are served
-by bench/noop_gunicorn.conf.py with deploy/gunicorn.conf.py's worker class, workers, connections and keep-alive.
+by bench/noop_gunicorn.conf.py with deploy/gunicorn.conf.py's worker class, workers, connections and
+keep-alive.
 """
+
 from __future__ import annotations
 
 _BODY = b'{"status":"ok","event_id":"evt_01jb0000000000000000000000"}'

@@ -1,9 +1,10 @@
 """Pipeline phases: the consumer alone draining a pre-filled queue, and end to end under sustained batches.
 
-Rows are counted with `SELECT count() FROM events` through clickhouse-connect on the warehouse under test (every
-event id is unique, so count() is the number of events stored). Accepted events come from the load generator's
-progress lines (the sum of the `accepted` fields of its 200 answers).
+Rows are counted with `SELECT count() FROM events` through clickhouse-connect on the warehouse under test
+(every event id is unique, so count() is the number of events stored). Accepted events come from the load
+generator's progress lines (the sum of the `accepted` fields of its 200 answers).
 """
+
 from __future__ import annotations
 
 import threading
@@ -38,8 +39,16 @@ def _cpu_delta(before: dict, after: dict, seconds: float) -> dict:
     return out
 
 
-def consumer_alone(env: dict[str, str], settings, expected: int, log_dir: Path, watch: dict[str, int],
-                   timeout: float, name: str, command: tuple[str, ...] = ("deploy.cli", "consumer")) -> dict:
+def consumer_alone(
+    env: dict[str, str],
+    settings,
+    expected: int,
+    log_dir: Path,
+    watch: dict[str, int],
+    timeout: float,
+    name: str,
+    command: tuple[str, ...] = ("deploy.cli", "consumer"),
+) -> dict:
     """Start a consumer on a queue already holding `expected` events; time it until all are rows."""
     counter = RowCounter(settings)
     busy0 = procs.machine_cpu()
@@ -72,12 +81,15 @@ def consumer_alone(env: dict[str, str], settings, expected: int, log_dir: Path, 
         consumer.stop()
         counter.close()
     if done_t is None:
-        raise RuntimeError(f"{name}: {samples[-1][1] if samples else 0} of {expected} rows after {timeout:.0f} s")
+        raise RuntimeError(
+            f"{name}: {samples[-1][1] if samples else 0} of {expected} rows after {timeout:.0f} s"
+        )
     # The clock of the figure starts when the consumer is ready to read (partitions assigned / log opened),
     # read from its own log, so interpreter start-up and the group join are not counted.
     ready_t = _ready_at(consumer, wall_start, start)
     return {
-        "events": expected, "seconds_from_start": round(done_t, 3),
+        "events": expected,
+        "seconds_from_start": round(done_t, 3),
         "events_per_s_incl_startup": round(expected / done_t, 1),
         "ready_at_s": None if ready_t is None else round(ready_t, 3),
         "first_rows_at_s": round(first_row_t, 3) if first_row_t is not None else None,
@@ -85,7 +97,8 @@ def consumer_alone(env: dict[str, str], settings, expected: int, log_dir: Path, 
         "events_per_s_steady": _steady_rate(samples, expected),
         "cpu_cores_used": _cpu_delta(cpu0, cpu1, elapsed),
         "machine_busy": round((busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * 2, 2),
-        "consumer_peak_rss_mb": peak, "samples": samples,
+        "consumer_peak_rss_mb": peak,
+        "samples": samples,
     }
 
 
@@ -113,9 +126,21 @@ def _ready_at(consumer, wall_start: float, mono_start: float) -> float | None:
     return None
 
 
-def end_to_end(env: dict[str, str], settings, api_url: str, bodies: str, key: str, *, seconds: float, conns: int,
-               log_dir: Path, watch: dict[str, int], name: str, drain_timeout: float,
-               open_rate: float | None = None) -> dict:
+def end_to_end(
+    env: dict[str, str],
+    settings,
+    api_url: str,
+    bodies: str,
+    key: str,
+    *,
+    seconds: float,
+    conns: int,
+    log_dir: Path,
+    watch: dict[str, int],
+    name: str,
+    drain_timeout: float,
+    open_rate: float | None = None,
+) -> dict:
     """Sustained 1,000-event batches for `seconds` with a consumer running; rows and lag every second."""
     counter = RowCounter(settings)
     consumer = procs.start_consumer(env, log_dir, name=name + "-consumer")
@@ -157,16 +182,31 @@ def end_to_end(env: dict[str, str], settings, api_url: str, bodies: str, key: st
                 first = progress["first_t"]
                 accepted = progress["events"]
             if first is not None:
-                timeline.append({"t": round(now - first, 3), "accepted": accepted, "rows": rows,
-                                 "lag": accepted - rows, "cpu": _cpu_delta(last_cpu, cpu, now - last_t)})
+                timeline.append(
+                    {
+                        "t": round(now - first, 3),
+                        "accepted": accepted,
+                        "rows": rows,
+                        "lag": accepted - rows,
+                        "cpu": _cpu_delta(last_cpu, cpu, now - last_t),
+                    }
+                )
             last_cpu, last_t = cpu, now
 
     thread = threading.Thread(target=sampler, daemon=True)
     busy0 = procs.machine_cpu()
     thread.start()
     try:
-        result_box["load"] = loadgen.spawn(api_url, "/v1/batch/events", bodies, key, seconds=seconds, conns=conns,
-                                           open_rate=open_rate, on_progress=on_progress)
+        result_box["load"] = loadgen.spawn(
+            api_url,
+            "/v1/batch/events",
+            bodies,
+            key,
+            seconds=seconds,
+            conns=conns,
+            open_rate=open_rate,
+            on_progress=on_progress,
+        )
         load_end = time.monotonic()
         accepted_total = result_box["load"]["events"]
         with lock:  # the last progress line may predate the last answers
@@ -195,14 +235,19 @@ def end_to_end(env: dict[str, str], settings, api_url: str, bodies: str, key: st
     first = progress["first_t"]
     rows_final = timeline[-1]["rows"] if timeline else 0
     out = {
-        "seconds_of_load": seconds, "connections": conns, "offered_events_per_s": open_rate and open_rate * 1000,
-        "accepted_events": accepted_total, "non200": load["statuses"], "errors": load["errors"],
+        "seconds_of_load": seconds,
+        "connections": conns,
+        "offered_events_per_s": open_rate and open_rate * 1000,
+        "accepted_events": accepted_total,
+        "non200": load["statuses"],
+        "errors": load["errors"],
         "accepted_events_per_s": load["events_per_s"],
         "request_latency_ms": load["latency_ms"],
         "generator_cpu_share": load["generator_cpu_share"],
         "all_visible": done_t is not None,
         "machine_busy": round((busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * 2, 2),
-        "consumer_peak_rss_mb": consumer_peak, "sampler_errors": sampler_error[:3],
+        "consumer_peak_rss_mb": consumer_peak,
+        "sampler_errors": sampler_error[:3],
     }
     if done_t is not None and first is not None:
         span = done_t - first
@@ -220,9 +265,15 @@ def end_to_end(env: dict[str, str], settings, api_url: str, bodies: str, key: st
         half = [p for p in in_load if p["t"] >= seconds / 2]
         if len(half) >= 2:
             dt = half[-1]["t"] - half[0]["t"]
-            out["lag_growth_per_s_second_half"] = round((half[-1]["lag"] - half[0]["lag"]) / dt, 1) if dt else None
-            out["rows_per_s_second_half"] = round((half[-1]["rows"] - half[0]["rows"]) / dt, 1) if dt else None
-            out["accepted_per_s_second_half"] = round((half[-1]["accepted"] - half[0]["accepted"]) / dt, 1) if dt else None
+            out["lag_growth_per_s_second_half"] = (
+                round((half[-1]["lag"] - half[0]["lag"]) / dt, 1) if dt else None
+            )
+            out["rows_per_s_second_half"] = (
+                round((half[-1]["rows"] - half[0]["rows"]) / dt, 1) if dt else None
+            )
+            out["accepted_per_s_second_half"] = (
+                round((half[-1]["accepted"] - half[0]["accepted"]) / dt, 1) if dt else None
+            )
         # Mean CPU cores per process over the load.
         roles = {}
         for p in in_load:

@@ -1,10 +1,11 @@
 """Starting, watching and stopping the processes of a benchmark run, and reading what they cost.
 
-Every process is started the way the project starts it (the same commands as deploy/dev.py and tests/services.py:
-`python -m deploy.cli api|consumer`, `python -m deploy.warehouse_server`), on a free loopback port, in its own
-session, and stopped by its own process group id. Memory is /proc/<pid>/status VmHWM (peak resident set), CPU
-is utime+stime from /proc/<pid>/stat.
+Every process is started the way the project starts it (the same commands as deploy/dev.py and
+tests/services.py: `python -m deploy.cli api|consumer`, `python -m deploy.warehouse_server`), on a free
+loopback port, in its own session, and stopped by its own process group id. Memory is /proc/<pid>/status VmHWM
+(peak resident set), CPU is utime+stime from /proc/<pid>/stat.
 """
+
 from __future__ import annotations
 
 import os
@@ -114,9 +115,15 @@ class Proc:
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(args, env=env, cwd=ROOT, start_new_session=True,
-                                     stdout=subprocess.PIPE if stdout_pipe else self._log,
-                                     stderr=self._log, text=stdout_pipe)
+        self.proc = subprocess.Popen(
+            args,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=subprocess.PIPE if stdout_pipe else self._log,
+            stderr=self._log,
+            text=stdout_pipe,
+        )
 
     @property
     def pid(self) -> int:
@@ -180,10 +187,15 @@ def _wait_http(proc: Proc, url: str, timeout: float = 60.0) -> None:
 
 
 def start_warehouse(data_dir: Path, log_dir: Path, timeout: float = 90.0) -> tuple[Proc, str]:
-    """`python -m deploy.warehouse_server` on a free port; returns it and its URL once it printed its ready line."""
+    """`python -m deploy.warehouse_server` on a free port; returns it and its URL after its ready line."""
     env = {**os.environ, "FLOKIT_DATA_DIR": str(data_dir), "FLOKIT_WAREHOUSE_BIND": "127.0.0.1:0"}
-    proc = Proc("warehouse", [sys.executable, "-m", "deploy.warehouse_server"], env, log_dir / "warehouse.log",
-                stdout_pipe=True)
+    proc = Proc(
+        "warehouse",
+        [sys.executable, "-m", "deploy.warehouse_server"],
+        env,
+        log_dir / "warehouse.log",
+        stdout_pipe=True,
+    )
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
@@ -210,9 +222,11 @@ def start_api(env: dict[str, str], log_dir: Path, name: str = "api") -> tuple[Pr
     return proc, url
 
 
-def start_noop(env: dict[str, str], log_dir: Path, app: str = "bench.noop_app:app", name: str = "noop"
-               ) -> tuple[Proc, str]:
-    """The no-op WSGI app under gunicorn with deploy/gunicorn.conf.py's values (bench/noop_gunicorn.conf.py)."""
+def start_noop(
+    env: dict[str, str], log_dir: Path, app: str = "bench.noop_app:app", name: str = "noop"
+) -> tuple[Proc, str]:
+    """The no-op WSGI app under gunicorn with deploy/gunicorn.conf.py's values
+    (bench/noop_gunicorn.conf.py)."""
     port = free_port()
     env = {**os.environ, **env, "FLOKIT_API_BIND": f"127.0.0.1:{port}", "BENCH_NOOP_APP": app}
     conf = Path(__file__).with_name("noop_gunicorn.conf.py")
@@ -229,7 +243,11 @@ def _wait_workers(proc: Proc, workers: int, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def start_consumer(env: dict[str, str], log_dir: Path, name: str = "consumer",
-                   command: tuple[str, ...] = ("deploy.cli", "consumer")) -> Proc:
+def start_consumer(
+    env: dict[str, str],
+    log_dir: Path,
+    name: str = "consumer",
+    command: tuple[str, ...] = ("deploy.cli", "consumer"),
+) -> Proc:
     env = {**os.environ, **env}
     return Proc(name, [sys.executable, "-m", *command], env, log_dir / f"{name}.log")

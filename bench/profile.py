@@ -10,10 +10,11 @@ GIL, i.e. the Python CPU time of the process; the target is never paused):
   consumer-local  the same consumer draining the embedded local log
 
 Writes, under bench/results/profile-<timestamp>/, each stage's collapsed stacks (`<stage>.txt`, the input of
-flamegraph.pl or speedscope), and `summary.json` / `summary.md`: the top functions by self and inclusive samples
-and the samples per cost category (the innermost frame of each stack that belongs to a known layer). Also prints
-the per-process CPU split (from /proc) of each stage. py-spy costs a few percent of a core itself.
+flamegraph.pl or speedscope), and `summary.json` / `summary.md`: the top functions by self and inclusive
+samples and the samples per cost category (the innermost frame of each stack that belongs to a known layer).
+Also prints the per-process CPU split (from /proc) of each stage. py-spy costs a few percent of a core itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import limits, pipeline, procs, workload, wrk
@@ -110,7 +111,7 @@ def summarize(raw_path: Path, top: int = 25) -> dict:
             incl_c[key] += n
         names = {fn for fn, _ in frames}
         category = next((name for fn, name in CONTEXT if fn in names), None)
-        for fn, fl in ([] if category else reversed(frames)):
+        for _fn, fl in [] if category else reversed(frames):
             for needle, name in CATEGORIES:
                 if needle in fl:
                     category = name
@@ -126,11 +127,27 @@ def summarize(raw_path: Path, top: int = 25) -> dict:
 
 
 class PySpy:
-    def __init__(self, pid: int, out: Path, *, subprocesses: bool = False, rate: int = 200, duration: int = 600):
+    def __init__(
+        self, pid: int, out: Path, *, subprocesses: bool = False, rate: int = 200, duration: int = 600
+    ):
         if shutil.which("py-spy") is None:
             raise SystemExit("py-spy is not installed: pip install py-spy")
-        cmd = ["py-spy", "record", "--pid", str(pid), "--gil", "--nonblocking", "--rate", str(rate),
-               "--format", "raw", "--output", str(out), "--duration", str(duration)]
+        cmd = [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--gil",
+            "--nonblocking",
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--duration",
+            str(duration),
+        ]
         if subprocesses:
             cmd.append("--subprocesses")
         self.out = out
@@ -159,7 +176,7 @@ def main(argv=None) -> int:
     for k in [k for k in os.environ if k.startswith("FLOKIT_")]:
         del os.environ[k]
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
     out_dir = RESULTS / f"profile-{stamp}"
     out_dir.mkdir(parents=True)
@@ -172,10 +189,10 @@ def main(argv=None) -> int:
     summary: dict = {"run_id": run_id, "seconds": args.seconds, "prefill": args.prefill, "stages": {}}
     state = key = None
     try:
+        from deploy import clickhouse
         from deploy.queue.kafka_queue import create_topics
         from deploy.settings import Settings
         from ingest_api.state.redis_state import RedisState
-        from deploy import clickhouse
 
         warehouse_proc, warehouse_url = procs.start_warehouse(tmp / "warehouse-data", logs)
         started.append(warehouse_proc)
@@ -204,14 +221,23 @@ def main(argv=None) -> int:
         print("pre-fill Kafka:", limits.kafka_produce(bootstrap, prefill, requests), flush=True)
         local_dir = tmp / "local"
         local_dir.mkdir()
-        print("pre-fill local log:", limits.local_log_append(local_dir / "queue.sqlite3", requests), flush=True)
+        print(
+            "pre-fill local log:", limits.local_log_append(local_dir / "queue.sqlite3", requests), flush=True
+        )
         del normalized, requests
 
         # (a), (b): the front door.
         api_topic = topic("api")
-        api, api_url = procs.start_api({"FLOKIT_KAFKA_BOOTSTRAP": bootstrap, "FLOKIT_REDIS_URL": redis_url,
-                                        "FLOKIT_TOPIC": api_topic, "FLOKIT_DLQ_TOPIC": api_topic + ".dlq",
-                                        "FLOKIT_DATA_DIR": str(tmp / "api")}, logs)
+        api, api_url = procs.start_api(
+            {
+                "FLOKIT_KAFKA_BOOTSTRAP": bootstrap,
+                "FLOKIT_REDIS_URL": redis_url,
+                "FLOKIT_TOPIC": api_topic,
+                "FLOKIT_DLQ_TOPIC": api_topic + ".dlq",
+                "FLOKIT_DATA_DIR": str(tmp / "api"),
+            },
+            logs,
+        )
         started.append(api)
         watch = {"warehouse": warehouse_proc.pid, **{r: p for r, p in api.pids().items()}}
         broker = procs.kafka_broker_pid(args.kafka_port)
@@ -221,30 +247,52 @@ def main(argv=None) -> int:
             print(f"profiling {stage} …", flush=True)
             spy = PySpy(api.pid, out_dir / f"{stage}.txt", subprocesses=True, duration=int(args.seconds) + 30)
             cpu0, t0 = pipeline._cpu(watch), time.monotonic()
-            result = wrk.run(api_url, path, bodies["batch_path" if stage == "batch" else "single_path"], key,
-                             seconds=args.seconds, connections=conns)
+            result = wrk.run(
+                api_url,
+                path,
+                bodies["batch_path" if stage == "batch" else "single_path"],
+                key,
+                seconds=args.seconds,
+                connections=conns,
+            )
             cpu = pipeline._cpu_delta(cpu0, pipeline._cpu(watch), time.monotonic() - t0)
             spy.stop()
-            summary["stages"][stage] = {"wrk": {k: result[k] for k in ("requests_per_s", "ok", "non200")},
-                                        "cpu_cores_used": cpu, **summarize(spy.out)}
+            summary["stages"][stage] = {
+                "wrk": {k: result[k] for k in ("requests_per_s", "ok", "non200")},
+                "cpu_cores_used": cpu,
+                **summarize(spy.out),
+            }
         api.stop()
 
         # (c): the consumer draining.
-        for stage, queue_topic, data_dir in (("consumer", prefill, tmp / "consumer"),
-                                             ("consumer-local", None, local_dir)):
+        for stage, queue_topic, data_dir in (
+            ("consumer", prefill, tmp / "consumer"),
+            ("consumer-local", None, local_dir),
+        ):
             print(f"profiling {stage} …", flush=True)
             data_dir.mkdir(exist_ok=True)
             name, settings = db(stage.replace("-", "_"))
-            env = {"FLOKIT_CLICKHOUSE_URL": warehouse_url, "FLOKIT_CLICKHOUSE_DATABASE": name,
-                   "FLOKIT_CONSUMER_GROUP": f"bench-{run_id}-{stage}", "FLOKIT_DATA_DIR": str(data_dir)}
+            env = {
+                "FLOKIT_CLICKHOUSE_URL": warehouse_url,
+                "FLOKIT_CLICKHOUSE_DATABASE": name,
+                "FLOKIT_CONSUMER_GROUP": f"bench-{run_id}-{stage}",
+                "FLOKIT_DATA_DIR": str(data_dir),
+            }
             if queue_topic:
-                env.update(FLOKIT_KAFKA_BOOTSTRAP=bootstrap, FLOKIT_TOPIC=queue_topic,
-                           FLOKIT_DLQ_TOPIC=queue_topic + ".dlq")
+                env.update(
+                    FLOKIT_KAFKA_BOOTSTRAP=bootstrap,
+                    FLOKIT_TOPIC=queue_topic,
+                    FLOKIT_DLQ_TOPIC=queue_topic + ".dlq",
+                )
             counter = pipeline.RowCounter(settings)
             consumer = procs.start_consumer(env, logs, name=stage)
             started.append(consumer)
             spy = PySpy(consumer.pid, out_dir / f"{stage}.txt", duration=600)
-            w = {"consumer": consumer.pid, "warehouse": warehouse_proc.pid, **({"kafka broker": broker} if broker else {})}
+            w = {
+                "consumer": consumer.pid,
+                "warehouse": warehouse_proc.pid,
+                **({"kafka broker": broker} if broker else {}),
+            }
             cpu0, t0 = pipeline._cpu(w), time.monotonic()
             deadline = t0 + 600
             while counter.count() < args.prefill and time.monotonic() < deadline and consumer.alive():
@@ -254,9 +302,13 @@ def main(argv=None) -> int:
             spy.stop()
             consumer.stop()
             counter.close()
-            summary["stages"][stage] = {"events": args.prefill, "seconds": round(elapsed, 2),
-                                        "events_per_s_incl_startup": round(args.prefill / elapsed, 1),
-                                        "cpu_cores_used": cpu, **summarize(spy.out)}
+            summary["stages"][stage] = {
+                "events": args.prefill,
+                "seconds": round(elapsed, 2),
+                "events_per_s_incl_startup": round(args.prefill / elapsed, 1),
+                "cpu_cores_used": cpu,
+                **summarize(spy.out),
+            }
     finally:
         for p in reversed(started):
             try:
@@ -265,9 +317,11 @@ def main(argv=None) -> int:
                 pass
         if state is not None and key:
             from ingest_api.state.base import key_id_of
+
             state.revoke_key(key_id_of(key))
         if topics:
             from kafka.admin import KafkaAdminClient
+
             admin = KafkaAdminClient(bootstrap_servers=bootstrap)
             admin.delete_topics(topics, timeout_ms=30_000)
             admin.close()
@@ -285,8 +339,12 @@ def markdown(summary: dict) -> str:
     out = []
     for stage, s in summary["stages"].items():
         out.append(f"### {stage}\n")
-        extra = s.get("wrk") or {k: s[k] for k in ("events", "seconds", "events_per_s_incl_startup") if k in s}
-        out.append(f"{extra}; CPU cores used: {s.get('cpu_cores_used')}; {s['samples']} samples (GIL holder)\n")
+        extra = s.get("wrk") or {
+            k: s[k] for k in ("events", "seconds", "events_per_s_incl_startup") if k in s
+        }
+        out.append(
+            f"{extra}; CPU cores used: {s.get('cpu_cores_used')}; {s['samples']} samples (GIL holder)\n"
+        )
         out.append("| category | samples | % |\n|---|---:|---:|")
         out += [f"| {k} | {v} | {p} |" for k, v, p in s["categories"]]
         out.append("\n| top self (function, file) | % |\n|---|---:|")

@@ -1,4 +1,5 @@
 """Turning a run's results into the stdout table, the JSON file and the end-to-end plot."""
+
 from __future__ import annotations
 
 import json
@@ -50,13 +51,26 @@ def rows(r: dict) -> list[tuple]:
     def line(name, value, target=None, higher=True, limits=(), unit=""):
         tgt = None
         if target is not None and value is not None:
-            tgt = f"{value / target:.2f}x" if higher else ("ok" if value <= target else f"{value / target:.2f}x over")
+            tgt = (
+                f"{value / target:.2f}x"
+                if higher
+                else ("ok" if value <= target else f"{value / target:.2f}x over")
+            )
         target_text = None if target is None else (f"≥ {target:,}" if higher else f"≤ {target:,}") + unit
         first = True
-        for lname, lvalue in (limits or [(None, None)]):
+        for lname, lvalue in limits or [(None, None)]:
             ratio = f"{value / lvalue:.2f}" if value is not None and lvalue else None
-            out.append((name if first else "", _fmt(value, unit) if first else "", (target_text or "") if first else "",
-                        (tgt or "") if first else "", lname or "", _fmt(lvalue), ratio or ""))
+            out.append(
+                (
+                    name if first else "",
+                    _fmt(value, unit) if first else "",
+                    (target_text or "") if first else "",
+                    (tgt or "") if first else "",
+                    lname or "",
+                    _fmt(lvalue),
+                    ratio or "",
+                )
+            )
             first = False
 
     pperf_events = None
@@ -64,83 +78,192 @@ def rows(r: dict) -> list[tuple]:
         per_record = lim["kafka_produce"]["events"] / lim["kafka_produce"]["records"]
         pperf_events = pperf["records_per_s"] * per_record
     b = _get(fd, "batch_saturation")
-    line("1. batch endpoint, events/s (1,000-event requests)", _get(b, "events_per_s"),
-         TARGETS["batch_events_per_s"], limits=[
-             ("raw Kafka produce, events/s", raw_kafka),
-             ("Kafka's Java ProducerPerformance, events/s equiv.", pperf_events),
-             ("HTTP ceiling (no-op, same bodies), events/s", _get(noop, "batch_wrk", "events_per_s")),
-             (f"validation, events/s x {workers} workers", val and val * workers)])
+    line(
+        "1. batch endpoint, events/s (1,000-event requests)",
+        _get(b, "events_per_s"),
+        TARGETS["batch_events_per_s"],
+        limits=[
+            ("raw Kafka produce, events/s", raw_kafka),
+            ("Kafka's Java ProducerPerformance, events/s equiv.", pperf_events),
+            ("HTTP ceiling (no-op, same bodies), events/s", _get(noop, "batch_wrk", "events_per_s")),
+            (f"validation, events/s x {workers} workers", val and val * workers),
+        ],
+    )
     line("   batch p50 / p99 latency, ms", None)
-    out[-1] = (out[-1][0], f"{_fmt(_get(b, 'latency_ms', 'p50'))} / {_fmt(_get(b, 'latency_ms', 'p99'))}",
-               "", "", "", "", "")
+    out[-1] = (
+        out[-1][0],
+        f"{_fmt(_get(b, 'latency_ms', 'p50'))} / {_fmt(_get(b, 'latency_ms', 'p99'))}",
+        "",
+        "",
+        "",
+        "",
+        "",
+    )
     s = _get(fd, "single_saturation")
-    line("2. single-event endpoint, requests/s", _get(s, "requests_per_s"), TARGETS["single_requests_per_s"],
-         limits=[("HTTP ceiling (no-op), requests/s", _get(noop, "single_wrk", "requests_per_s")),
-                 ("Flask no-op, requests/s", _get(noop, "single_flask_wrk", "requests_per_s")),
-                 ("raw Kafka produce, 1-event records/s", raw_kafka_single),
-                 (f"validation, events/s x {workers} workers", val and val * workers)])
+    line(
+        "2. single-event endpoint, requests/s",
+        _get(s, "requests_per_s"),
+        TARGETS["single_requests_per_s"],
+        limits=[
+            ("HTTP ceiling (no-op), requests/s", _get(noop, "single_wrk", "requests_per_s")),
+            ("Flask no-op, requests/s", _get(noop, "single_flask_wrk", "requests_per_s")),
+            ("raw Kafka produce, 1-event records/s", raw_kafka_single),
+            (f"validation, events/s x {workers} workers", val and val * workers),
+        ],
+    )
     workers = {k: v for k, v in (_get(s, "cpu_cores_used") or {}).items() if "worker" in k}
     if workers:
-        out.append(("   CPU cores per front-door worker (single)", ", ".join(f"{v:.2f}" for v in workers.values()),
-                    "", "balanced" if _get(s, "workers_balanced") else "UNBALANCED", "", "", ""))
+        out.append(
+            (
+                "   CPU cores per front-door worker (single)",
+                ", ".join(f"{v:.2f}" for v in workers.values()),
+                "",
+                "balanced" if _get(s, "workers_balanced") else "UNBALANCED",
+                "",
+                "",
+                "",
+            )
+        )
     o = _get(fd, "single_open_loop")
     if o:
-        line(f"   open loop at {o.get('offered_rate', 0):,.0f} req/s: p99 latency, ms", _get(o, "latency_ms", "p99"),
-             TARGETS["single_p99_ms"], higher=False,
-             limits=[("same rate on the no-op endpoint, p99 ms", _get(noop, "single_open_loop", "latency_ms", "p99"))])
-        out.append(("   open loop p50 / p99 / p999, ms",
-                    " / ".join(_fmt(_get(o, "latency_ms", k)) for k in ("p50", "p99", "p999")), "", "",
-                    "no-op p50 / p99 / p999",
-                    " / ".join(_fmt(_get(noop, "single_open_loop", "latency_ms", k)) for k in ("p50", "p99", "p999")),
-                    ""))
+        line(
+            f"   open loop at {o.get('offered_rate', 0):,.0f} req/s: p99 latency, ms",
+            _get(o, "latency_ms", "p99"),
+            TARGETS["single_p99_ms"],
+            higher=False,
+            limits=[
+                (
+                    "same rate on the no-op endpoint, p99 ms",
+                    _get(noop, "single_open_loop", "latency_ms", "p99"),
+                )
+            ],
+        )
+        out.append(
+            (
+                "   open loop p50 / p99 / p999, ms",
+                " / ".join(_fmt(_get(o, "latency_ms", k)) for k in ("p50", "p99", "p999")),
+                "",
+                "",
+                "no-op p50 / p99 / p999",
+                " / ".join(
+                    _fmt(_get(noop, "single_open_loop", "latency_ms", k)) for k in ("p50", "p99", "p999")
+                ),
+                "",
+            )
+        )
     for lower in _get(fd, "single_open_loop_more") or []:
-        line(f"   open loop at {lower.get('offered_rate', 0):,.0f} req/s: p99 latency, ms", _get(lower, "latency_ms", "p99"),
-             TARGETS["single_p99_ms"], higher=False)
-        out.append(("   open loop p50 / p99 / p999, ms",
-                    " / ".join(_fmt(_get(lower, "latency_ms", k)) for k in ("p50", "p99", "p999")), "", "", "", "", ""))
+        line(
+            f"   open loop at {lower.get('offered_rate', 0):,.0f} req/s: p99 latency, ms",
+            _get(lower, "latency_ms", "p99"),
+            TARGETS["single_p99_ms"],
+            higher=False,
+        )
+        out.append(
+            (
+                "   open loop p50 / p99 / p999, ms",
+                " / ".join(_fmt(_get(lower, "latency_ms", k)) for k in ("p50", "p99", "p999")),
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
+        )
     for key, label, raw_queue, raw_name in (
-            ("e2e_kafka", "3. end to end (Kafka), events/s", raw_kafka, "raw Kafka produce, events/s"),
-            ("e2e_local", "5. end to end (local log), events/s", raw_local, "raw local-log append, events/s")):
+        ("e2e_kafka", "3. end to end (Kafka), events/s", raw_kafka, "raw Kafka produce, events/s"),
+        ("e2e_local", "5. end to end (local log), events/s", raw_local, "raw local-log append, events/s"),
+    ):
         e = r.get(key)
         if not e:
             continue
-        line(label, _get(e, "events_per_s"), TARGETS["e2e_events_per_s"],
-             limits=[(raw_name, raw_queue), ("raw ClickHouse insert, rows/s", raw_ch),
-                     ("consumer alone on this queue, events/s",
-                      _get(r, "consumer_kafka" if key == "e2e_kafka" else "consumer_local", "events_per_s"))])
-        out.append(("   accepted/s; rows/s and lag growth/s (2nd half); max lag",
-                    f"{_fmt(_get(e, 'accepted_events_per_s'))}; {_fmt(_get(e, 'rows_per_s_second_half'))}, "
-                    f"{_fmt(_get(e, 'lag_growth_per_s_second_half'))}; {_fmt(_get(e, 'lag_max'))}",
-                    "bounded lag", "bounded" if _bounded(e) else "GROWING", "", "", ""))
+        line(
+            label,
+            _get(e, "events_per_s"),
+            TARGETS["e2e_events_per_s"],
+            limits=[
+                (raw_name, raw_queue),
+                ("raw ClickHouse insert, rows/s", raw_ch),
+                (
+                    "consumer alone on this queue, events/s",
+                    _get(r, "consumer_kafka" if key == "e2e_kafka" else "consumer_local", "events_per_s"),
+                ),
+            ],
+        )
+        out.append(
+            (
+                "   accepted/s; rows/s and lag growth/s (2nd half); max lag",
+                f"{_fmt(_get(e, 'accepted_events_per_s'))}; {_fmt(_get(e, 'rows_per_s_second_half'))}, "
+                f"{_fmt(_get(e, 'lag_growth_per_s_second_half'))}; {_fmt(_get(e, 'lag_max'))}",
+                "bounded lag",
+                "bounded" if _bounded(e) else "GROWING",
+                "",
+                "",
+                "",
+            )
+        )
     t = r.get("e2e_kafka_at_target")
     if t:
-        line(f"3. end to end (Kafka) at {_fmt(t.get('offered_events_per_s'))} events/s offered (open loop), events/s",
-             _get(t, "events_per_s"), TARGETS["e2e_events_per_s"],
-             limits=[("consumer alone on this queue, events/s", _get(r, "consumer_kafka", "events_per_s"))])
-        out.append(("   accepted/s; rows/s and lag growth/s (2nd half); max lag",
-                    f"{_fmt(_get(t, 'accepted_events_per_s'))}; {_fmt(_get(t, 'rows_per_s_second_half'))}, "
-                    f"{_fmt(_get(t, 'lag_growth_per_s_second_half'))}; {_fmt(_get(t, 'lag_max'))}",
-                    "bounded lag", "bounded" if _bounded(t) else "GROWING", "", "", ""))
-    for key, label, raw_queue, raw_name in (
-            ("consumer_kafka", "4. consumer alone (Kafka), events/s", None, None),
-            ("consumer_local", "5. consumer alone (local log), events/s", None, None)):
+        line(
+            f"3. end to end (Kafka) at {_fmt(t.get('offered_events_per_s'))} events/s offered "
+            "(open loop), events/s",
+            _get(t, "events_per_s"),
+            TARGETS["e2e_events_per_s"],
+            limits=[("consumer alone on this queue, events/s", _get(r, "consumer_kafka", "events_per_s"))],
+        )
+        out.append(
+            (
+                "   accepted/s; rows/s and lag growth/s (2nd half); max lag",
+                f"{_fmt(_get(t, 'accepted_events_per_s'))}; {_fmt(_get(t, 'rows_per_s_second_half'))}, "
+                f"{_fmt(_get(t, 'lag_growth_per_s_second_half'))}; {_fmt(_get(t, 'lag_max'))}",
+                "bounded lag",
+                "bounded" if _bounded(t) else "GROWING",
+                "",
+                "",
+                "",
+            )
+        )
+    for key, label in (
+        ("consumer_kafka", "4. consumer alone (Kafka), events/s"),
+        ("consumer_local", "5. consumer alone (local log), events/s"),
+    ):
         c = r.get(key)
         if not c:
             continue
-        line(label, _get(c, "events_per_s"), TARGETS["consumer_events_per_s"],
-             limits=[("raw ClickHouse insert, rows/s", raw_ch)])
-        line("   the same with the pipeline full (10 % → 90 % of the rows)", _get(c, "events_per_s_steady"),
-             TARGETS["consumer_events_per_s"], limits=[("raw ClickHouse insert, rows/s", raw_ch)])
+        line(
+            label,
+            _get(c, "events_per_s"),
+            TARGETS["consumer_events_per_s"],
+            limits=[("raw ClickHouse insert, rows/s", raw_ch)],
+        )
+        line(
+            "   the same with the pipeline full (10 % → 90 % of the rows)",
+            _get(c, "events_per_s_steady"),
+            TARGETS["consumer_events_per_s"],
+            limits=[("raw ClickHouse insert, rows/s", raw_ch)],
+        )
     cap = _get(noop, "loadgen_closed_capacity")
     if cap:
         oc = _get(noop, "loadgen_open_capacity")
-        out.append(("   load generator (bench/loadgen.c) on the no-op: closed-loop req/s; open-loop rate, p99 ms",
-                    f"{_fmt(cap.get('requests_per_s'))}; {_fmt(_get(oc, 'offered_rate'))}, "
-                    f"{_fmt(_get(oc, 'latency_ms', 'p99'))}", "", "", "", "", ""))
+        out.append(
+            (
+                "   load generator (bench/loadgen.c) on the no-op: closed-loop req/s; open-loop rate, p99 ms",
+                f"{_fmt(cap.get('requests_per_s'))}; {_fmt(_get(oc, 'offered_rate'))}, "
+                f"{_fmt(_get(oc, 'latency_ms', 'p99'))}",
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
+        )
     lb = _get(r, "frontdoor_local", "batch_saturation")
     if lb:
-        line("   batch endpoint on the local log, events/s", _get(lb, "events_per_s"), TARGETS["batch_events_per_s"],
-             limits=[("raw local-log append, events/s", raw_local)])
+        line(
+            "   batch endpoint on the local log, events/s",
+            _get(lb, "events_per_s"),
+            TARGETS["batch_events_per_s"],
+            limits=[("raw local-log append, events/s", raw_local)],
+        )
     rss = r.get("peak_rss_mb", {})
     for role, value in rss.items():
         target = None
@@ -150,8 +273,17 @@ def rows(r: dict) -> list[tuple]:
             target = TARGETS["consumer_rss_mb"]
         line(f"6. peak RSS {role}, MB", value, target, higher=False)
     if pperf and "records_per_s" in pperf:
-        out.append(("   (Kafka ProducerPerformance, Java, same record size)",
-                    f"{pperf['records_per_s']:,.0f} rec/s = {pperf['mb_per_s']:,.0f} MB/s", "", "", "", "", ""))
+        out.append(
+            (
+                "   (Kafka ProducerPerformance, Java, same record size)",
+                f"{pperf['records_per_s']:,.0f} rec/s = {pperf['mb_per_s']:,.0f} MB/s",
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
+        )
     return out
 
 
@@ -165,9 +297,11 @@ def table(r: dict) -> str:
     header = ("figure", "measured", "target", "vs target", "limit (same run)", "limit", "figure/limit")
     body = rows(r)
     widths = [max(len(str(x[i])) for x in [header, *body]) for i in range(len(header))]
-    lines = [" | ".join(str(h).ljust(w) for h, w in zip(header, widths)),
-             "-+-".join("-" * w for w in widths)]
-    lines += [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in body]
+    lines = [
+        " | ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)),
+        "-+-".join("-" * w for w in widths),
+    ]
+    lines += [" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in body]
     return "\n".join(lines)
 
 
@@ -180,7 +314,11 @@ def markdown_table(r: dict) -> str:
 
 
 def plot(r: dict, path: Path) -> Path | None:
-    runs = [(k, r[k]) for k in ("e2e_kafka", "e2e_local", "e2e_kafka_at_target") if r.get(k) and r[k].get("timeline")]
+    runs = [
+        (k, r[k])
+        for k in ("e2e_kafka", "e2e_local", "e2e_kafka_at_target")
+        if r.get(k) and r[k].get("timeline")
+    ]
     if not runs:
         return None
     import matplotlib
@@ -209,14 +347,23 @@ def plot(r: dict, path: Path) -> Path | None:
             dt = p["t"] - (tl[j]["t"] if i else 0)
             smooth.append((p["rows"] - (tl[j]["rows"] if i else 0)) / dt if dt else 0)
         ax.plot(t, [x / 1000 for x in acc_rate], label="accepted by the front door (per second)")
-        ax.plot(t, [x / 1000 for x in row_rate], color="tab:orange", alpha=0.3, lw=0.8,
-                label="rows visible in ClickHouse (per second: one insert per consumer batch)")
+        ax.plot(
+            t,
+            [x / 1000 for x in row_rate],
+            color="tab:orange",
+            alpha=0.3,
+            lw=0.8,
+            label="rows visible in ClickHouse (per second: one insert per consumer batch)",
+        )
         ax.plot(t, [x / 1000 for x in smooth], color="tab:orange", lw=2, label="rows visible, 10 s average")
         ax.axhline(TARGETS["e2e_events_per_s"] / 1000, color="grey", ls="--", lw=0.8, label="target 25k/s")
         ax.axvline(e["seconds_of_load"], color="black", ls=":", lw=0.8)
         ax.set_ylabel("thousand events/s")
-        title = {"e2e_kafka": "Kafka, saturated", "e2e_local": "local log, saturated",
-                 "e2e_kafka_at_target": f"Kafka, {(e.get('offered_events_per_s') or 0):,.0f} events/s offered"}[key]
+        title = {
+            "e2e_kafka": "Kafka, saturated",
+            "e2e_local": "local log, saturated",
+            "e2e_kafka_at_target": f"Kafka, {(e.get('offered_events_per_s') or 0):,.0f} events/s offered",
+        }[key]
         ax.set_title(f"{title}: end to end {(e.get('events_per_s') or 0):,.0f} events/s", fontsize=10)
         ax.legend(fontsize=8)
         ax = axes[1][col]

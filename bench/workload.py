@@ -10,16 +10,17 @@ devices and users so that partitions fill evenly:
 Timestamps fall in the hour before generation, so they are valid for the front door (not in the future, after
 2000) and land in one or two monthly partitions of the events table.
 
-Everything is seeded: the same seed gives the same bodies. Bodies are JSON on one line each (no newline inside),
-which is how the wrk script and the load generator read them from a file.
+Everything is seeded: the same seed gives the same bodies. Bodies are JSON on one line each (no newline
+inside), which is how the wrk script and the load generator read them from a file.
 """
+
 from __future__ import annotations
 
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 
@@ -27,34 +28,74 @@ from schemas.taxonomy import EVENTS, PROPERTY_TYPES
 
 # Relative frequency of each taxonomy event (a paywall is seen far more often than it is bought).
 EVENT_WEIGHTS: dict[str, float] = {
-    "paywall_viewed": 30, "paywall_dismissed": 18, "purchase_started": 8, "purchase_completed": 4,
-    "purchase_failed": 1.5, "purchase_cancelled": 3, "purchase_restored": 1, "trial_started": 4,
-    "trial_converted": 2, "trial_cancelled": 1.5, "trial_expired": 1, "subscription_started": 3,
-    "subscription_renewed": 10, "subscription_cancelled": 2, "subscription_reactivated": 0.5,
-    "subscription_expired": 1.5, "subscription_upgraded": 0.7, "subscription_downgraded": 0.5,
-    "subscription_paused": 0.4, "subscription_resumed": 0.3, "billing_issue_detected": 0.8,
-    "billing_issue_resolved": 0.5, "refund_issued": 0.4,
+    "paywall_viewed": 30,
+    "paywall_dismissed": 18,
+    "purchase_started": 8,
+    "purchase_completed": 4,
+    "purchase_failed": 1.5,
+    "purchase_cancelled": 3,
+    "purchase_restored": 1,
+    "trial_started": 4,
+    "trial_converted": 2,
+    "trial_cancelled": 1.5,
+    "trial_expired": 1,
+    "subscription_started": 3,
+    "subscription_renewed": 10,
+    "subscription_cancelled": 2,
+    "subscription_reactivated": 0.5,
+    "subscription_expired": 1.5,
+    "subscription_upgraded": 0.7,
+    "subscription_downgraded": 0.5,
+    "subscription_paused": 0.4,
+    "subscription_resumed": 0.3,
+    "billing_issue_detected": 0.8,
+    "billing_issue_resolved": 0.5,
+    "refund_issued": 0.4,
 }
 assert set(EVENT_WEIGHTS) == set(EVENTS), "EVENT_WEIGHTS must cover the taxonomy"
 
-_PLANS = ["plan_annual_usd", "plan_monthly_usd", "plan_weekly_usd", "plan_annual_eur", "plan_monthly_eur",
-          "plan_lifetime_usd", "plan_annual_family_usd"]
+_PLANS = [
+    "plan_annual_usd",
+    "plan_monthly_usd",
+    "plan_weekly_usd",
+    "plan_annual_eur",
+    "plan_monthly_eur",
+    "plan_lifetime_usd",
+    "plan_annual_family_usd",
+]
 _VALUES: dict[str, list] = {
-    "paywall_id": ["pw_annual_v3", "pw_annual_v4", "pw_monthly_v2", "pw_onboarding_v7", "pw_winback_v1",
-                   "pw_settings_v2"],
+    "paywall_id": [
+        "pw_annual_v3",
+        "pw_annual_v4",
+        "pw_monthly_v2",
+        "pw_onboarding_v7",
+        "pw_winback_v1",
+        "pw_settings_v2",
+    ],
     "offer_id": ["offer_intro_50pct", "offer_winback_30pct", "offer_free_trial_7d", "offer_black_friday"],
     "context": ["onboarding_step_3", "settings", "feature_gate_export", "home_banner", "push_reactivation"],
     "placement": ["settings_upgrade_button", "onboarding_end", "export_limit_reached", "session_start"],
     "experiment_id": ["exp_paywall_copy_q1", "exp_price_test_eu", "exp_trial_length"],
     "variant_id": ["control", "variant_a", "variant_b"],
-    "plan_id": _PLANS, "previous_plan_id": _PLANS,
+    "plan_id": _PLANS,
+    "previous_plan_id": _PLANS,
     "currency": ["USD", "USD", "USD", "EUR", "GBP", "JPY", "BRL"],
     "period": ["P1W", "P1M", "P1M", "P3M", "P1Y", "P1Y"],
     "store": ["app_store", "app_store", "play_store", "play_store", "stripe", "web"],
     "environment": ["production"] * 9 + ["sandbox"],
     "country": ["US", "US", "US", "GB", "DE", "FR", "JP", "BR", "IN", "CA"],
-    "reason": ["close_button", "back_gesture", "swipe_down", "app_backgrounded", "payment_declined",
-               "store_error", "network_error", "user_cancelled", "billing_error", "customer_request"],
+    "reason": [
+        "close_button",
+        "back_gesture",
+        "swipe_down",
+        "app_backgrounded",
+        "payment_declined",
+        "store_error",
+        "network_error",
+        "user_cancelled",
+        "billing_error",
+        "customer_request",
+    ],
     "error_code": ["SKErrorPaymentInvalid", "BILLING_UNAVAILABLE", "card_declined", "E_NETWORK"],
     "price": [2.99, 4.99, 9.99, 29.99, 49.99, 59.99, 99.99],
 }
@@ -85,7 +126,7 @@ def _value(name: str, rng: random.Random, now: float):
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class EventSource:
@@ -105,7 +146,9 @@ class EventSource:
         spec = EVENTS[name]
         obj: dict = {"event": name}
         roll = rng.random()
-        store_side = name.startswith(("subscription_", "billing_", "refund_", "trial_expired", "trial_converted"))
+        store_side = name.startswith(
+            ("subscription_", "billing_", "refund_", "trial_expired", "trial_converted")
+        )
         if store_side or 0.40 <= roll < 0.85:
             obj["user_id"] = f"usr_{rng.randrange(self._users):06d}"
         elif roll < 0.40:
@@ -149,8 +192,9 @@ def write_bodies(path: Path, bodies: list[bytes]) -> Path:
     return path
 
 
-def make_bodies(directory: Path, *, seed: int, batch_bodies: int, batch_size: int = 1000,
-                single_bodies: int = 2000) -> dict:
+def make_bodies(
+    directory: Path, *, seed: int, batch_bodies: int, batch_size: int = 1000, single_bodies: int = 2000
+) -> dict:
     """The request bodies of a run: `batch_bodies` distinct 1,000-event batches and `single_bodies` single
     events, written to files for wrk and the load generator. Returns paths and sizes."""
     src = EventSource(seed=seed)
@@ -159,7 +203,9 @@ def make_bodies(directory: Path, *, seed: int, batch_bodies: int, batch_size: in
     batch_path = write_bodies(directory / "batch_bodies.jsonl", batches)
     single_path = write_bodies(directory / "single_bodies.jsonl", singles)
     return {
-        "batch_path": str(batch_path), "single_path": str(single_path), "batch_size": batch_size,
+        "batch_path": str(batch_path),
+        "single_path": str(single_path),
+        "batch_size": batch_size,
         "batch_body_bytes_avg": sum(map(len, batches)) / len(batches),
         "single_body_bytes_avg": sum(map(len, singles)) / len(singles),
     }
@@ -183,16 +229,18 @@ def normalized_events(n: int, *, seed: int, pool: int = 50_000) -> list[dict]:
     return out
 
 
-def request_records(events: list[dict], partitions: int, workspace: str, per_request: int = 1000
-                    ) -> Iterator[list[tuple[int, bytes, int]]]:
+def request_records(
+    events: list[dict], partitions: int, workspace: str, per_request: int = 1000
+) -> Iterator[list[tuple[int, bytes, int]]]:
     """The queue records the front door would publish for `events` arriving `per_request` per request:
-    per request, a list of (partition, envelope bytes, events in it), grouped exactly as ingest_api.enqueue."""
+    per request, a list of (partition, envelope bytes, events in it), grouped exactly as
+    ingest_api.enqueue."""
     from schemas import envelope
 
     for start in range(0, len(events), per_request):
         received_at = _iso(time.time())
         groups: dict[int, list[dict]] = {}
-        for e in events[start:start + per_request]:
+        for e in events[start : start + per_request]:
             groups.setdefault(envelope.partition_for(envelope.partition_key(e), partitions), []).append(e)
         records = []
         for partition, group in groups.items():

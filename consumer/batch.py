@@ -1,5 +1,6 @@
 """A batch in hand: the messages polled since the last flush, the offsets to
 commit once they are written, and when the batch is due."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ class Batch:
             self.undecodable.append(item)
         message = item.message
         # The committable offset is the next one to read (Kafka's convention).
-        self.next_offsets[message.partition] = max(self.next_offsets.get(message.partition, 0), message.offset + 1)
+        self.next_offsets[message.partition] = max(
+            self.next_offsets.get(message.partition, 0), message.offset + 1
+        )
 
     def empty(self) -> bool:
         return not self.next_offsets
@@ -39,13 +42,17 @@ class Batch:
         """Full, or max_seconds old; or, once the queue has nothing more for now (`caught_up`), a quarter
         of that: a consumer that has caught up does not sit on events, yet a trickle of events still
         makes at most a few inserts a second (ClickHouse prefers few, large inserts)."""
-        if self.empty():
+        if self.started_at is None:  # empty: nothing added yet
             return False
         age = now - self.started_at
         return self.full() or age >= self.max_seconds or (caught_up and age >= self.max_seconds / 4)
 
     def seconds_left(self, now: float) -> float:
-        return self.max_seconds if self.started_at is None else max(0.0, self.started_at + self.max_seconds - now)
+        return (
+            self.max_seconds
+            if self.started_at is None
+            else max(0.0, self.started_at + self.max_seconds - now)
+        )
 
 
 class BatchSizes:

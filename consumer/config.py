@@ -1,5 +1,6 @@
 """What a consumer worker needs to know, and nothing else: deploy builds it from its settings
 (deploy/components.py), tests build it directly."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,11 +5,12 @@ A dead letter is a JSON document: the reason, where the message came from,
 when it failed, and the original bytes (as text when they are UTF-8, else
 base64), enough to inspect it and to re-publish it once fixed.
 """
+
 from __future__ import annotations
 
 import base64
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import orjson
 
@@ -27,13 +28,20 @@ class DeadLetters:
         if not failures:
             return
         partitions = self._publisher.partition_count()
-        self._publisher.publish([Record(m.partition % partitions, encode(m, reason, self._source))
-                                 for m, reason in failures], self._timeout)
+        self._publisher.publish(
+            [Record(m.partition % partitions, encode(m, reason, self._source)) for m, reason in failures],
+            self._timeout,
+        )
 
 
 def encode(message: Message, reason: str, source_topic: str) -> bytes:
-    doc = {"reason": reason, "topic": source_topic, "partition": message.partition, "offset": message.offset,
-           "failed_at": time.time()}
+    doc = {
+        "reason": reason,
+        "topic": source_topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "failed_at": time.time(),
+    }
     try:
         doc["value"] = message.value.decode("utf-8")
     except UnicodeDecodeError:

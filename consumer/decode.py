@@ -1,4 +1,5 @@
 """Queue messages → envelopes, or the reason they cannot be processed."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -14,20 +14,24 @@ link it. That is forgotten when partitions are revoked. `linked_user_id` is a
 hint in any case: the analysts' views resolve identities at query time
 (docs/analytics.md).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from itertools import islice
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from schemas.warehouse import IDENTITY_RESOLVED_VIEW, quote_identifier
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 Pair = tuple[str, str]  # (workspace, anonymous_id)
 
 
-def resolve_links(client, database: str, pairs: set[Pair]) -> dict[Pair, str]:
+def resolve_links(client: Client, database: str, pairs: set[Pair]) -> dict[Pair, str]:
     """The known user id of each (workspace, anonymous_id) pair that has one, by the identity policy
-    (first link wins), in one query against identity_resolved. Pairs without a link are absent.
-    `client`: a clickhouse-connect client."""
+    (first link wins), in one query against identity_resolved. Pairs without a link are absent."""
     if not pairs:
         return {}
     # Server-side parameter: no quoting of our own, and clickhouse-connect moves large values into
@@ -41,7 +45,7 @@ def resolve_links(client, database: str, pairs: set[Pair]) -> dict[Pair, str]:
 
 
 class IdentityCache:
-    def __init__(self, lookup: Callable[[set[Pair]], dict[Pair, str]], capacity: int = 200_000):
+    def __init__(self, lookup: Callable[[set[Pair]], dict[Pair, str]], capacity: int = 200_000) -> None:
         self._lookup = lookup
         self._capacity = capacity
         self._known: dict[Pair, str | None] = {}  # None: looked up, no link yet

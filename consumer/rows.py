@@ -1,13 +1,16 @@
 """A batch's messages as the rows the writers insert: each message's event lines passed through as bytes,
 or edited (events already written dropped, linked_user_id stamped), and the identity links they carry."""
+
 from __future__ import annotations
 
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
-from typing import Container, Iterator
+from typing import cast
 
 from schemas import warehouse
 from schemas.envelope import Envelope
 from schemas.queue import Message
+from schemas.warehouse import LinkDocument
 
 from .identity import IdentityCache
 
@@ -16,12 +19,13 @@ from .identity import IdentityCache
 class MessageRows:
     message: Message
     events: list[bytes | memoryview]  # its events' JSONEachRow rows (schemas.warehouse.event_row), in pieces
-    links: list[dict] = field(default_factory=list)  # schemas.warehouse.link_document
+    links: list[LinkDocument] = field(default_factory=list)
     event_ids: list[str] = field(default_factory=list)  # of the events kept, in order
 
 
-def message_rows(message: Message, env: Envelope, identity: IdentityCache, written: Container[str],
-                 seen: set[str]) -> MessageRows:
+def message_rows(
+    message: Message, env: Envelope, identity: IdentityCache, written: Container[str], seen: set[str]
+) -> MessageRows:
     """A message's rows: its event lines as they are, or edited: without the events already written (in
     `written`, or earlier in this batch: `seen`, which this adds to) and with linked_user_id on those whose
     link `identity` knows. The links its events make are told to `identity` as they come, in order, so an
@@ -52,7 +56,8 @@ def edited(lines: memoryview, linked_at: dict[int, str], dropped: set[int]) -> l
     """A record's event lines (a view of the record) without the `dropped` ones and with linked_user_id on
     the `linked_at` ones, as pieces of a JSONEachRow body: runs of untouched lines stay views of the record,
     only an edited line is new bytes. So a batch in flight holds each event's bytes once."""
-    record = lines.obj  # lines is the record's tail: offsets in the record are offsets in lines + base
+    # lines is the record's tail (schemas.envelope.decode): offsets in the record are offsets in lines + base.
+    record = cast(bytes, lines.obj)
     base = len(record) - len(lines)
     pieces: list[bytes | memoryview] = []
     kept = start = base  # kept: the first byte not yet in a piece; start: where line `index` starts
@@ -64,13 +69,13 @@ def edited(lines: memoryview, linked_at: dict[int, str], dropped: set[int]) -> l
         end = record.find(b"\n", start)
         end = len(record) if end < 0 else end
         if kept < start:
-            pieces.append(lines[kept - base:start - base])  # untouched lines, each with its newline
+            pieces.append(lines[kept - base : start - base])  # untouched lines, each with its newline
         if target not in dropped:
             pieces.append(warehouse.event_row(record[start:end], linked_at[target]) + b"\n")
         kept = start = end + 1
         index = target + 1
     if kept < len(record):
-        pieces.append(lines[kept - base:])
+        pieces.append(lines[kept - base :])
     return pieces
 
 

@@ -10,6 +10,7 @@ take never get here: the writer turns those into RowsRejected, and their message
 Anything else is a bug or a misconfiguration that retrying cannot fix: it stops the worker loudly, before
 the batch is committed, so the batch is delivered again to whichever worker runs next.
 """
+
 from __future__ import annotations
 
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError

@@ -1,6 +1,7 @@
 """The consumer loop: poll → decode → batch → resolve identities → write →
 dead letters → commit, with offsets committed only after ClickHouse
 acknowledged the batch (see the package docstring for the dedupe table)."""
+
 from __future__ import annotations
 
 import gc
@@ -10,8 +11,8 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Sequence
 
 from schemas import warehouse
 from schemas.queue import CommitFailed, Message, SubscriberFactory
@@ -37,8 +38,15 @@ class Stopped(Exception):
 
 
 class Worker:
-    def __init__(self, config: ConsumerConfig, subscriber_factory: SubscriberFactory, writers: Sequence[BatchWriter],
-                 dead_letters: DeadLetters, identity: IdentityCache, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        subscriber_factory: SubscriberFactory,
+        writers: Sequence[BatchWriter],
+        dead_letters: DeadLetters,
+        identity: IdentityCache,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         """`writers`: one per batch that may be written at once (each with its own warehouse client);
         `subscriber_factory(on_revoke)`: the queue, told to call this worker when partitions are revoked."""
         self._config = config
@@ -57,7 +65,7 @@ class Worker:
         self._max_in_flight = len(writers)
         self._write_threads = ThreadPoolExecutor(max_workers=self._max_in_flight, thread_name_prefix="writer")
         # Batches being written, oldest first, with the offsets to commit once each is written.
-        self._in_flight: deque[tuple[Future, dict[int, int]]] = deque()
+        self._in_flight: deque[tuple[Future[int], dict[int, int]]] = deque()
         # Start from a batch request's share of one partition (1,000 events over a few partitions), so the
         # very first poll does not ask for a whole batch's worth of messages of unknown size.
         self._events_per_message = 250.0
@@ -82,10 +90,13 @@ class Worker:
                 self.step()
             self.drain()
         except Stopped:
-            log.warning("stopped while the warehouse or the queue was unavailable; the batch in hand was not"
-                        " committed and will be delivered again")
+            log.warning(
+                "stopped while the warehouse or the queue was unavailable; the batch in hand was not"
+                " committed and will be delivered again"
+            )
         except BaseException:
-            self.stop()  # writes in flight that are waiting out the warehouse give up within STOP_GRACE_SECONDS
+            # Writes in flight that are waiting out the warehouse give up within STOP_GRACE_SECONDS.
+            self.stop()
             raise
         finally:
             self._write_threads.shutdown(wait=True)
@@ -110,7 +121,9 @@ class Worker:
             item = decode(message)
             self._batch.add(item, self._clock())
             if isinstance(item, Decoded):
-                self._events_per_message = 0.8 * self._events_per_message + 0.2 * max(1, len(item.envelope.refs))
+                self._events_per_message = 0.8 * self._events_per_message + 0.2 * max(
+                    1, len(item.envelope.refs)
+                )
         while self._in_flight and self._in_flight[0][0].done():
             self._finish_oldest_write()
         # Caught up: nothing came, and nothing is left. A poll can also come back empty with messages still
@@ -139,19 +152,28 @@ class Worker:
         self._batch = self._new_batch()  # and its decoded headers are gone before this waits for a writer
         while len(self._in_flight) >= self._max_in_flight:
             self._finish_oldest_write()
-        self._in_flight.append((self._write_threads.submit(self._write_batch, per_message, failures), offsets))
+        self._in_flight.append(
+            (self._write_threads.submit(self._write_batch, per_message, failures), offsets)
+        )
 
     def _prepare(self, batch: Batch) -> tuple[list[MessageRows], list[tuple[Message, str]]]:
         """The batch's rows per message, after looking up the identities it needs; and the messages that
         cannot be written, with the reason."""
-        anonymous_only = {(d.envelope.workspace, ref.anonymous_id) for d in batch.decoded
-                          for ref in d.envelope.refs if ref.anonymous_id and not ref.user_id}
+        anonymous_only = {
+            (d.envelope.workspace, ref.anonymous_id)
+            for d in batch.decoded
+            for ref in d.envelope.refs
+            if ref.anonymous_id and not ref.user_id
+        }
         self._attempt(lambda: self._identity.prefetch(anonymous_only))
         failures = [(u.message, u.reason) for u in batch.undecodable]
-        per_message, seen = [], set()
+        per_message: list[MessageRows] = []
+        seen: set[str] = set()
         for item in batch.decoded:  # in order: a link before the events it stamps
             try:
-                per_message.append(message_rows(item.message, item.envelope, self._identity, self._recent, seen))
+                per_message.append(
+                    message_rows(item.message, item.envelope, self._identity, self._recent, seen)
+                )
             except (KeyError, TypeError, ValueError) as exc:
                 failures.append((item.message, f"cannot build rows: {type(exc).__name__}: {exc}"))
         self._recent.add_all(seen)
@@ -246,7 +268,8 @@ class Worker:
         try:
             self.drain()
         except BaseException as exc:
-            # Raised again from step() once poll() returns: the queue's client may swallow a callback's failure.
+            # Raised again from step() once poll() returns: the queue's
+            # client may swallow a callback's failure.
             self._revoke_failure = exc
             raise
         # While another member owned them, links may have been made that this one never saw.

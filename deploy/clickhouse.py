@@ -5,6 +5,7 @@ short enough to print.
 What is written and read (tables, columns, insert settings) is the contract in schemas/warehouse.py; the
 migration files and how they are applied are schemas/migrations.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,14 +13,26 @@ import sys
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from schemas.migrations import (MigrationError, Topology, apply_migrations, bootstrap_statements, load_migrations,
-                               render_all)
+from schemas.migrations import (
+    MigrationError,
+    Topology,
+    apply_migrations,
+    bootstrap_statements,
+    load_migrations,
+    render_all,
+)
 
 from .settings import Settings
 
 # How clickhouse-connect words the failures of a connection; one of these is the whole reason to give.
-_CONNECTION_FAILURES = ("Connection refused", "Name or service not known", "timed out", "No route to host",
-                        "Temporary failure in name resolution", "Connection reset")
+_CONNECTION_FAILURES = (
+    "Connection refused",
+    "Name or service not known",
+    "timed out",
+    "No route to host",
+    "Temporary failure in name resolution",
+    "Connection reset",
+)
 
 
 class WarehouseUnreachable(ConnectionError):
@@ -40,7 +53,9 @@ def client_options(url: str) -> dict[str, Any]:
     url = url.strip()
     parts = urlsplit(url if "://" in url else "http://" + url)
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"FLOKIT_CLICKHOUSE_URL={describe_url(url)!r}: expected http://[user[:password]@]host[:port]")
+        raise ValueError(
+            f"FLOKIT_CLICKHOUSE_URL={describe_url(url)!r}: expected http://[user[:password]@]host[:port]"
+        )
     secure = parts.scheme == "https"
     return {
         "host": parts.hostname or "127.0.0.1",
@@ -65,9 +80,11 @@ def connect(settings: Settings, *, database: str | None = None, **extra: Any):
         client = clickhouse_connect.get_client(**{**client_options(settings.warehouse_url), **extra})
     except OperationalError as exc:
         raise WarehouseUnreachable(
-            f"cannot reach the warehouse at {describe_url(settings.warehouse_url)}: {clickhouse_message(exc)}\n"
+            f"cannot reach the warehouse at {describe_url(settings.warehouse_url)}: "
+            f"{clickhouse_message(exc)}\n"
             "  Is the warehouse running? Start the embedded one with `flokit warehouse`, "
-            "or set FLOKIT_CLICKHOUSE_URL to your ClickHouse server.") from exc
+            "or set FLOKIT_CLICKHOUSE_URL to your ClickHouse server."
+        ) from exc
     database = settings.clickhouse_database if database is None else database
     if database:
         client.database = database
@@ -125,14 +142,20 @@ def migrate_main(settings: Settings, print_only: bool = False, stdout=None, stde
     except (WarehouseUnreachable, MigrationError) as exc:
         print(f"flokit migrate: {exc}", file=stderr)
         return 1
-    except Exception as exc:  # clickhouse-connect's errors: ClickHouse refused a bootstrap statement or went away
-        print(f"flokit migrate: {describe_url(settings.warehouse_url)}: {clickhouse_message(exc)}", file=stderr)
+    # clickhouse-connect's errors: ClickHouse refused a bootstrap statement or went away.
+    except Exception as exc:
+        print(
+            f"flokit migrate: {describe_url(settings.warehouse_url)}: {clickhouse_message(exc)}", file=stderr
+        )
         return 1
     descriptions = {m.name: m.description for m in load_migrations()}
     for name in applied:
         print(f"applied {name}: {descriptions.get(name, '')}", file=stdout)
     total = len(descriptions)
     where = f"database {topology.database}" + (f" on cluster {topology.cluster}" if topology.cluster else "")
-    print(f"{where}: {'up to date' if not applied else f'{len(applied)} applied now'}, "
-          f"{total} migration{'s' if total != 1 else ''} in all", file=stdout)
+    print(
+        f"{where}: {'up to date' if not applied else f'{len(applied)} applied now'}, "
+        f"{total} migration{'s' if total != 1 else ''} in all",
+        file=stdout,
+    )
     return 0

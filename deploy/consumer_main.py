@@ -6,6 +6,7 @@ the worker leaves the group. A failure the worker does not wait out (a bug,
 see consumer/transient.py) ends the process with a traceback and a non-zero
 status, the batch in hand uncommitted: it is delivered again to the next worker.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -41,8 +42,11 @@ def main(settings: Settings) -> int:
     worker = components.make_worker(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
-    log.info("consuming %s as group %s", settings.topic if settings.kafka_bootstrap else "the local log",
-             settings.consumer_group)
+    log.info(
+        "consuming %s as group %s",
+        settings.topic if settings.kafka_bootstrap else "the local log",
+        settings.consumer_group,
+    )
     worker.run()
     log.info("stopped after writing %d events", worker.flushed_events)
     return 0

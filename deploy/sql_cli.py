@@ -12,6 +12,7 @@ format name (Parquet, Markdown, Vertical, ...). Every format streams straight fr
 database is FLOKIT_CLICKHOUSE_DATABASE, so `FROM events_resolved` needs no prefix. Exit status: 0 done, 1
 query failed or warehouse unreachable, 2 usage.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,16 +37,29 @@ _UNLIMITED = 1 << 40
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("query", nargs="?", default="-", help='the SQL, or "-" (the default) to read it from stdin')
+    parser.add_argument(
+        "query", nargs="?", default="-", help='the SQL, or "-" (the default) to read it from stdin'
+    )
     parser.add_argument("-f", "--format", default="table", metavar="FORMAT", help=FORMATS_HELP)
-    parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS, metavar="N",
-                        help=f"table format: show at most N rows (default {DEFAULT_MAX_ROWS}; 0: all)")
-    parser.add_argument("--max-width", type=int, default=DEFAULT_MAX_WIDTH, metavar="N",
-                        help=f"table format: cut values longer than N characters "
-                             f"(default {DEFAULT_MAX_WIDTH}; 0: never)")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
+        metavar="N",
+        help=f"table format: show at most N rows (default {DEFAULT_MAX_ROWS}; 0: all)",
+    )
+    parser.add_argument(
+        "--max-width",
+        type=int,
+        default=DEFAULT_MAX_WIDTH,
+        metavar="N",
+        help=f"table format: cut values longer than N characters (default {DEFAULT_MAX_WIDTH}; 0: never)",
+    )
 
 
-def run(args, settings, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+def run(
+    args, settings, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
     from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
     from .clickhouse import WarehouseUnreachable, clickhouse_message, connect, describe_url
@@ -55,8 +69,10 @@ def run(args, settings, stdin: TextIO | None = None, stdout: TextIO | None = Non
     query = args.query
     if query == "-":
         if stdin.isatty():
-            print('flokit sql: give the query as an argument, or pipe it in: echo "SELECT 1" | flokit sql -',
-                  file=stderr)
+            print(
+                'flokit sql: give the query as an argument, or pipe it in: echo "SELECT 1" | flokit sql -',
+                file=stderr,
+            )
             return 2
         query = stdin.read()
     query = _strip_query(query)
@@ -88,8 +104,11 @@ def run(args, settings, stdin: TextIO | None = None, stdout: TextIO | None = Non
         return 1
     except OperationalError as exc:
         stdout.flush()
-        print(f"flokit sql: lost the warehouse at {describe_url(settings.warehouse_url)}: {clickhouse_message(exc)}",
-              file=stderr)
+        print(
+            f"flokit sql: lost the warehouse at {describe_url(settings.warehouse_url)}: "
+            f"{clickhouse_message(exc)}",
+            file=stderr,
+        )
         return 1
     except ClickHouseError as exc:  # the client's own errors (e.g. a value it cannot decode)
         stdout.flush()
@@ -121,6 +140,7 @@ def _strip_query(query: str) -> str:
 
 def _silence(stdout) -> None:
     import os
+
     try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
     except (OSError, ValueError, AttributeError):
@@ -167,6 +187,7 @@ def _is_command(client, query: str) -> bool:
 
 def _print_command(result, stdout) -> None:
     from clickhouse_connect.driver.summary import QuerySummary
+
     if isinstance(result, QuerySummary):
         written = result.written_rows
         print(f"Ok. {written} row{'s' if written != 1 else ''} written." if written else "Ok.", file=stdout)

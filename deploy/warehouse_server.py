@@ -4,6 +4,7 @@ Serves the chdb data directory `<FLOKIT_DATA_DIR>/warehouse` over ClickHouse's H
 FLOKIT_WAREHOUSE_BIND (default 127.0.0.1:8123), so clickhouse-connect and curl use it like a ClickHouse
 server. The implementation lives in the `deploy.warehouse` package.
 """
+
 from deploy.warehouse.server import WarehouseServer, main, serve
 
 __all__ = ["WarehouseServer", "main", "serve"]

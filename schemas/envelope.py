@@ -4,7 +4,8 @@ door and the consumers).
 One record carries the accepted events of one workspace that fall in one
 partition, from one request or from the several a front-door worker enqueues
 together (ingest_api.enqueue), so a 1,000-event batch costs a handful of queue
-appends rather than a thousand, and so do a hundred concurrent single events. Version 2 is a JSON header line, then one line per event:
+appends rather than a thousand, and so do a hundred concurrent single events. Version 2 is a JSON header line,
+then one line per event:
 
     {"v":2,"workspace":"acme","received_at":"2026-11-26T10:00:00.123Z",
      "events":[["evt_…","dev_9"|null,"usr_1"|null,"2024-03-15T14:22:00.000Z"],…]}
@@ -28,13 +29,15 @@ else its user_id. Every event of one device therefore lands on one partition in
 order, including the event that links the device to a user, which is what lets
 a consumer stamp the user id on that device's later anonymous-only events.
 """
+
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -79,8 +82,9 @@ class Envelope:
         return [orjson.loads(row) for row in self.rows]
 
 
-def partition_key(event: dict[str, Any]) -> str:
-    return event.get("anonymous_id") or event["user_id"]
+def partition_key(event: Mapping[str, Any]) -> str:
+    key: str = event.get("anonymous_id") or event["user_id"]
+    return key
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -90,11 +94,15 @@ def partition_for(key: str, partitions: int) -> int:
 
 def iso_ms(ts: float) -> str:
     """A POSIX time as the envelope writes every time: UTC, milliseconds, `Z`."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def encode_records(workspace: str, received_at: str | Sequence[str], events: Sequence[dict[str, Any]],
-                   max_bytes: int = MAX_RECORD_BYTES) -> list[bytes]:
+def encode_records(
+    workspace: str,
+    received_at: str | Sequence[str],
+    events: Sequence[Mapping[str, Any]],
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> list[bytes]:
     """Validated events (each with its event_id) as one or more envelopes, each at
     most about `max_bytes` long; an event larger than that on its own still gets
     an envelope of its own. Each event is serialised once. `received_at` is every
@@ -109,15 +117,25 @@ def encode_records(workspace: str, received_at: str | Sequence[str], events: Seq
             heads[at] = b'{"workspace":%s,"received_at":%s,' % (quoted_workspace, orjson.dumps(at))
         return heads[at]
 
-    records, refs, rows, size, first = [], [], [], 0, ""
+    records: list[bytes] = []
+    refs: list[bytes] = []  # the current record's header entries
+    rows: list[bytes] = []  # and its event lines
+    size, first = 0, ""
 
     def close_record() -> None:
-        head = b'{"v":%d,"workspace":%s,"received_at":%s,"events":[' % (VERSION, quoted_workspace, orjson.dumps(first))
+        head = b'{"v":%d,"workspace":%s,"received_at":%s,"events":[' % (
+            VERSION,
+            quoted_workspace,
+            orjson.dumps(first),
+        )
         records.append(head + b",".join(refs) + b"]}\n" + b"\n".join(rows))
 
-    for at, event in zip(times, events):
+    # One time per event: a shorter list must fail loudly, not drop the events past its end.
+    for at, event in zip(times, events, strict=True):
         row = row_head(at) + orjson.dumps(event)[1:]
-        ref = orjson.dumps([event["event_id"], event.get("anonymous_id"), event.get("user_id"), event["timestamp"]])
+        ref = orjson.dumps(
+            [event["event_id"], event.get("anonymous_id"), event.get("user_id"), event["timestamp"]]
+        )
         if rows and size + len(row) + len(ref) + 2 > max_bytes:
             close_record()
             refs, rows, size = [], [], 0
@@ -141,15 +159,23 @@ def decode(value: bytes) -> Envelope:
     except orjson.JSONDecodeError as exc:
         raise EnvelopeError(f"header is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("v") != VERSION:
-        raise EnvelopeError(f"unsupported envelope version: {doc.get('v') if isinstance(doc, dict) else type(doc).__name__}")
+        raise EnvelopeError(
+            f"unsupported envelope version: {doc.get('v') if isinstance(doc, dict) else type(doc).__name__}"
+        )
     workspace, received_at, refs = doc.get("workspace"), doc.get("received_at"), doc.get("events")
     if not isinstance(workspace, str) or not isinstance(received_at, str) or not isinstance(refs, list):
         raise EnvelopeError("envelope lacks workspace, received_at or events")
     for ref in refs:
-        if not (isinstance(ref, list) and len(ref) == 4 and isinstance(ref[0], str) and isinstance(ref[3], str)
-                and (ref[1] is None or isinstance(ref[1], str)) and (ref[2] is None or isinstance(ref[2], str))):
+        if not (
+            isinstance(ref, list)
+            and len(ref) == 4
+            and isinstance(ref[0], str)
+            and isinstance(ref[3], str)
+            and (ref[1] is None or isinstance(ref[1], str))
+            and (ref[2] is None or isinstance(ref[2], str))
+        ):
             raise EnvelopeError("an event in the header is not [event_id, anonymous_id, user_id, timestamp]")
-    lines = memoryview(value)[len(header) + 1:]
+    lines = memoryview(value)[len(header) + 1 :]
     count = value.count(b"\n", len(header) + 1) + 1 if lines else 0
     if count != len(refs):
         raise EnvelopeError(f"the header lists {len(refs)} events but {count} event lines follow")

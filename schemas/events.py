@@ -26,21 +26,25 @@ Throughput (one core, the two API-reference examples alternating): about
 85,000 events/s. Roughly half of the ~11.5 us per event is marshmallow's
 Schema.load machinery itself (an empty 5-field schema caps at ~160,000/s).
 """
+
 from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypedDict, TypeVar, overload
 
 import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing
+from marshmallow.types import ErrorMessages
 
 from schemas.taxonomy import EVENTS, NUMERIC_RANGES, PROPERTY_TYPES, SCALAR_PYTHON_TYPES
 
 __all__ = [
     "EventInvalid",
     "EventValidator",
+    "ValidEvent",
     "validate_batch_shape",
     "EVENT_FIELDS",
     "EVENT_ERROR_CODES",
@@ -105,26 +109,42 @@ BATCH_ERROR_CODES: tuple[str, ...] = (
 )
 
 _MIN_EPOCH = datetime.fromisoformat(MIN_TIMESTAMP).timestamp()
-_UTC = timezone.utc
+_UTC = UTC
 _fromisoformat = datetime.fromisoformat
 _TWO_DIGITS = tuple(f"{i:02d}" for i in range(100))
 _MILLIS_Z = tuple(f".{i:03d}Z" for i in range(1000))
 _FIELD_SET = frozenset(EVENT_FIELDS)
-_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,%d}" % (MAX_EVENT_NAME_LENGTH - 1))
+_EVENT_NAME = re.compile(rf"[a-z][a-z0-9_]{{0,{MAX_EVENT_NAME_LENGTH - 1}}}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TAXONOMY_NAMES = frozenset(EVENTS)
 
-# Known property name -> (accepted exact Python types, type name, (lowest, highest) value or None). string[] is
-# accepted as a list here and its items are checked separately.
+# Known property name -> (accepted exact Python types, type name, (lowest, highest) value or None). string[]
+# is accepted as a list here and its items are checked separately.
 _LIST_OF_STRINGS = frozenset({list})
 _KNOWN_PROPERTIES: dict[str, tuple[frozenset[type], str, tuple[float, float] | None]] = {
-    name: (_LIST_OF_STRINGS if type_name == "string[]" else SCALAR_PYTHON_TYPES[type_name], type_name,
-           NUMERIC_RANGES.get(type_name))
+    name: (
+        _LIST_OF_STRINGS if type_name == "string[]" else SCALAR_PYTHON_TYPES[type_name],
+        type_name,
+        NUMERIC_RANGES.get(type_name),
+    )
     for name, type_name in PROPERTY_TYPES.items()
 }
 _INTEGER_LOW, _INTEGER_HIGH = NUMERIC_RANGES["integer"]
 # What a number of each type can be, for messages.
-_RANGE_WORDS = {"integer": f"64-bit integers, {_INTEGER_LOW} to {_INTEGER_HIGH}", "number": "finite 64-bit floats"}
+_RANGE_WORDS = {
+    "integer": f"64-bit integers, {_INTEGER_LOW} to {_INTEGER_HIGH}",
+    "number": "finite 64-bit floats",
+}
+
+
+class ValidEvent(TypedDict):
+    """What EventValidator.validate returns (keys in this order)."""
+
+    event: str
+    user_id: str | None
+    anonymous_id: str | None
+    timestamp: str  # YYYY-MM-DDTHH:MM:SS.fffZ
+    properties: dict[str, Any]  # the caller's own dict, validated
 
 
 class EventInvalid(Exception):
@@ -139,7 +159,7 @@ class EventInvalid(Exception):
         self.code = code
         self.message = message
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[EventInvalid], tuple[str, str]]:
         return (type(self), (self.code, self.message))
 
 
@@ -147,11 +167,18 @@ class EventInvalid(Exception):
 # Helpers for messages
 # --------------------------------------------------------------------------
 
-_JSON_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean",
-                    list: "array", dict: "object", type(None): "null"}
+_JSON_TYPE_NAMES = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
 
 
-def _show(value: Any, limit: int = 60) -> str:
+def _show(value: object, limit: int = 60) -> str:
     """A short, JSON-flavoured rendering of what the client sent."""
     if isinstance(value, str):
         text = value if len(value) <= limit else value[:limit] + "…"
@@ -166,7 +193,7 @@ def _show(value: Any, limit: int = 60) -> str:
     return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def _sent(value: Any) -> str:
+def _sent(value: object) -> str:
     """'string "7"', 'number 7.5', 'boolean true', 'an array', 'an object', 'null'."""
     kind = _JSON_TYPE_NAMES.get(type(value))
     if kind in ("array", "object"):
@@ -189,8 +216,17 @@ class _Problem:
         self.message = message
 
 
+# marshmallow types a message as str | list | dict, but stores any other object as it is: the two places a
+# _Problem is handed to it as a message say so to mypy.
+
+
 def _fail(code: str, message: str) -> ValidationError:
-    return ValidationError(_Problem(code, message))
+    return ValidationError(_Problem(code, message))  # type: ignore[arg-type]
+
+
+def _messages(**problems: _Problem) -> ErrorMessages:
+    """A field's error_messages (marshmallow's keys: required, null) as _Problems."""
+    return problems  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------
@@ -198,18 +234,35 @@ def _fail(code: str, message: str) -> ValidationError:
 # --------------------------------------------------------------------------
 
 
-class _Field(fields.Field):
+_T = TypeVar("_T")
+
+
+class _Field(fields.Field[_T]):
     """Base for our fields. deserialize() is marshmallow's Field.deserialize
     minus the hooks these fields never use (field pre_load/post_load and
     `validate=` validators, whose And(*validators) marshmallow rebuilds on
     every call); required / allow_none / load_default keep their meaning."""
 
-    def deserialize(self, value, attr=None, data=None, **kwargs):
+    # marshmallow's own two signatures (the implementation below is checked against them).
+    @overload
+    def deserialize(
+        self, value: None, attr: str | None = None, data: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> _T | None: ...
+
+    @overload
+    def deserialize(
+        self, value: Any, attr: str | None = None, data: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> _T: ...
+
+    def deserialize(
+        self, value: Any, attr: str | None = None, data: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> _T | None:
         if value is missing:
             if self.required:
                 raise self.make_error("required")
             default = self.load_default
-            return default() if callable(default) else default
+            loaded: _T | None = default() if callable(default) else default
+            return loaded
         if value is None:
             if self.allow_none:
                 return None
@@ -220,62 +273,82 @@ class _Field(fields.Field):
         return None
 
 
-class EventName(_Field):
-    def _deserialize(self, value, attr, data, **kwargs):
+class EventName(_Field[str]):
+    parent: EventSchema  # the schema it is bound to (marshmallow types it Field | Schema | None)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str:
         if type(value) is not str:
-            raise _fail("invalid_event_name", f"event: must be a string event name like paywall_viewed, got {_sent(value)}")
+            raise _fail(
+                "invalid_event_name",
+                f"event: must be a string event name like paywall_viewed, got {_sent(value)}",
+            )
         if value in _TAXONOMY_NAMES:
             return value
         if not _EVENT_NAME.fullmatch(value):
             raise _fail(
                 "invalid_event_name",
                 f"event: {_show(value)} is not a valid event name; use snake_case: a lowercase letter, "
-                f"then lowercase letters, digits or _ (at most {MAX_EVENT_NAME_LENGTH} characters), e.g. paywall_viewed",
+                f"then lowercase letters, digits or _ (at most {MAX_EVENT_NAME_LENGTH} characters), "
+                "e.g. paywall_viewed",
             )
         if self.parent.strict_events:
             raise _fail(
                 "unknown_event",
-                f"event: {_show(value)} is not in the event taxonomy (this server only accepts taxonomy events), "
-                "e.g. paywall_viewed, subscription_started",
+                f"event: {_show(value)} is not in the event taxonomy "
+                "(this server only accepts taxonomy events), e.g. paywall_viewed, subscription_started",
             )
         return value
 
 
-class Identity(_Field):
+class Identity(_Field[str]):
     """user_id / anonymous_id: a string, 1..MAX_ID_LENGTH characters once
     surrounding whitespace is stripped (the original is kept), no control
     characters. JSON null is the same as absent (marshmallow allow_none)."""
 
-    def __init__(self, code: str, **kwargs) -> None:
+    def __init__(self, code: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.code = code
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str:
         if type(value) is not str:
             raise _fail(self.code, f"{attr}: must be a string, got {_sent(value)}")
         stripped = value.strip()
         if not stripped:
-            raise _fail(self.code, f"{attr}: must not be empty or only whitespace; omit it or send null when unknown")
+            raise _fail(
+                self.code, f"{attr}: must not be empty or only whitespace; omit it or send null when unknown"
+            )
         if len(stripped) > MAX_ID_LENGTH:
-            raise _fail(self.code, f"{attr}: is {len(stripped)} characters long; the limit is {MAX_ID_LENGTH}")
+            raise _fail(
+                self.code, f"{attr}: is {len(stripped)} characters long; the limit is {MAX_ID_LENGTH}"
+            )
         if not value.isprintable():
             bad = _CONTROL.search(value)
             if bad is not None:
                 raise _fail(
                     self.code,
-                    f"{attr}: contains the control character U+{ord(bad.group()):04X} at position {bad.start()}",
+                    f"{attr}: contains the control character U+{ord(bad.group()):04X} "
+                    f"at position {bad.start()}",
                 )
         return value
 
 
-class Timestamp(_Field):
+class Timestamp(_Field[str]):
     """ISO 8601 datetime WITH a UTC offset (or Z) -> 'YYYY-MM-DDTHH:MM:SS.fffZ' in UTC."""
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    parent: EventSchema  # the schema it is bound to (marshmallow types it Field | Schema | None)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str:
         if type(value) is not str:
             raise _fail(
                 "invalid_timestamp",
-                f"timestamp: must be an ISO 8601 datetime string with a UTC offset, e.g. 2024-03-15T14:22:00Z, got {_sent(value)}",
+                "timestamp: must be an ISO 8601 datetime string with a UTC offset, "
+                f"e.g. 2024-03-15T14:22:00Z, got {_sent(value)}",
             )
         try:
             dt = _fromisoformat(value)
@@ -311,7 +384,7 @@ def _parse_fallback(value: str) -> datetime:
         return dt
     leap = _LEAP_SECOND.search(value)
     if leap is not None:
-        head, tail = value[:leap.start()] + leap.group(1), value[leap.end():]
+        head, tail = value[: leap.start()] + leap.group(1), value[leap.end() :]
         dt = _as_datetime(head + ":59" + tail)
         if dt is not None:
             offset = "" if dt.tzinfo is not None else "Z (or the device's UTC offset)"
@@ -360,20 +433,29 @@ def _no_offset_message(value: str, dt: datetime) -> str:
 
 
 def _too_early(value: str) -> ValidationError:
-    return _fail("invalid_timestamp", f"timestamp: {_show(value)} is before {MIN_TIMESTAMP}; send when the event occurred")
+    return _fail(
+        "invalid_timestamp",
+        f"timestamp: {_show(value)} is before {MIN_TIMESTAMP}; send when the event occurred",
+    )
 
 
-class Properties(_Field):
+class Properties(_Field[dict[str, Any]]):
     """A JSON object of custom key/values; known taxonomy properties are type-checked."""
 
-    def deserialize(self, value, attr=None, data=None, **kwargs):
+    def deserialize(
+        self, value: Any, attr: str | None = None, data: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         if value is None or value is missing:  # null is the same as absent
             return {}
         return self._deserialize(value, attr, data, **kwargs)
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise _fail("invalid_properties", f"properties: must be an object of key/values, got {_sent(value)}")
+            raise _fail(
+                "invalid_properties", f"properties: must be an object of key/values, got {_sent(value)}"
+            )
         try:
             raw = orjson.dumps(value)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
@@ -437,14 +519,16 @@ def _type_message(key: str, type_name: str, item: Any) -> str:
 
 
 def _range_message(key: str, type_name: str, item: Any) -> str:
-    return (f"properties.{key}: {_show(item)} is out of range; {type_name} properties are stored as "
-            f"{_RANGE_WORDS[type_name]}; null is allowed to leave it unset")
+    return (
+        f"properties.{key}: {_show(item)} is out of range; {type_name} properties are stored as "
+        f"{_RANGE_WORDS[type_name]}; null is allowed to leave it unset"
+    )
 
 
 _CONTAINERS = (dict, list, tuple)  # what orjson writes as JSON objects/arrays
 
 
-def _check_nested(props: dict) -> None:
+def _check_nested(props: dict[str, Any]) -> None:
     """Depth and nested key-length checks (only for properties that nest).
     A path-free walk decides; the slower walk that names the path runs only
     to word the error."""
@@ -505,29 +589,33 @@ class EventSchema(Schema):
 
     event = EventName(
         required=True,
-        error_messages={
-            "required": _Problem("missing_event", "event: required; the event name, e.g. paywall_viewed"),
-            "null": _Problem("invalid_event_name", "event: must be an event name like paywall_viewed, got null"),
-        },
+        error_messages=_messages(
+            required=_Problem("missing_event", "event: required; the event name, e.g. paywall_viewed"),
+            null=_Problem("invalid_event_name", "event: must be an event name like paywall_viewed, got null"),
+        ),
     )
     user_id = Identity("invalid_user_id", allow_none=True, load_default=None)
     anonymous_id = Identity("invalid_anonymous_id", allow_none=True, load_default=None)
     timestamp = Timestamp(
         required=True,
-        error_messages={
-            "required": _Problem(
+        error_messages=_messages(
+            required=_Problem(
                 "missing_timestamp",
-                "timestamp: required; when the event occurred, ISO 8601 with a UTC offset, e.g. 2024-03-15T14:22:00Z",
+                "timestamp: required; when the event occurred, ISO 8601 with a UTC offset, "
+                "e.g. 2024-03-15T14:22:00Z",
             ),
-            "null": _Problem(
+            null=_Problem(
                 "invalid_timestamp",
-                "timestamp: must be an ISO 8601 datetime string with a UTC offset, e.g. 2024-03-15T14:22:00Z, got null",
+                "timestamp: must be an ISO 8601 datetime string with a UTC offset, "
+                "e.g. 2024-03-15T14:22:00Z, got null",
             ),
-        },
+        ),
     )
     properties = Properties()
 
-    def __init__(self, *, strict_events: bool = False, clock: Callable[[], float] = time.time, **kwargs) -> None:
+    def __init__(
+        self, *, strict_events: bool = False, clock: Callable[[], float] = time.time, **kwargs: Any
+    ) -> None:
         self.strict_events = strict_events
         self.clock = clock
         super().__init__(**kwargs)
@@ -552,14 +640,14 @@ class EventValidator:
         self.clock = clock
         self._load = EventSchema(strict_events=strict_events, clock=clock).load
 
-    def validate(self, obj: object) -> dict:
+    def validate(self, obj: object) -> ValidEvent:
         """Return the normalized event, or raise EventInvalid for the first problem."""
         if type(obj) is not dict:
             if not isinstance(obj, dict):
                 raise EventInvalid(
                     "invalid_event_object",
                     "event object: each event must be a JSON object like "
-                    f"{{\"event\": ..., \"user_id\": ..., \"timestamp\": ...}}, got {_sent(obj)}",
+                    f'{{"event": ..., "user_id": ..., "timestamp": ...}}, got {_sent(obj)}',
                 )
         if not obj.keys() <= _FIELD_SET:
             key = next(k for k in obj if k not in _FIELD_SET)
@@ -569,15 +657,15 @@ class EventValidator:
                 "event, user_id, anonymous_id, timestamp and properties; put custom data in properties",
             )
         try:
-            result = self._load(obj)
+            result: ValidEvent = self._load(obj)
         except ValidationError as exc:
-            raise _first_problem(exc.messages, obj) from None
+            raise _first_problem(exc.messages_dict, obj) from None
         if result["user_id"] is None and result["anonymous_id"] is None:
             raise EventInvalid("missing_identity", _MISSING_IDENTITY)
         return result
 
 
-def _first_problem(errors: dict, obj: dict) -> EventInvalid:
+def _first_problem(errors: Mapping[str, Any], obj: Mapping[Any, Any]) -> EventInvalid:
     for field in _ERROR_ORDER:
         if field is None:
             if obj.get("user_id") is None and obj.get("anonymous_id") is None:
@@ -589,13 +677,16 @@ def _first_problem(errors: dict, obj: dict) -> EventInvalid:
         if isinstance(problem, _Problem):
             return EventInvalid(problem.code, problem.message)
         # Not one of ours (should not happen): keep the API contract anyway.
-        code = {"event": "invalid_event_name", "timestamp": "invalid_timestamp",
-                "properties": "invalid_properties"}.get(field, f"invalid_{field}")
+        code = {
+            "event": "invalid_event_name",
+            "timestamp": "invalid_timestamp",
+            "properties": "invalid_properties",
+        }.get(field, f"invalid_{field}")
         return EventInvalid(code, f"{field}: {problem}")
     raise AssertionError(f"marshmallow reported errors outside the event fields: {errors!r}")
 
 
-def validate_batch_shape(obj: object) -> list:
+def validate_batch_shape(obj: object) -> list[object]:
     """Check a POST /v1/batch/events body and return its `events` list.
 
     Checked in this order: not an object -> invalid_body; `events` missing or
@@ -606,27 +697,31 @@ def validate_batch_shape(obj: object) -> list:
     if not isinstance(obj, dict):
         raise EventInvalid(
             "invalid_body",
-            f"body: must be a JSON object {{\"events\": [...]}}, got {_sent(obj)}",
+            f'body: must be a JSON object {{"events": [...]}}, got {_sent(obj)}',
         )
     events = obj.get("events")
     if "events" not in obj:
         hint = ""
         if "event" in obj:
-            hint = "; this looks like a single event: POST it to /v1/events or wrap it as {\"events\": [event]}"
-        raise EventInvalid("invalid_batch", f"events: required; the body must be {{\"events\": [event, ...]}}{hint}")
+            hint = '; this looks like a single event: POST it to /v1/events or wrap it as {"events": [event]}'
+        raise EventInvalid(
+            "invalid_batch", f'events: required; the body must be {{"events": [event, ...]}}{hint}'
+        )
     if type(events) is not list:
         raise EventInvalid("invalid_batch", f"events: must be an array of event objects, got {_sent(events)}")
     if len(obj) > 1:
         key = next(k for k in obj if k != "events")
         raise EventInvalid(
             "unknown_field",
-            f"{_show(key, 40)}: unknown field; a batch body has only \"events\" (put per-event data in each event)",
+            f'{_show(key, 40)}: unknown field; a batch body has only "events" '
+            "(put per-event data in each event)",
         )
     if not events:
         raise EventInvalid("batch_empty", "events: the array is empty; send 1 to 1000 events")
     if len(events) > MAX_BATCH_EVENTS:
         raise EventInvalid(
             "batch_too_large",
-            f"events: {len(events)} events in one batch; the limit is {MAX_BATCH_EVENTS}, split it into several requests",
+            f"events: {len(events)} events in one batch; the limit is {MAX_BATCH_EVENTS}, "
+            "split it into several requests",
         )
     return events

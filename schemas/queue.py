@@ -5,11 +5,12 @@ mode). The front door only publishes; consumers only poll and commit. Both sides
 records of one partition are delivered in the order they were published, and each partition is read by one
 member of a consumer group at a time.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 #: Called by a subscriber with the partitions a rebalance takes away from it (see Subscriber).
 OnRevoke = Callable[[set[int]], None]
@@ -73,7 +74,7 @@ class Publisher(ABC):
         failed publish until one of those succeeds; an open TCP port is no proof (a
         frozen broker's kernel still accepts connections)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- a no-op default on purpose: not every queue holds anything
         """Flush what is in flight and release connections."""
 
 
@@ -118,7 +119,7 @@ class Subscriber(ABC):
         nothing more is there to poll right now. False when not, or not known."""
         return False
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- a no-op default on purpose, like Publisher.close
         """Leave the group; uncommitted messages go to whichever member takes
         the partition next."""
 

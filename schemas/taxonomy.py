@@ -8,15 +8,17 @@ The taxonomy is *recommended* properties per event; the ingest API uses
 PROPERTY_TYPES to type-check a known property by name on any event (a
 property name has one type across the whole taxonomy, which load() enforces).
 """
+
 from __future__ import annotations
 
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "TYPES",
@@ -35,19 +37,24 @@ TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "string[]")
 
 #: Exact Python types (as decoded from JSON) each scalar type accepts. Exact,
 #: not isinstance: bool is a subclass of int but is not an integer/number here.
-SCALAR_PYTHON_TYPES: Mapping[str, frozenset[type]] = MappingProxyType({
-    "string": frozenset({str}),
-    "integer": frozenset({int}),
-    "number": frozenset({int, float}),
-    "boolean": frozenset({bool}),
-})
+SCALAR_PYTHON_TYPES: Mapping[str, frozenset[type]] = MappingProxyType(
+    {
+        "string": frozenset({str}),
+        "integer": frozenset({int}),
+        "number": frozenset({int, float}),
+        "boolean": frozenset({bool}),
+    }
+)
 
 #: The values the numeric types hold, inclusive: their warehouse columns' (Int64 and Float64, see
-#: schemas/migrations/0001_events.sql). A value outside is refused rather than stored as NULL; NaN is outside too.
-NUMERIC_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({
-    "integer": (-2**63, 2**63 - 1),
-    "number": (-sys.float_info.max, sys.float_info.max),
-})
+#: schemas/migrations/0001_events.sql). A value outside is refused
+#: rather than stored as NULL; NaN is outside too.
+NUMERIC_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "integer": (-(2**63), 2**63 - 1),
+        "number": (-sys.float_info.max, sys.float_info.max),
+    }
+)
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 

@@ -14,15 +14,34 @@ ingested_at; a consumer adds linked_user_id when it knows one), so a consumer pa
 ClickHouse parses them in C++ and fills the typed property columns itself (their DEFAULT expressions), so no
 property is converted or even parsed in Python.
 """
+
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 import orjson
 
 __all__ = [
-    "EVENTS_TABLE", "LINKS_TABLE", "IDENTITY_MAP_TABLE", "IDENTITY_RESOLVED_VIEW", "EVENTS_DEDUPED_VIEW",
-    "EVENTS_RESOLVED_VIEW", "PAYWALL_FUNNEL_VIEW", "MIGRATIONS_TABLE",
-    "BASE_COLUMNS", "PROPERTY_COLUMNS", "EVENT_COLUMNS", "LINK_COLUMNS",
-    "INSERT_FORMAT", "INSERT_SETTINGS", "event_row", "link_document", "encode", "quote_identifier",
+    "EVENTS_TABLE",
+    "LINKS_TABLE",
+    "IDENTITY_MAP_TABLE",
+    "IDENTITY_RESOLVED_VIEW",
+    "EVENTS_DEDUPED_VIEW",
+    "EVENTS_RESOLVED_VIEW",
+    "PAYWALL_FUNNEL_VIEW",
+    "MIGRATIONS_TABLE",
+    "BASE_COLUMNS",
+    "PROPERTY_COLUMNS",
+    "EVENT_COLUMNS",
+    "LINK_COLUMNS",
+    "LinkDocument",
+    "INSERT_FORMAT",
+    "INSERT_SETTINGS",
+    "event_row",
+    "link_document",
+    "encode",
+    "quote_identifier",
 ]
 
 # Tables (what a consumer inserts into: on a cluster these are the Distributed tables).
@@ -39,8 +58,16 @@ MIGRATIONS_TABLE = "schema_migrations"
 
 #: The envelope/event columns of `events`, in insert order.
 BASE_COLUMNS: tuple[str, ...] = (
-    "workspace", "event_id", "event", "user_id", "anonymous_id", "linked_user_id",
-    "timestamp", "received_at", "ingested_at", "properties",
+    "workspace",
+    "event_id",
+    "event",
+    "user_id",
+    "anonymous_id",
+    "linked_user_id",
+    "timestamp",
+    "received_at",
+    "ingested_at",
+    "properties",
 )
 
 #: The taxonomy properties that also get a typed column of their own (same name as the property). ClickHouse
@@ -48,10 +75,28 @@ BASE_COLUMNS: tuple[str, ...] = (
 #: taxonomy types map as: string -> LowCardinality(Nullable(String)) or Nullable(String), number ->
 #: Nullable(Float64), integer -> Nullable(Int64), boolean -> Nullable(Bool), string[] -> Array(String).
 PROPERTY_COLUMNS: tuple[str, ...] = (
-    "paywall_id", "offer_id", "plan_id", "plan_ids", "previous_plan_id", "placement", "context",
-    "experiment_id", "variant_id", "store", "environment", "country", "currency", "period", "reason",
-    "price", "revenue", "is_trial", "trial_length_days", "renewal_number",
-    "transaction_id", "original_transaction_id",
+    "paywall_id",
+    "offer_id",
+    "plan_id",
+    "plan_ids",
+    "previous_plan_id",
+    "placement",
+    "context",
+    "experiment_id",
+    "variant_id",
+    "store",
+    "environment",
+    "country",
+    "currency",
+    "period",
+    "reason",
+    "price",
+    "revenue",
+    "is_trial",
+    "trial_length_days",
+    "renewal_number",
+    "transaction_id",
+    "original_transaction_id",
 )
 
 #: The columns a consumer inserts into `events` (the keys of an event_row); the typed property
@@ -85,18 +130,34 @@ def event_row(line: bytes, linked_user_id: str | None) -> bytes:
     return line[:-1] + b',"linked_user_id":%s}' % orjson.dumps(linked_user_id)
 
 
-def encode(documents: list[dict]) -> bytes:
+class LinkDocument(TypedDict):
+    """An identity_links row (LINK_COLUMNS)."""
+
+    workspace: str
+    anonymous_id: str
+    user_id: str
+    timestamp: str
+    event_id: str
+
+
+def encode(documents: Sequence[Mapping[str, object]]) -> bytes:
     """Row documents (dicts) as one JSONEachRow body (ClickHouse reads a JSON array of objects)."""
     return orjson.dumps(documents)
 
 
-def link_document(workspace: str, event_id: str, anonymous_id: str | None, user_id: str | None,
-                  timestamp: str) -> dict:
+def link_document(
+    workspace: str, event_id: str, anonymous_id: str | None, user_id: str | None, timestamp: str
+) -> LinkDocument:
     """The `identity_links` row of an event that carries both ids, as a JSONEachRow document."""
     if not anonymous_id or not user_id:
         raise ValueError(f"event {event_id!r} does not carry both anonymous_id and user_id")
-    return {"workspace": workspace, "anonymous_id": anonymous_id, "user_id": user_id,
-            "timestamp": timestamp, "event_id": event_id}
+    return {
+        "workspace": workspace,
+        "anonymous_id": anonymous_id,
+        "user_id": user_id,
+        "timestamp": timestamp,
+        "event_id": event_id,
+    }
 
 
 def quote_identifier(name: str) -> str:

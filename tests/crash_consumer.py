@@ -1,6 +1,7 @@
 """A consumer that SIGKILLs itself between the ClickHouse insert and the offset
 commit of its first batch: the one point of a real crash that cannot be hit
 by timing a kill from outside. Everything else is the real worker."""
+
 from __future__ import annotations
 
 import os

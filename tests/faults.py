@@ -12,6 +12,7 @@ but whose answer was lost comes back as a replay, never as a second copy. Every 
 and which position in it it is (`properties.fault_key`, `properties.n`), so the checker can tell a row
 that was never acknowledged, or a copy of an acknowledged event under another id, from a duplicate id.
 """
+
 from __future__ import annotations
 
 import errno
@@ -86,9 +87,21 @@ class LoadGenerator:
     `batch_size` events, and every `single_every`-th request a single event. Bounded: it stops by itself
     after `max_seconds`, and a stopped run gives the requests in hand `drain_seconds` to get their 200."""
 
-    def __init__(self, url: str, api_key: str, *, threads: int = 3, batch_size: int = 20, single_every: int = 4,
-                 pause: float = 0.05, retry_pause: float = 0.5, timeout: float = 30.0, max_seconds: float = 300.0,
-                 drain_seconds: float = 45.0, keep_alive: bool = True):
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        threads: int = 3,
+        batch_size: int = 20,
+        single_every: int = 4,
+        pause: float = 0.05,
+        retry_pause: float = 0.5,
+        timeout: float = 30.0,
+        max_seconds: float = 300.0,
+        drain_seconds: float = 45.0,
+        keep_alive: bool = True,
+    ):
         self.url = url
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         if not keep_alive:
@@ -115,8 +128,10 @@ class LoadGenerator:
 
     def start(self) -> "LoadGenerator":
         self._given_up_at = time.monotonic() + self._max_seconds
-        self._pool = [threading.Thread(target=self._client, args=(t,), name=f"load-{t}", daemon=True)
-                      for t in range(self._threads)]
+        self._pool = [
+            threading.Thread(target=self._client, args=(t,), name=f"load-{t}", daemon=True)
+            for t in range(self._threads)
+        ]
         for thread in self._pool:
             thread.start()
         return self
@@ -144,8 +159,15 @@ class LoadGenerator:
         key = f"{self._run}-{serial}"
         single = self._single_every and serial % self._single_every == self._single_every - 1
         size = 1 if single else 1 + serial % self._batch_size
-        events = [{"event": "paywall_viewed", "anonymous_id": f"dev_{t}_{(serial + n) % 7}", "timestamp": EVENT_TIME,
-                   "properties": {"fault_key": key, "n": n}} for n in range(size)]
+        events = [
+            {
+                "event": "paywall_viewed",
+                "anonymous_id": f"dev_{t}_{(serial + n) % 7}",
+                "timestamp": EVENT_TIME,
+                "properties": {"fault_key": key, "n": n},
+            }
+            for n in range(size)
+        ]
         request = Request(key, "/v1/events" if single else "/v1/batch/events", events)
         with self._lock:
             self.requests.append(request)
@@ -159,20 +181,31 @@ class LoadGenerator:
                 return
             sent = time.monotonic()
             try:
-                resp = session.post(self.url + request.path, data=body, headers=headers, timeout=self._timeout)
+                resp = session.post(
+                    self.url + request.path, data=body, headers=headers, timeout=self._timeout
+                )
             except requests.RequestException as exc:
-                request.answers.append(Answer(request.key, attempt, sent, time.monotonic() - sent, None,
-                                              _no_answer(exc)))
+                request.answers.append(
+                    Answer(request.key, attempt, sent, time.monotonic() - sent, None, _no_answer(exc))
+                )
                 session.close()  # a fresh connection for the retry
                 time.sleep(self._retry_pause)
                 continue
-            answer = Answer(request.key, attempt, sent, time.monotonic() - sent, resp.status_code,
-                            retry_after=resp.headers.get("Retry-After"),
-                            replayed=resp.headers.get("Idempotent-Replayed") == "true")
+            answer = Answer(
+                request.key,
+                attempt,
+                sent,
+                time.monotonic() - sent,
+                resp.status_code,
+                retry_after=resp.headers.get("Retry-After"),
+                replayed=resp.headers.get("Idempotent-Replayed") == "true",
+            )
             request.answers.append(answer)
             if resp.status_code == 200:
                 document = resp.json()
-                request.event_ids = document["event_ids"] if "event_ids" in document else [document["event_id"]]
+                request.event_ids = (
+                    document["event_ids"] if "event_ids" in document else [document["event_id"]]
+                )
                 return
             try:
                 answer.error = resp.json().get("error", "")
@@ -196,16 +229,22 @@ class LoadGenerator:
         """Block until at least `events` events got a 200 since the start."""
         from .services import wait_until
 
-        wait_until(lambda: self.acknowledged_events() >= events, timeout=timeout, interval=0.1,
-                   message=f"{events} acknowledged events")
+        wait_until(
+            lambda: self.acknowledged_events() >= events,
+            timeout=timeout,
+            interval=0.1,
+            message=f"{events} acknowledged events",
+        )
 
     def statuses(self) -> Counter:
         return Counter(a.status if a.status is not None else a.error for a in self.answers())
 
     def summary(self) -> str:
         acked = sum(r.acknowledged for r in self.requests)
-        return (f"{len(self.requests)} requests, {acked} acknowledged ({self.acknowledged_events()} events); "
-                f"answers: {dict(self.statuses())}")
+        return (
+            f"{len(self.requests)} requests, {acked} acknowledged ({self.acknowledged_events()} events); "
+            f"answers: {dict(self.statuses())}"
+        )
 
 
 # --- the count -------------------------------------------------------------
@@ -227,23 +266,34 @@ class Tally:
         assert not self.lost, f"{len(self.lost)} acknowledged events lost, e.g. {self.lost[:5]} ({self})"
         assert not self.duplicated, f"{len(self.duplicated)} event ids stored more than once ({self})"
         assert not self.copies, f"{len(self.copies)} events stored under more than one id ({self})"
-        assert not self.unexplained, f"{len(self.unexplained)} stored rows nobody sent or acknowledged ({self})"
+        assert not self.unexplained, (
+            f"{len(self.unexplained)} stored rows nobody sent or acknowledged ({self})"
+        )
 
     def __str__(self) -> str:
-        return (f"acknowledged {self.acknowledged}, stored {self.stored}, lost {len(self.lost)}, "
-                f"duplicated {len(self.duplicated)}, copies {len(self.copies)}, unexplained {len(self.unexplained)},"
-                f" stored without a 200 {self.unacknowledged_stored}")
+        return (
+            f"acknowledged {self.acknowledged}, stored {self.stored}, lost {len(self.lost)}, "
+            f"duplicated {len(self.duplicated)}, copies {len(self.copies)}, unexplained {len(self.unexplained)},"
+            f" stored without a 200 {self.unacknowledged_stored}"
+        )
 
 
 def stored_rows(client, database: str, workspace: str) -> list[tuple[str, str, int]]:
     """(event_id, request key, position) of every row of `workspace` in events_deduped."""
-    return [tuple(row) for row in client.query(
-        f"SELECT event_id, JSONExtractString(properties, 'fault_key'), JSONExtractInt(properties, 'n')"
-        f" FROM `{database}`.events_deduped WHERE workspace = {{ws:String}}", parameters={"ws": workspace}).result_rows]
+    return [
+        tuple(row)
+        for row in client.query(
+            f"SELECT event_id, JSONExtractString(properties, 'fault_key'), JSONExtractInt(properties, 'n')"
+            f" FROM `{database}`.events_deduped WHERE workspace = {{ws:String}}",
+            parameters={"ws": workspace},
+        ).result_rows
+    ]
 
 
 def tally(requests_sent: list[Request], rows: list[tuple[str, str, int]]) -> Tally:
-    acked = {event_id: request for request in requests_sent if request.event_ids for event_id in request.event_ids}
+    acked = {
+        event_id: request for request in requests_sent if request.event_ids for event_id in request.event_ids
+    }
     by_key = {request.key: request for request in requests_sent}
     ids = Counter(event_id for event_id, _, _ in rows)
     positions = Counter((key, n) for _, key, n in set(rows))
@@ -254,18 +304,27 @@ def tally(requests_sent: list[Request], rows: list[tuple[str, str, int]]) -> Tal
             without_200 += 1  # an attempt that got no 200 may still have enqueued
         elif request is None or event_id not in acked:
             unexplained.append((event_id, key, n))
-    return Tally(acknowledged=len(acked), stored=len(rows), lost=sorted(set(acked) - set(ids)),
-                 duplicated={i: c for i, c in ids.items() if c > 1},
-                 copies={p: c for p, c in positions.items() if c > 1},
-                 unexplained=unexplained, unacknowledged_stored=without_200)
+    return Tally(
+        acknowledged=len(acked),
+        stored=len(rows),
+        lost=sorted(set(acked) - set(ids)),
+        duplicated={i: c for i, c in ids.items() if c > 1},
+        copies={p: c for p, c in positions.items() if c > 1},
+        unexplained=unexplained,
+        unacknowledged_stored=without_200,
+    )
 
 
-def count_in_warehouse(client, database: str, workspace: str, load: LoadGenerator, timeout: float = 120) -> Tally:
+def count_in_warehouse(
+    client, database: str, workspace: str, load: LoadGenerator, timeout: float = 120
+) -> Tally:
     """Wait until every acknowledged event is in the warehouse and the row count has stopped moving (the
     consumer has caught up), then count."""
     expected = load.acknowledged_events()
-    count = lambda: client.query(f"SELECT uniqExact(event_id) FROM `{database}`.events WHERE workspace = {{ws:String}}",
-                                 parameters={"ws": workspace}).result_rows[0][0]
+    count = lambda: client.query(
+        f"SELECT uniqExact(event_id) FROM `{database}`.events WHERE workspace = {{ws:String}}",
+        parameters={"ws": workspace},
+    ).result_rows[0][0]
     deadline = time.monotonic() + timeout
     last = -1
     while time.monotonic() < deadline:
@@ -284,11 +343,14 @@ def count_in_warehouse(client, database: str, workspace: str, load: LoadGenerato
 def tmpfs(path: Path, size: str):
     """A small tmpfs mounted on `path` for the test's duration (mounting needs root: CAP_SYS_ADMIN)."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
-        pytest.skip(f"a full disk needs a small filesystem of its own, and mounting a tmpfs on {path} failed "
-                    f"(it needs root with CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+        pytest.skip(
+            f"a full disk needs a small filesystem of its own, and mounting a tmpfs on {path} failed "
+            f"(it needs root with CAP_SYS_ADMIN): {mounted.stderr.strip()}"
+        )
     try:
         yield path
     finally:

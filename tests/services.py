@@ -3,6 +3,7 @@
 Every start waits until the service answers; a service that cannot start is a
 test error, never a skip.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,13 @@ def free_port() -> int:
 
 
 def run_script(script: str, action: str, **env: str) -> None:
-    result = subprocess.run(["bash", str(DEPLOY / script), action], env={**os.environ, **env},
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", str(DEPLOY / script), action],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"deploy/{script} {action} failed:\n{result.stdout}\n{result.stderr}")
 
@@ -43,7 +49,7 @@ def delete_issued_topics(bootstrap: str) -> int:
     try:
         ours = sorted(t for t in admin.list_topics() if t.removesuffix(".dlq") in ISSUED)
         for i in range(0, len(ours), 100):
-            admin.delete_topics(ours[i:i + 100])
+            admin.delete_topics(ours[i : i + 100])
         return len(ours)
     finally:
         admin.close()
@@ -65,13 +71,23 @@ class ApiServer:
     def __init__(self, env: dict[str, str], workers: int = 2, port: int | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "FLOKIT_API_BIND": f"127.0.0.1:{self.port}",
-                    "FLOKIT_API_WORKERS": str(workers)}
+        self.env = {
+            **os.environ,
+            **env,
+            "FLOKIT_API_BIND": f"127.0.0.1:{self.port}",
+            "FLOKIT_API_WORKERS": str(workers),
+        }
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "ApiServer":
-        self.proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "api"], env=self.env, cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deploy.cli", "api"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -121,8 +137,14 @@ def read_topic(bootstrap: str, topic: str, idle_seconds: float = 2.0) -> list[tu
     """Every record now in `topic`, as (partition, offset, value), read from the start."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=int(idle_seconds * 1000))
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=int(idle_seconds * 1000),
+    )
     try:
         return [(m.partition, m.offset, m.value) for m in consumer]
     finally:
@@ -142,23 +164,34 @@ def read_events(bootstrap: str, topic: str) -> list[dict]:
             assert event.pop("workspace") == env.workspace
             received_at = event.pop("received_at")
             assert ref == (event["event_id"], event["anonymous_id"], event["user_id"], event["timestamp"])
-            events.append({**event, "_workspace": env.workspace, "_received_at": received_at,
-                           "_partition": partition})
+            events.append(
+                {**event, "_workspace": env.workspace, "_received_at": received_at, "_partition": partition}
+            )
     return events
 
 
 class ConsumerProcess:
     """`flokit consumer` (or another module's main, for fault injection) in a subprocess."""
 
-    def __init__(self, env: dict[str, str], module: str = "deploy.cli", args: tuple[str, ...] = ("consumer",),
-                 log_path: Path | None = None):
+    def __init__(
+        self,
+        env: dict[str, str],
+        module: str = "deploy.cli",
+        args: tuple[str, ...] = ("consumer",),
+        log_path: Path | None = None,
+    ):
         """`log_path`: write the output there instead of a pipe (a pipe nobody reads blocks a long-running
         consumer once it is full); wait() and stop() then return that file's text."""
         self._log = open(log_path, "ab") if log_path else None
         self.log_path = log_path
-        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], env={**os.environ, **env}, cwd=ROOT,
-                                     stdout=self._log or subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env={**os.environ, **env},
+            cwd=ROOT,
+            stdout=self._log or subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.result: tuple[int, str] | None = None
 
     def signal(self, sig: int) -> None:

@@ -1,5 +1,6 @@
 """bench/loadgen.c, the benchmark's load generator, built by bench.loadgen with the system's C compiler and
 run against a small keep-alive HTTP server in this process (standard library, one thread per connection)."""
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,9 @@ def test_open_loop_sends_every_due_request_and_counts_the_answers(server, tmp_pa
     bodies = tmp_path / "bodies.jsonl"
     bodies.write_bytes(b'{"n":1}\n{"n":2}\n{"bad":3}\n')
     progress = []
-    result = loadgen.spawn(url, "/v1/events", str(bodies), "k", seconds=1.0, conns=4, open_rate=300,
-                           on_progress=progress.append)
+    result = loadgen.spawn(
+        url, "/v1/events", str(bodies), "k", seconds=1.0, conns=4, open_rate=300, on_progress=progress.append
+    )
     assert result["sent"] == 300 and result["unanswered"] == 0 and result["errors"] == 0
     assert result["statuses"] == {"200": 200, "400": 100}  # bodies are sent in turn
     assert result["ok"] == result["events"] == 200 == result["latency_ms"]["n"]
@@ -86,10 +88,14 @@ def test_a_warm_up_request_per_connection_is_sent_first_and_not_counted(server, 
     url, seen = server()
     bodies = tmp_path / "bodies.jsonl"
     bodies.write_bytes(b'{"n":1}\n')
-    result = loadgen.spawn(url, "/v1/events", str(bodies), "k", seconds=0.5, conns=4, open_rate=100, warmup=True)
+    result = loadgen.spawn(
+        url, "/v1/events", str(bodies), "k", seconds=0.5, conns=4, open_rate=100, warmup=True
+    )
     assert len(seen) == 54  # 4 before the clock, 50 in the run
     assert result["warmup_requests"] == result["warmup_ok"] == 4
-    assert result["sent"] == result["ok"] == result["latency_ms"]["n"] == 50 and result["statuses"] == {"200": 50}
+    assert result["sent"] == result["ok"] == result["latency_ms"]["n"] == 50 and result["statuses"] == {
+        "200": 50
+    }
 
 
 def test_closed_loop_on_the_batch_endpoint_counts_accepted_events(server, tmp_path):

@@ -1,6 +1,7 @@
 """The Python client (client/, `flokit_client`) against the real front door in the embedded mode (local log,
 SQLite state): exactly once from many threads, per-event rejections to on_error, a full queue, a lost answer,
 413 splits, a refused key, process exit and fork. Arrival is checked in the queue itself, by event."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -82,14 +83,19 @@ def assert_exactly_once(by_seq: dict[int, list[str]], seqs, *, same_id_copies: b
     twice = {seq: ids for seq, ids in by_seq.items() if len(set(ids) if same_id_copies else ids) != 1}
     assert not missing and not extra and not twice, (
         f"{len(missing)} missing (e.g. {sorted(missing)[:5]}), {len(extra)} unexpected,"
-        f" {len(twice)} queued more than once (e.g. {list(twice.items())[:3]})")
+        f" {len(twice)} queued more than once (e.g. {list(twice.items())[:3]})"
+    )
 
 
 def track_from_threads(client: Client, run: str, threads: int, per_thread: int) -> None:
     def work(t):
         for i in range(per_thread):
-            client.track("paywall_viewed", anonymous_id=f"dev_{t}_{i % 50}",
-                         properties={**PROPS, "run": run, "seq": t * per_thread + i})
+            client.track(
+                "paywall_viewed",
+                anonymous_id=f"dev_{t}_{i % 50}",
+                properties={**PROPS, "run": run, "seq": t * per_thread + i},
+            )
+
     workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
     [w.start() for w in workers]
     [w.join() for w in workers]
@@ -106,7 +112,13 @@ def test_100k_events_from_8_threads_arrive_exactly_once(server, key, data_dir):
     stats = client.stats()
     client.close()
     assert (stats.tracked, stats.delivered, stats.rejected, stats.failed, stats.dropped, stats.pending) == (
-        100_000, 100_000, 0, 0, 0, 0), stats
+        100_000,
+        100_000,
+        0,
+        0,
+        0,
+        0,
+    ), stats
     assert 100 <= stats.requests <= 110, stats  # full batches of 1,000 (the last ones may be partial)
     assert_exactly_once(arrivals(queued_events(data_dir), run), range(100_000))
     assert elapsed < 90, elapsed  # generous: ~5 s on the development machine
@@ -115,36 +127,60 @@ def test_100k_events_from_8_threads_arrive_exactly_once(server, key, data_dir):
 def test_rejected_events_reach_on_error_and_the_rest_arrive(server, key, data_dir):
     run = unique("run")
     errors = []
-    client = Client(key, server.url, on_error=lambda event, error, message: errors.append((event, error, message)))
+    client = Client(
+        key, server.url, on_error=lambda event, error, message: errors.append((event, error, message))
+    )
     good = {"run": run}
     assert client.track("paywall_viewed", user_id="usr_1", properties={**good, "seq": 0})
     assert client.track("Paywall Viewed", user_id="usr_1", properties={**good, "seq": 1})  # not snake_case
     assert client.track("paywall_viewed", properties={**good, "seq": 2})  # no identity
-    assert client.track("paywall_viewed", user_id="usr_1", timestamp="2024-03-15 14:22",
-                        properties={**good, "seq": 3})  # no offset
+    no_offset = "2024-03-15 14:22"
+    assert client.track("paywall_viewed", user_id="usr_1", timestamp=no_offset, properties={**good, "seq": 3})
     # NaN cannot travel as JSON: refused at once, alone, instead of making the whole batch invalid JSON.
     assert not client.track("paywall_viewed", user_id="usr_1", properties={**good, "seq": 4, "x": math.nan})
-    assert client.track("paywall_viewed", user_id="usr_1", timestamp=dt.datetime(2024, 3, 15, 16, 22, 5, 123456,
-                        tzinfo=dt.timezone(dt.timedelta(hours=2))), properties={**good, "seq": 5})
+    assert client.track(
+        "paywall_viewed",
+        user_id="usr_1",
+        timestamp=dt.datetime(2024, 3, 15, 16, 22, 5, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        properties={**good, "seq": 5},
+    )
     assert client.flush(timeout=60)
     # A batch with no valid event at all is a 400 no_valid_events: every event still reaches on_error.
-    assert client.track("purchase_completed", user_id="usr_1", properties={**good, "seq": 6, "price": "a lot"})
+    assert client.track(
+        "purchase_completed", user_id="usr_1", properties={**good, "seq": 6, "price": "a lot"}
+    )
     assert client.flush(timeout=60)
     client.close()
 
     by_seq = {e[0]["properties"]["seq"]: e for e in errors}
     assert {seq: error for seq, (_, error, _) in by_seq.items()} == {
-        1: "invalid_event_name", 2: "missing_identity", 3: "invalid_timestamp", 4: "unserializable_event",
-        6: "invalid_property_type"}
-    assert by_seq[1][0] == {"event": "Paywall Viewed", "user_id": "usr_1", "properties": {**good, "seq": 1},
-                            "timestamp": by_seq[1][0]["timestamp"]}  # the event as it was sent
+        1: "invalid_event_name",
+        2: "missing_identity",
+        3: "invalid_timestamp",
+        4: "unserializable_event",
+        6: "invalid_property_type",
+    }
+    # The event as it was sent.
+    assert by_seq[1][0] == {
+        "event": "Paywall Viewed",
+        "user_id": "usr_1",
+        "properties": {**good, "seq": 1},
+        "timestamp": by_seq[1][0]["timestamp"],
+    }
     assert "snake_case" in by_seq[1][2] and "NaN" in by_seq[4][2]
     assert client.stats().rejected == 5 and client.stats().delivered == 2
-    queued = {e["properties"]["seq"]: e for e in queued_events(data_dir) if (e["properties"] or {}).get("run") == run}
+    queued = {
+        e["properties"]["seq"]: e
+        for e in queued_events(data_dir)
+        if (e["properties"] or {}).get("run") == run
+    }
     assert sorted(queued) == [0, 5]
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", queued[0]["timestamp"])  # defaults to now, UTC
-    assert abs(dt.datetime.fromisoformat(queued[0]["timestamp"][:-1]).replace(tzinfo=dt.timezone.utc)
-               - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=5)
+    # The timestamp defaults to now, UTC.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", queued[0]["timestamp"])
+    assert abs(
+        dt.datetime.fromisoformat(queued[0]["timestamp"][:-1]).replace(tzinfo=dt.UTC)
+        - dt.datetime.now(dt.UTC)
+    ) < dt.timedelta(minutes=5)
     assert queued[5]["timestamp"] == "2024-03-15T14:22:05.123Z"  # an aware datetime, in UTC
 
 
@@ -162,8 +198,12 @@ def test_wrong_argument_types_raise_at_once(server, key):
 def test_a_full_queue_drops_and_counts_and_track_never_waits():
     """Nothing listens at the host (connection refused, for real): the queue fills and stays full."""
     errors = []
-    client = Client("fk_000000000000_" + "x" * 43, f"http://127.0.0.1:{free_port()}", max_queue_size=100,
-                    on_error=lambda event, error, message: errors.append(error))
+    client = Client(
+        "fk_000000000000_" + "x" * 43,
+        f"http://127.0.0.1:{free_port()}",
+        max_queue_size=100,
+        on_error=lambda event, error, message: errors.append(error),
+    )
     started = time.monotonic()
     results = [client.track("paywall_viewed", user_id="usr_1", properties={"seq": i}) for i in range(5_000)]
     assert time.monotonic() - started < 20  # generous: a few ms of JSON per thousand events
@@ -186,7 +226,10 @@ def test_a_refused_key_reaches_on_error_without_retries(server):
     assert client.flush(timeout=30)
     client.close()
     assert [(event["properties"]["seq"], error) for event, error, _ in errors] == [
-        (0, "invalid_api_key"), (1, "invalid_api_key"), (2, "invalid_api_key")]
+        (0, "invalid_api_key"),
+        (1, "invalid_api_key"),
+        (2, "invalid_api_key"),
+    ]
     assert client.stats().rejected == 3 and client.stats().retries == 0
 
 
@@ -194,12 +237,16 @@ def test_batches_over_the_servers_body_cap_are_split_and_arrive_once(data_dir, s
     """A front door capping bodies at 100 KB, below a 1,000-event batch of these events (~300 KB)."""
     run = unique("run")
     errors = []
-    with api_server({"FLOKIT_DATA_DIR": str(data_dir), "FLOKIT_MAX_BODY_BYTES": "100000"}, workers=1) as small:
+    with api_server(
+        {"FLOKIT_DATA_DIR": str(data_dir), "FLOKIT_MAX_BODY_BYTES": "100000"}, workers=1
+    ) as small:
         client = Client(key, small.url, on_full="block", on_error=lambda *error: errors.append(error))
         for seq in range(5_000):
             client.track("paywall_viewed", user_id=f"usr_{seq}", properties={**PROPS, "run": run, "seq": seq})
         # One event alone over the cap (its properties are over the API's 32 KiB too): refused, reported.
-        client.track("paywall_viewed", user_id="usr_big", properties={"run": run, "seq": -1, "blob": "x" * 150_000})
+        client.track(
+            "paywall_viewed", user_id="usr_big", properties={"run": run, "seq": -1, "blob": "x" * 150_000}
+        )
         assert client.flush(timeout=120)
         client.close()
     stats = client.stats()
@@ -283,7 +330,8 @@ def test_a_lost_answer_is_retried_under_the_same_key_and_counted_once(server, ke
     assert (stats.delivered, stats.requests, stats.retries) == (3_000, 5, 2), stats
     keys = [headers["idempotency-key"] for headers in proxy.requests]
     assert keys[0] == keys[1] == keys[2] and len(set(keys)) == 3  # the batch whose answers were lost, 3 times
-    assert proxy.replayed == [False, True, True, False, False]  # the server answered its retries from the record
+    # The server answered its retries from the record.
+    assert proxy.replayed == [False, True, True, False, False]
     assert {headers["content-encoding"] for headers in proxy.requests} == {"gzip"}
     assert_exactly_once(arrivals(queued_events(data_dir), run), range(3_000))
 
@@ -299,8 +347,13 @@ for seq in range(2_500):
 
 def test_process_exit_flushes(server, key, data_dir):
     run = unique("run")
-    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, key, server.url, run], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, key, server.url, run],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert_exactly_once(arrivals(queued_events(data_dir), run), range(2_500))
 
@@ -322,7 +375,12 @@ os.waitpid(pid, 0)
 
 def test_a_forked_child_sends_its_own_events_and_not_its_parents(server, key, data_dir):
     run = unique("run")
-    done = subprocess.run([sys.executable, "-c", FORK_SCRIPT, key, server.url, run], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, key, server.url, run],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert_exactly_once(arrivals(queued_events(data_dir), run), [*range(10), *range(100, 105)])

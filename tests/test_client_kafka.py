@@ -1,6 +1,7 @@
-"""The Python client against the production front door (Kafka + Redis): exactly once from many threads, through
-a broker stopped and restarted mid-run, and slowed but lossless on a rate-limited workspace. Arrival is
-checked in the topic itself, by event."""
+"""The Python client against the production front door (Kafka + Redis): exactly once from many threads,
+through a broker stopped and restarted mid-run, and slowed but lossless on a rate-limited workspace. Arrival
+is checked in the topic itself, by event."""
+
 from __future__ import annotations
 
 import threading
@@ -24,8 +25,11 @@ def server(production_env):
 def wait_for_leaders(bootstrap: str, topic: str) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        wait_until(lambda: all(p["leader_id"] >= 0 for p in admin.describe_topics([topic])[0]["partitions"]),
-                   timeout=60, message=f"leaders for {topic}")
+        wait_until(
+            lambda: all(p["leader_id"] >= 0 for p in admin.describe_topics([topic])[0]["partitions"]),
+            timeout=60,
+            message=f"leaders for {topic}",
+        )
     finally:
         admin.close()
 
@@ -46,7 +50,9 @@ def test_100k_events_from_8_threads_arrive_exactly_once(server, workspace_key, k
     assert_exactly_once(topic_arrivals(kafka_bootstrap, topic, run), range(100_000))
 
 
-def test_broker_stopped_mid_run_then_restarted_still_exactly_once(server, workspace_key, kafka_bootstrap, topic):
+def test_broker_stopped_mid_run_then_restarted_still_exactly_once(
+    server, workspace_key, kafka_bootstrap, topic
+):
     """Stops the session's broker (KAFKA_PORT) while events flow and starts it again, in a finally, whatever
     happens: in CI the other tests share this broker."""
     _, key = workspace_key(rate_limit_per_minute=100_000)
@@ -57,7 +63,9 @@ def test_broker_stopped_mid_run_then_restarted_still_exactly_once(server, worksp
 
     def produce():  # a steady stream (~1,000 events/s) for the whole outage
         for seq in range(total):
-            client.track("paywall_viewed", user_id=f"usr_{seq % 97}", properties={**PROPS, "run": run, "seq": seq})
+            client.track(
+                "paywall_viewed", user_id=f"usr_{seq % 97}", properties={**PROPS, "run": run, "seq": seq}
+            )
             tracked.append(seq)
             if seq % 100 == 99:
                 time.sleep(0.1)
@@ -82,8 +90,9 @@ def test_broker_stopped_mid_run_then_restarted_still_exactly_once(server, worksp
     assert_exactly_once(topic_arrivals(kafka_bootstrap, topic, run), range(total), same_id_copies=True)
 
 
-def test_a_rate_limited_workspace_slows_the_client_and_loses_nothing(server, workspace_key, kafka_bootstrap,
-                                                                     topic):
+def test_a_rate_limited_workspace_slows_the_client_and_loses_nothing(
+    server, workspace_key, kafka_bootstrap, topic
+):
     """30 requests a minute: a burst of 30, then one every 2 s. 35 batches of 10 events."""
     _, key = workspace_key(rate_limit_per_minute=30)
     run = unique("run")

@@ -1,4 +1,5 @@
 """consumer.batch: when a batch in hand is written."""
+
 from __future__ import annotations
 
 from consumer.batch import Batch, BatchSizes
@@ -8,8 +9,17 @@ from schemas.queue import Message
 
 
 def message(offset: int, events: int) -> Message:
-    evs = [{"event_id": f"evt_{offset}_{i}", "event": "paywall_viewed", "user_id": None, "anonymous_id": "d",
-            "timestamp": "2024-03-15T14:22:00.000Z", "properties": {}} for i in range(events)]
+    evs = [
+        {
+            "event_id": f"evt_{offset}_{i}",
+            "event": "paywall_viewed",
+            "user_id": None,
+            "anonymous_id": "d",
+            "timestamp": "2024-03-15T14:22:00.000Z",
+            "properties": {},
+        }
+        for i in range(events)
+    ]
     return Message(0, offset, envelope.encode_records("acme", "2024-03-15T14:22:01.000Z", evs)[0])
 
 

@@ -3,6 +3,7 @@ queues — real Kafka and the embedded local log — so they stay equivalent: en
 to end through gunicorn, exactly once as analysts see it (duplicates, a
 SIGKILL between insert and commit, a rebalance on Kafka), identity linking,
 dead letters, ClickHouse down then up, SIGTERM."""
+
 from __future__ import annotations
 
 import signal
@@ -41,16 +42,26 @@ def queue_env(request, tmp_path) -> dict[str, str]:
         bootstrap = request.getfixturevalue("kafka_bootstrap")
         topic = unique("e2e")
         create_topics(bootstrap, {topic: 4, topic + ".dlq": 4})
-        env.update({"FLOKIT_KAFKA_BOOTSTRAP": bootstrap, "FLOKIT_TOPIC": topic, "FLOKIT_DLQ_TOPIC": topic + ".dlq",
-                    "FLOKIT_REDIS_URL": request.getfixturevalue("redis_url")})
+        env.update(
+            {
+                "FLOKIT_KAFKA_BOOTSTRAP": bootstrap,
+                "FLOKIT_TOPIC": topic,
+                "FLOKIT_DLQ_TOPIC": topic + ".dlq",
+                "FLOKIT_REDIS_URL": request.getfixturevalue("redis_url"),
+            }
+        )
     return env
 
 
 @pytest.fixture
 def pipeline(queue_env, warehouse_url):
     """A fresh queue, database and consumer group: the environment every process of the test shares."""
-    env = {**queue_env, "FLOKIT_CLICKHOUSE_URL": warehouse_url[0],
-           "FLOKIT_CLICKHOUSE_DATABASE": unique("db").replace("-", "_"), "FLOKIT_BATCH_MAX_SECONDS": "0.5"}
+    env = {
+        **queue_env,
+        "FLOKIT_CLICKHOUSE_URL": warehouse_url[0],
+        "FLOKIT_CLICKHOUSE_DATABASE": unique("db").replace("-", "_"),
+        "FLOKIT_BATCH_MAX_SECONDS": "0.5",
+    }
     settings = Settings.from_env(env)
     client = clickhouse.connect(settings)
     apply_migrations(client, settings.clickhouse_database)
@@ -73,13 +84,25 @@ def publish(publisher: Publisher, workspace: str, events: list[dict]) -> None:
     groups: dict[int, list[dict]] = {}
     for e in events:
         groups.setdefault(envelope.partition_for(envelope.partition_key(e), 4), []).append(e)
-    publisher.publish([Record(p, v) for p, evs in groups.items()
-                       for v in envelope.encode_records(workspace, "2024-03-15T15:00:00.000Z", evs)], timeout=10)
+    publisher.publish(
+        [
+            Record(p, v)
+            for p, evs in groups.items()
+            for v in envelope.encode_records(workspace, "2024-03-15T15:00:00.000Z", evs)
+        ],
+        timeout=10,
+    )
 
 
 def ev(i: int, *, user=None, anon=None, name="paywall_viewed", **props) -> dict:
-    return {"event_id": f"evt_{i:026d}", "event": name, "user_id": user, "anonymous_id": anon,
-            "timestamp": T.format(i % 60), "properties": props}
+    return {
+        "event_id": f"evt_{i:026d}",
+        "event": name,
+        "user_id": user,
+        "anonymous_id": anon,
+        "timestamp": T.format(i % 60),
+        "properties": props,
+    }
 
 
 def count(client, database: str, sql: str) -> int:
@@ -87,7 +110,9 @@ def count(client, database: str, sql: str) -> int:
 
 
 def counts_by_id(client, database: str, table: str) -> dict[str, int]:
-    return dict(client.query(f"SELECT event_id, count() FROM {database}.{table} GROUP BY event_id").result_rows)
+    return dict(
+        client.query(f"SELECT event_id, count() FROM {database}.{table} GROUP BY event_id").result_rows
+    )
 
 
 def test_end_to_end_through_gunicorn(pipeline):
@@ -97,39 +122,84 @@ def test_end_to_end_through_gunicorn(pipeline):
     consumer = ConsumerProcess(env)
     try:
         with api_server(env) as server:
-            resp = server.post("/v1/batch/events", {"events": [
-                {"event": "paywall_viewed", "anonymous_id": "dev_e2e", "timestamp": "2024-03-15T14:20:00+01:00",
-                 "properties": {"paywall_id": "pw_annual_v3", "offer_id": "offer_intro_50pct",
-                                "plan_ids": ["plan_annual_usd", "plan_monthly_usd"], "context": "onboarding_step_3",
-                                "custom": {"nested": [1, 2]}}},
-                {"event": "trial_started", "user_id": "usr_e2e", "anonymous_id": "dev_e2e",
-                 "timestamp": "2024-03-15T14:22:00Z",
-                 "properties": {"plan_id": "plan_annual_usd", "trial_length_days": 7, "price": 59.99,
-                                "currency": "USD"}}]}, key=key)
+            resp = server.post(
+                "/v1/batch/events",
+                {
+                    "events": [
+                        {
+                            "event": "paywall_viewed",
+                            "anonymous_id": "dev_e2e",
+                            "timestamp": "2024-03-15T14:20:00+01:00",
+                            "properties": {
+                                "paywall_id": "pw_annual_v3",
+                                "offer_id": "offer_intro_50pct",
+                                "plan_ids": ["plan_annual_usd", "plan_monthly_usd"],
+                                "context": "onboarding_step_3",
+                                "custom": {"nested": [1, 2]},
+                            },
+                        },
+                        {
+                            "event": "trial_started",
+                            "user_id": "usr_e2e",
+                            "anonymous_id": "dev_e2e",
+                            "timestamp": "2024-03-15T14:22:00Z",
+                            "properties": {
+                                "plan_id": "plan_annual_usd",
+                                "trial_length_days": 7,
+                                "price": 59.99,
+                                "currency": "USD",
+                            },
+                        },
+                    ]
+                },
+                key=key,
+            )
             assert resp.status_code == 200, resp.text
         ids = resp.json()["event_ids"]
-        wait_until(lambda: count(client, settings.clickhouse_database,
-                                 "SELECT count() FROM {db}.events_resolved") == 2, message="2 rows")
+        wait_until(
+            lambda: (
+                count(client, settings.clickhouse_database, "SELECT count() FROM {db}.events_resolved") == 2
+            ),
+            message="2 rows",
+        )
     finally:
         consumer.stop()
     rows = client.query(
         f"SELECT event_id, workspace, event, user_id, anonymous_id, linked_user_id, timestamp, received_at,"
         f" properties, paywall_id, offer_id, plan_id, plan_ids, context, trial_length_days, price, currency,"
-        f" resolved_user_id, person_id FROM {settings.clickhouse_database}.events_resolved ORDER BY timestamp").named_results()
+        f" resolved_user_id, person_id FROM {settings.clickhouse_database}.events_resolved ORDER BY timestamp"
+    ).named_results()
     viewed, trial = list(rows)
     assert viewed["event_id"] == ids[0] and trial["event_id"] == ids[1]
-    assert (viewed["workspace"], viewed["event"], viewed["user_id"], viewed["anonymous_id"]) == \
-        (workspace, "paywall_viewed", None, "dev_e2e")
+    assert (viewed["workspace"], viewed["event"], viewed["user_id"], viewed["anonymous_id"]) == (
+        workspace,
+        "paywall_viewed",
+        None,
+        "dev_e2e",
+    )
     assert viewed["timestamp"].isoformat().startswith("2024-03-15T13:20:00")
-    assert orjson.loads(viewed["properties"]) == {"paywall_id": "pw_annual_v3", "offer_id": "offer_intro_50pct",
-                                                  "plan_ids": ["plan_annual_usd", "plan_monthly_usd"],
-                                                  "context": "onboarding_step_3", "custom": {"nested": [1, 2]}}
-    assert (viewed["paywall_id"], viewed["offer_id"], viewed["plan_ids"], viewed["context"]) == \
-        ("pw_annual_v3", "offer_intro_50pct", ["plan_annual_usd", "plan_monthly_usd"], "onboarding_step_3")
+    assert orjson.loads(viewed["properties"]) == {
+        "paywall_id": "pw_annual_v3",
+        "offer_id": "offer_intro_50pct",
+        "plan_ids": ["plan_annual_usd", "plan_monthly_usd"],
+        "context": "onboarding_step_3",
+        "custom": {"nested": [1, 2]},
+    }
+    assert (viewed["paywall_id"], viewed["offer_id"], viewed["plan_ids"], viewed["context"]) == (
+        "pw_annual_v3",
+        "offer_intro_50pct",
+        ["plan_annual_usd", "plan_monthly_usd"],
+        "onboarding_step_3",
+    )
     # The pre-login view resolves to the user through the link the trial event made.
     assert (viewed["resolved_user_id"], viewed["person_id"]) == ("usr_e2e", "usr_e2e")
-    assert (trial["user_id"], trial["plan_id"], trial["trial_length_days"], trial["price"], trial["currency"]) == \
-        ("usr_e2e", "plan_annual_usd", 7, 59.99, "USD")
+    assert (
+        trial["user_id"],
+        trial["plan_id"],
+        trial["trial_length_days"],
+        trial["price"],
+        trial["currency"],
+    ) == ("usr_e2e", "plan_annual_usd", 7, 59.99, "USD")
     assert trial["received_at"] >= trial["timestamp"]
 
 
@@ -146,7 +216,9 @@ def test_duplicates_are_counted_once(pipeline):
         # after the worker has written the first copy.
         publish(publisher, "ws_dup", events)
         publish(publisher, "ws_dup", [ev(1000 + i, user="usr_late") for i in range(10)])
-        wait_until(lambda: count(client, db, "SELECT count() FROM {db}.events_resolved") == 210, message="210")
+        wait_until(
+            lambda: count(client, db, "SELECT count() FROM {db}.events_resolved") == 210, message="210"
+        )
     finally:
         consumer.stop()
     assert count(client, db, "SELECT uniqExact(event_id) FROM {db}.events_resolved") == 210
@@ -167,7 +239,9 @@ def test_killed_between_insert_and_commit(pipeline):
     consumer = ConsumerProcess(env)
     try:
         publish(publisher, "ws_kill", [ev(5000, anon="dev_after")])
-        wait_until(lambda: count(client, db, "SELECT count() FROM {db}.events_resolved") == 301, message="301 rows")
+        wait_until(
+            lambda: count(client, db, "SELECT count() FROM {db}.events_resolved") == 301, message="301 rows"
+        )
     finally:
         consumer.stop()
     by_id = counts_by_id(client, db, "events_resolved")
@@ -189,8 +263,11 @@ def test_two_consumers_rebalancing_while_events_flow(pipeline):
             if wave == 8:
                 assert first.stop()[0] == 0  # leave: they move back
             time.sleep(0.3)
-        wait_until(lambda: count(client, db, "SELECT count() FROM {db}.events_resolved") == 1200, timeout=90,
-                   message="1200 rows")
+        wait_until(
+            lambda: count(client, db, "SELECT count() FROM {db}.events_resolved") == 1200,
+            timeout=90,
+            message="1200 rows",
+        )
     finally:
         first.stop()
         if second:
@@ -204,25 +281,46 @@ def test_identity_linking_and_conflict_policy(pipeline):
     consumer = ConsumerProcess(env)
     try:
         # Pre-login events, then the linking event, then more anonymous-only events.
-        publish(publisher, "ws_id", [ev(1, anon="dev_a", name="paywall_viewed"),
-                                     ev(2, anon="dev_a", name="purchase_started")])
+        publish(
+            publisher,
+            "ws_id",
+            [ev(1, anon="dev_a", name="paywall_viewed"), ev(2, anon="dev_a", name="purchase_started")],
+        )
         wait_until(lambda: count(client, db, "SELECT count() FROM {db}.events") == 2)
         publish(publisher, "ws_id", [ev(3, anon="dev_a", user="usr_first", name="trial_started")])
         wait_until(lambda: count(client, db, "SELECT count() FROM {db}.events") == 3)
         # Conflict: the same device later seen with another user; and one user with two devices.
-        publish(publisher, "ws_id", [ev(4, anon="dev_a", name="paywall_viewed"),
-                                     ev(5, anon="dev_a", user="usr_second", name="subscription_started"),
-                                     ev(6, anon="dev_a", name="paywall_dismissed"),
-                                     ev(7, anon="dev_b", user="usr_first", name="paywall_viewed"),
-                                     ev(8, anon="dev_b", name="paywall_viewed")])
+        publish(
+            publisher,
+            "ws_id",
+            [
+                ev(4, anon="dev_a", name="paywall_viewed"),
+                ev(5, anon="dev_a", user="usr_second", name="subscription_started"),
+                ev(6, anon="dev_a", name="paywall_dismissed"),
+                ev(7, anon="dev_b", user="usr_first", name="paywall_viewed"),
+                ev(8, anon="dev_b", name="paywall_viewed"),
+            ],
+        )
         wait_until(lambda: count(client, db, "SELECT count() FROM {db}.events_resolved") == 8)
     finally:
         consumer.stop()
-    rows = {r[0]: r[1:] for r in client.query(
-        f"SELECT event_id, user_id, linked_user_id, resolved_user_id FROM {db}.events_resolved").result_rows}
+    rows = {
+        r[0]: r[1:]
+        for r in client.query(
+            f"SELECT event_id, user_id, linked_user_id, resolved_user_id FROM {db}.events_resolved"
+        ).result_rows
+    }
     resolved = {int(k[4:]): v[2] for k, v in rows.items()}
-    assert resolved == {1: "usr_first", 2: "usr_first", 3: "usr_first", 4: "usr_first", 5: "usr_second",
-                        6: "usr_first", 7: "usr_first", 8: "usr_first"}
+    assert resolved == {
+        1: "usr_first",
+        2: "usr_first",
+        3: "usr_first",
+        4: "usr_first",
+        5: "usr_second",
+        6: "usr_first",
+        7: "usr_first",
+        8: "usr_first",
+    }
     linked = {int(k[4:]): v[1] for k, v in rows.items()}
     # Stamped at ingest once the link was known; events before the link get it only through the view.
     assert linked[1] is None and linked[2] is None and linked[4] == "usr_first" and linked[6] == "usr_first"
@@ -256,28 +354,39 @@ def test_dead_letters(pipeline):
     consumer = ConsumerProcess(env)
     try:
         wait_until(lambda: count(client, db, "SELECT count() FROM {db}.events") == 2, message="good rows")
-        letters = wait_until(lambda: (lambda got: got if len(got) >= 3 else None)(read_dead_letters(settings)),
-                             message="3 dead letters")
+        letters = wait_until(
+            lambda: (lambda got: got if len(got) >= 3 else None)(read_dead_letters(settings)),
+            message="3 dead letters",
+        )
     finally:
         consumer.stop()
-    reasons = sorted(l["reason"].split(":")[0] for l in letters)
+    reasons = sorted(letter["reason"].split(":")[0] for letter in letters)
     assert reasons == ["corrupt envelope", "corrupt envelope", "rejected by the warehouse"], reasons
-    rejected = next(l for l in letters if l["reason"].startswith("rejected"))
+    rejected = next(letter for letter in letters if letter["reason"].startswith("rejected"))
     assert envelope.decode(rejected["value"].encode()).refs[0].event_id == ev(1)["event_id"]
-    assert next(l for l in letters if "value_base64" in l)["partition"] == 0
-    assert all(l["topic"] == settings.topic for l in letters) and len(letters) == 3
-    assert sorted(r[0] for r in client.query(f"SELECT event_id FROM {db}.events").result_rows) == \
-        [ev(2)["event_id"], ev(3)["event_id"]]
+    assert next(letter for letter in letters if "value_base64" in letter)["partition"] == 0
+    assert all(letter["topic"] == settings.topic for letter in letters) and len(letters) == 3
+    assert sorted(r[0] for r in client.query(f"SELECT event_id FROM {db}.events").result_rows) == [
+        ev(2)["event_id"],
+        ev(3)["event_id"],
+    ]
 
 
 def test_warehouse_down_then_up_loses_nothing(queue_env, tmp_path):
     data_dir = tmp_path / "wh"
     proc, url = start_warehouse(data_dir)
-    env = {**queue_env, "FLOKIT_CLICKHOUSE_URL": url, "FLOKIT_CLICKHOUSE_DATABASE": "flokit_down",
-           "FLOKIT_BATCH_MAX_SECONDS": "0.3"}
+    env = {
+        **queue_env,
+        "FLOKIT_CLICKHOUSE_URL": url,
+        "FLOKIT_CLICKHOUSE_DATABASE": "flokit_down",
+        "FLOKIT_BATCH_MAX_SECONDS": "0.3",
+    }
     settings = Settings.from_env(env)
     clickhouse.migrate(settings)
-    count_rows = lambda view: count(clickhouse.connect(settings), "flokit_down", "SELECT count() FROM {db}." + view)
+
+    def count_rows(view: str) -> int:
+        return count(clickhouse.connect(settings), "flokit_down", "SELECT count() FROM {db}." + view)
+
     publisher = components.make_publisher(settings)
     consumer = ConsumerProcess(env)
     try:

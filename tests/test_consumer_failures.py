@@ -3,6 +3,7 @@
 The worker runs on a real local log; its writer is a stand-in that raises, since a bug in the write path
 or a chosen ClickHouse error cannot be produced on demand from the real one (the real warehouse going away
 and coming back is tests/test_consumer_e2e.py's test_warehouse_down_then_up_loses_nothing)."""
+
 from __future__ import annotations
 
 import threading
@@ -20,8 +21,14 @@ from deploy.queue.local_log import LocalLogPublisher, LocalLogSubscriber
 from schemas import envelope
 from schemas.queue import QueueUnavailable, Record
 
-CONFIG = ConsumerConfig(batch_max_events=1000, batch_max_seconds=0.2, writes=1, database="flokit",
-                        topic="flokit.events", dead_letter_timeout_seconds=5.0)
+CONFIG = ConsumerConfig(
+    batch_max_events=1000,
+    batch_max_seconds=0.2,
+    writes=1,
+    database="flokit",
+    topic="flokit.events",
+    dead_letter_timeout_seconds=5.0,
+)
 
 
 class FailingWriter:
@@ -43,18 +50,31 @@ class FailingWriter:
 
 def queue_with_one_event(tmp_path) -> object:
     path = tmp_path / "queue.sqlite3"
-    event = {"event_id": "evt_1", "event": "paywall_viewed", "user_id": "usr_1", "anonymous_id": None,
-             "timestamp": "2024-03-15T14:22:00.000Z", "properties": {}}
+    event = {
+        "event_id": "evt_1",
+        "event": "paywall_viewed",
+        "user_id": "usr_1",
+        "anonymous_id": None,
+        "timestamp": "2024-03-15T14:22:00.000Z",
+        "properties": {},
+    }
     publisher = LocalLogPublisher(path, 1, 5)
-    publisher.publish([Record(0, v) for v in envelope.encode_records("acme", "2024-03-15T14:22:01.000Z", [event])], 5)
+    publisher.publish(
+        [Record(0, v) for v in envelope.encode_records("acme", "2024-03-15T14:22:01.000Z", [event])], 5
+    )
     publisher.close()
     return path
 
 
 def start_worker(tmp_path, path, writer) -> tuple[Worker, threading.Thread, list[BaseException]]:
     dead_letters = DeadLetters(LocalLogPublisher(tmp_path / "dead_letters.sqlite3", 1, 5), "flokit.events", 5)
-    worker = Worker(CONFIG, lambda on_revoke: LocalLogSubscriber(path, "consumers", on_revoke), [writer],
-                    dead_letters, IdentityCache(lambda pairs: {}))
+    worker = Worker(
+        CONFIG,
+        lambda on_revoke: LocalLogSubscriber(path, "consumers", on_revoke),
+        [writer],
+        dead_letters,
+        IdentityCache(lambda pairs: {}),
+    )
     raised: list[BaseException] = []
 
     def run() -> None:
@@ -88,8 +108,9 @@ def test_a_bug_in_the_write_path_stops_the_worker_and_commits_nothing(tmp_path):
 
 def test_an_unavailable_warehouse_is_waited_out_then_the_batch_committed(tmp_path):
     path = queue_with_one_event(tmp_path)
-    writer = FailingWriter(OperationalError("Network Error"), DatabaseError("Code: 241. MEMORY_LIMIT_EXCEEDED",
-                                                                           code=241))
+    writer = FailingWriter(
+        OperationalError("Network Error"), DatabaseError("Code: 241. MEMORY_LIMIT_EXCEEDED", code=241)
+    )
     worker, thread, raised = start_worker(tmp_path, path, writer)
     try:
         for _ in range(120):  # backoff 0.5 s, then 1 s
@@ -107,17 +128,26 @@ def test_an_unavailable_warehouse_is_waited_out_then_the_batch_committed(tmp_pat
         again.close()
 
 
-@pytest.mark.parametrize("exc, transient", [
-    (OperationalError("Network Error"), True),  # unreachable, connection lost (clickhouse-connect's wording)
-    (ConnectionRefusedError(), True),
-    (TimeoutError(), True),
-    (QueueUnavailable("Kafka did not acknowledge"), True),
-    (DatabaseError("Code: 60. UNKNOWN_TABLE", code=60), True),  # the server about itself: migrate not run yet
-    (DatabaseError("Code: 252. TOO_MANY_PARTS", code=252), True),
-    (DatabaseError("Code: 27. CANNOT_PARSE_INPUT_ASSERTION_FAILED", code=27), False),  # about the rows
-    (ProgrammingError("the client called wrongly"), False),
-    (TypeError("a bug"), False),
-    (KeyError("a bug"), False),
-])
+@pytest.mark.parametrize(
+    "exc, transient",
+    [
+        (
+            OperationalError("Network Error"),
+            True,
+        ),  # unreachable, connection lost (clickhouse-connect's wording)
+        (ConnectionRefusedError(), True),
+        (TimeoutError(), True),
+        (QueueUnavailable("Kafka did not acknowledge"), True),
+        (
+            DatabaseError("Code: 60. UNKNOWN_TABLE", code=60),
+            True,
+        ),  # the server about itself: migrate not run yet
+        (DatabaseError("Code: 252. TOO_MANY_PARTS", code=252), True),
+        (DatabaseError("Code: 27. CANNOT_PARSE_INPUT_ASSERTION_FAILED", code=27), False),  # about the rows
+        (ProgrammingError("the client called wrongly"), False),
+        (TypeError("a bug"), False),
+        (KeyError("a bug"), False),
+    ],
+)
 def test_what_is_transient(exc, transient):
     assert is_transient(exc) is transient

@@ -1,5 +1,6 @@
 """consumer.worker.Worker.step: how long a poll waits with a batch in hand, and when an empty poll means the
 consumer has caught up."""
+
 from __future__ import annotations
 
 import pytest
@@ -41,8 +42,14 @@ class NoFlush:
 
 
 def message() -> Message:
-    event = {"event_id": "evt_1", "event": "paywall_viewed", "user_id": None, "anonymous_id": "d",
-             "timestamp": "2024-03-15T14:22:00.000Z", "properties": {}}
+    event = {
+        "event_id": "evt_1",
+        "event": "paywall_viewed",
+        "user_id": None,
+        "anonymous_id": "d",
+        "timestamp": "2024-03-15T14:22:00.000Z",
+        "properties": {},
+    }
     return Message(0, 0, envelope.encode_records("acme", "2024-03-15T14:22:01.000Z", [event])[0])
 
 
@@ -51,11 +58,23 @@ def worker_after_steps(at_end: bool, second_step_at: float) -> tuple[Worker, Scr
     step, at `second_step_at`, polls nothing."""
     now = [100.0]
     subscriber = ScriptedSubscriber([[message()]], at_end)
-    config = ConsumerConfig(batch_max_events=90_000, batch_max_seconds=1.0, writes=1, database="flokit",
-                            topic="flokit.events", dead_letter_timeout_seconds=5.0)
+    config = ConsumerConfig(
+        batch_max_events=90_000,
+        batch_max_seconds=1.0,
+        writes=1,
+        database="flokit",
+        topic="flokit.events",
+        dead_letter_timeout_seconds=5.0,
+    )
     # Nothing may be written: a flush starts with the identity lookups, which stop the test here.
-    worker = Worker(config, lambda on_revoke: subscriber, writers=[object()], dead_letters=None,
-                    identity=NoFlush(), clock=lambda: now[0])
+    worker = Worker(
+        config,
+        lambda on_revoke: subscriber,
+        writers=[object()],
+        dead_letters=None,
+        identity=NoFlush(),
+        clock=lambda: now[0],
+    )
     worker.step()
     now[0] = second_step_at
     worker.step()

@@ -1,5 +1,6 @@
 """consumer.rows.edited: a record's event lines without the dropped events and with linked_user_id on
 the linked ones, as pieces that leave untouched lines as views of the record."""
+
 from __future__ import annotations
 
 import random
@@ -15,12 +16,15 @@ HEADER = b'{"v":2,"events":[]}\n'
 def record_of(n: int, rng: random.Random) -> tuple[bytes, memoryview]:
     lines = [orjson.dumps({"event_id": f"evt_{i}", "pad": "x" * rng.randrange(8)}) for i in range(n)]
     record = HEADER + b"\n".join(lines)
-    return record, memoryview(record)[len(HEADER):]
+    return record, memoryview(record)[len(HEADER) :]
 
 
 def expected(lines: memoryview, linked_at: dict[int, str], dropped: set[int]) -> list[bytes]:
-    return [warehouse.event_row(line, linked_at.get(i)) for i, line in enumerate(bytes(lines).split(b"\n"))
-            if i not in dropped]
+    return [
+        warehouse.event_row(line, linked_at.get(i))
+        for i, line in enumerate(bytes(lines).split(b"\n"))
+        if i not in dropped
+    ]
 
 
 def test_edited_rows_are_the_kept_lines_with_their_links_in_order():

@@ -1,9 +1,10 @@
 """schemas.events: validation and normalization of one event object, and the batch body shape."""
+
 from __future__ import annotations
 
 import copy
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import marshmallow
 import orjson
@@ -25,7 +26,7 @@ from schemas.events import (
 from schemas.taxonomy import EVENTS, PROPERTY_TYPES
 
 # The server clock for these tests: 2024-03-16T00:00:00Z.
-NOW = datetime(2024, 3, 16, tzinfo=timezone.utc).timestamp()
+NOW = datetime(2024, 3, 16, tzinfo=UTC).timestamp()
 
 PAYWALL_VIEWED = {
     "event": "paywall_viewed",
@@ -140,9 +141,11 @@ def test_timestamp_normalized_to_utc_milliseconds(v, sent, normalized):
 def test_timestamp_normalization_matches_reference_implementation(v):
     """Random instants and offsets against datetime's own arithmetic and formatting."""
     rng = random.Random(20240315)
-    lo = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
+    lo = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
     for _ in range(2000):
-        instant = datetime.fromtimestamp(rng.uniform(lo, NOW), timezone.utc).replace(microsecond=rng.randrange(1_000_000))
+        instant = datetime.fromtimestamp(rng.uniform(lo, NOW), UTC).replace(
+            microsecond=rng.randrange(1_000_000)
+        )
         offset = timedelta(minutes=15 * rng.randrange(-48, 57))
         local = instant.astimezone(timezone(offset))
         sent = local.isoformat()
@@ -186,7 +189,13 @@ def test_every_taxonomy_event_is_accepted_strictly():
 
 
 def test_unknown_properties_are_free_form(v):
-    props = {"mood": "happy", "score": 3.5, "tags": [1, "a", None], "nested": {"deep": {"x": [True]}}, "n": None}
+    props = {
+        "mood": "happy",
+        "score": 3.5,
+        "tags": [1, "a", None],
+        "nested": {"deep": {"x": [True]}},
+        "n": None,
+    }
     assert v.validate(event(properties=props))["properties"] == props
 
 
@@ -206,7 +215,12 @@ def test_known_properties_accept_their_types_and_null(v):
 
 
 def test_known_property_types_apply_to_custom_events_too(v):
-    reject(v, event(event="my_custom_event", properties={"price": "9.99"}), "invalid_property_type", "properties.price")
+    reject(
+        v,
+        event(event="my_custom_event", properties={"price": "9.99"}),
+        "invalid_property_type",
+        "properties.price",
+    )
 
 
 def test_future_limit_is_24_hours_after_the_clock(v):
@@ -275,8 +289,22 @@ def test_missing_event(v):
 
 @pytest.mark.parametrize(
     "name",
-    [None, 7, True, ["paywall_viewed"], {"name": "x"}, "", "PaywallViewed", "paywall-viewed", "paywall viewed",
-     "1paywall", "_paywall", "paywall_viewed\n", "pâywall", "a" + "b" * 64],
+    [
+        None,
+        7,
+        True,
+        ["paywall_viewed"],
+        {"name": "x"},
+        "",
+        "PaywallViewed",
+        "paywall-viewed",
+        "paywall viewed",
+        "1paywall",
+        "_paywall",
+        "paywall_viewed\n",
+        "pâywall",
+        "a" + "b" * 64,
+    ],
 )
 def test_invalid_event_name(v, name):
     reject(v, event(event=name), "invalid_event_name", "event")
@@ -284,17 +312,36 @@ def test_invalid_event_name(v, name):
 
 def test_unknown_event_only_when_strict():
     strict = EventValidator(strict_events=True, clock=lambda: NOW)
-    reject(strict, event(event="onboarding_quiz_answered"), "unknown_event", "event", "onboarding_quiz_answered")
+    reject(
+        strict, event(event="onboarding_quiz_answered"), "unknown_event", "event", "onboarding_quiz_answered"
+    )
     # a malformed name is still invalid_event_name, strict or not
     reject(strict, event(event="Bad-Name"), "invalid_event_name", "event")
     assert EventValidator(clock=lambda: NOW).validate(event(event="onboarding_quiz_answered"))
 
 
-@pytest.mark.parametrize("field, code", [("user_id", "invalid_user_id"), ("anonymous_id", "invalid_anonymous_id")])
+@pytest.mark.parametrize(
+    "field, code", [("user_id", "invalid_user_id"), ("anonymous_id", "invalid_anonymous_id")]
+)
 @pytest.mark.parametrize(
     "value",
-    [42, 4.2, True, ["usr"], {"id": "usr"}, "", " ", "\t \n", "u" * (MAX_ID_LENGTH + 1),
-     "  " + "u" * (MAX_ID_LENGTH + 1) + "  ", "usr\x00", "usr\n1", "usr\x7f", "us\u0085r", "\x1busr"],
+    [
+        42,
+        4.2,
+        True,
+        ["usr"],
+        {"id": "usr"},
+        "",
+        " ",
+        "\t \n",
+        "u" * (MAX_ID_LENGTH + 1),
+        "  " + "u" * (MAX_ID_LENGTH + 1) + "  ",
+        "usr\x00",
+        "usr\n1",
+        "usr\x7f",
+        "us\u0085r",
+        "\x1busr",
+    ],
 )
 def test_invalid_identity(v, field, code, value):
     other = "anonymous_id" if field == "user_id" else "user_id"
@@ -307,7 +354,9 @@ def test_identity_length_limit_is_inclusive(v):
     assert v.validate(event(user_id=..., anonymous_id="a" * MAX_ID_LENGTH))
 
 
-@pytest.mark.parametrize("changes", [{"user_id": ...}, {"user_id": None}, {"user_id": None, "anonymous_id": None}])
+@pytest.mark.parametrize(
+    "changes", [{"user_id": ...}, {"user_id": None}, {"user_id": None, "anonymous_id": None}]
+)
 def test_missing_identity(v, changes):
     obj = event(**{"anonymous_id": ..., **changes})
     err = reject(v, obj, "missing_identity", "user_id", "anonymous_id")
@@ -325,32 +374,56 @@ def test_timestamp_must_be_a_string(v, value):
 
 @pytest.mark.parametrize(
     "value",
-    ["", "yesterday", "2024-13-01T00:00:00Z", "2024-03-15T25:00:00Z", "2024-03-15T14:22:61Z", "2024-02-30T00:00:00Z",
-     "2024-13-01T23:59:60Z",
-     "15/03/2024 14:22 +00:00", "2024-03-15T14:22:00+25:00", " 2024-03-15T14:22:00Z", "2024-03-15T14:22:00Zz",
-     "Fri, 15 Mar 2024 14:22:00 GMT"],
+    [
+        "",
+        "yesterday",
+        "2024-13-01T00:00:00Z",
+        "2024-03-15T25:00:00Z",
+        "2024-03-15T14:22:61Z",
+        "2024-02-30T00:00:00Z",
+        "2024-13-01T23:59:60Z",
+        "15/03/2024 14:22 +00:00",
+        "2024-03-15T14:22:00+25:00",
+        " 2024-03-15T14:22:00Z",
+        "2024-03-15T14:22:00Zz",
+        "Fri, 15 Mar 2024 14:22:00 GMT",
+    ],
 )
 def test_timestamp_not_iso8601(v, value):
     reject(v, event(timestamp=value), "invalid_timestamp", "timestamp", "ISO 8601")
 
 
-@pytest.mark.parametrize("value, instead", [
-    ("2016-12-31T23:59:60Z", "2016-12-31T23:59:59.999Z"),
-    ("2016-12-31T23:59:60.250Z", "2016-12-31T23:59:59.999Z"),
-    ("2017-01-01T00:59:60+01:00", "2017-01-01T00:59:59.999+01:00"),
-    ("2016-12-31 23:59:60z", "2016-12-31 23:59:59.999z"),
-    ("2024-03-15T14:22:60Z", "2024-03-15T14:22:59.999Z"),
-    ("2016-12-31T23:59:60", "2016-12-31T23:59:59.999Z (or the device's UTC offset)"),
-])
+@pytest.mark.parametrize(
+    "value, instead",
+    [
+        ("2016-12-31T23:59:60Z", "2016-12-31T23:59:59.999Z"),
+        ("2016-12-31T23:59:60.250Z", "2016-12-31T23:59:59.999Z"),
+        ("2017-01-01T00:59:60+01:00", "2017-01-01T00:59:59.999+01:00"),
+        ("2016-12-31 23:59:60z", "2016-12-31 23:59:59.999z"),
+        ("2024-03-15T14:22:60Z", "2024-03-15T14:22:59.999Z"),
+        ("2016-12-31T23:59:60", "2016-12-31T23:59:59.999Z (or the device's UTC offset)"),
+    ],
+)
 def test_a_leap_second_is_refused_saying_so(v, value, instead):
-    err = reject(v, event(timestamp=value), "invalid_timestamp", repr(value), "leap second", "(:60)",
-                 f"send {instead} or the next second")
+    err = reject(
+        v,
+        event(timestamp=value),
+        "invalid_timestamp",
+        repr(value),
+        "leap second",
+        "(:60)",
+        f"send {instead} or the next second",
+    )
     assert "not an ISO 8601" not in err.message
 
 
-@pytest.mark.parametrize("value", ["2024-03-15 14:22", "2024-03-15T14:22:00", "2024-03-15T14:22:00.123", "2024-03-15"])
+@pytest.mark.parametrize(
+    "value", ["2024-03-15 14:22", "2024-03-15T14:22:00", "2024-03-15T14:22:00.123", "2024-03-15"]
+)
 def test_timestamp_without_offset_is_rejected_not_guessed(v, value):
-    err = reject(v, event(timestamp=value), "invalid_timestamp", "timestamp", repr(value), "offset", "rejected")
+    err = reject(
+        v, event(timestamp=value), "invalid_timestamp", "timestamp", repr(value), "offset", "rejected"
+    )
     assert "Z" in err.message  # suggests a fix
 
 
@@ -391,8 +464,14 @@ def nest(depth: int, leaf: object = 1, use_lists: bool = False) -> dict:
 @pytest.mark.parametrize("use_lists", [False, True])
 def test_properties_depth_limit(v, use_lists):
     assert v.validate(event(properties=nest(MAX_PROPERTIES_DEPTH, use_lists=use_lists)))
-    reject(v, event(properties=nest(MAX_PROPERTIES_DEPTH + 1, use_lists=use_lists)), "invalid_properties",
-           "properties.k", "nested", str(MAX_PROPERTIES_DEPTH))
+    reject(
+        v,
+        event(properties=nest(MAX_PROPERTIES_DEPTH + 1, use_lists=use_lists)),
+        "invalid_properties",
+        "properties.k",
+        "nested",
+        str(MAX_PROPERTIES_DEPTH),
+    )
 
 
 def test_properties_depth_counts_empty_containers(v):
@@ -407,14 +486,24 @@ def test_properties_depth_not_fooled_by_brackets_in_strings(v):
 
 def test_property_key_length_limit(v):
     assert v.validate(event(properties={"k" * MAX_PROPERTY_KEY_LENGTH: 1}))
-    reject(v, event(properties={"k" * (MAX_PROPERTY_KEY_LENGTH + 1): 1}), "invalid_properties", "properties",
-           str(MAX_PROPERTY_KEY_LENGTH))
+    reject(
+        v,
+        event(properties={"k" * (MAX_PROPERTY_KEY_LENGTH + 1): 1}),
+        "invalid_properties",
+        "properties",
+        str(MAX_PROPERTY_KEY_LENGTH),
+    )
 
 
 def test_nested_property_key_length_limit(v):
     assert v.validate(event(properties={"outer": {"k" * MAX_PROPERTY_KEY_LENGTH: 1}}))
-    reject(v, event(properties={"outer": [{"k" * (MAX_PROPERTY_KEY_LENGTH + 1): 1}]}), "invalid_properties",
-           "properties.outer[0]", str(MAX_PROPERTY_KEY_LENGTH))
+    reject(
+        v,
+        event(properties={"outer": [{"k" * (MAX_PROPERTY_KEY_LENGTH + 1): 1}]}),
+        "invalid_properties",
+        "properties.outer[0]",
+        str(MAX_PROPERTY_KEY_LENGTH),
+    )
 
 
 def test_properties_not_representable_as_json(v):
@@ -444,18 +533,32 @@ def test_properties_not_representable_as_json(v):
     ],
 )
 def test_invalid_property_type(v, prop, value, expected, sent):
-    err = reject(v, event(properties={"plan_id": "plan_annual_usd", prop: value}), "invalid_property_type",
-                 f"properties.{prop}", f"expected {expected}", sent)
+    err = reject(
+        v,
+        event(properties={"plan_id": "plan_annual_usd", prop: value}),
+        "invalid_property_type",
+        f"properties.{prop}",
+        f"expected {expected}",
+        sent,
+    )
     assert err.message.startswith(f"properties.{prop}:")
 
 
 def test_integer_properties_hold_what_an_int64_column_holds(v):
     """Past Int64 the typed column would store NULL: refused, saying why (docs/analytics.md)."""
-    for value in (2**63 - 1, -2**63, 0):
-        assert v.validate(event(properties={"renewal_number": value}))["properties"] == {"renewal_number": value}
+    for value in (2**63 - 1, -(2**63), 0):
+        assert v.validate(event(properties={"renewal_number": value}))["properties"] == {
+            "renewal_number": value
+        }
     for value in (2**63, 2**64 - 1):
-        err = reject(v, event(properties={"renewal_number": value}), "invalid_property_type",
-                     f"properties.renewal_number: {value} is out of range", "64-bit", str(2**63 - 1))
+        err = reject(
+            v,
+            event(properties={"renewal_number": value}),
+            "invalid_property_type",
+            f"properties.renewal_number: {value} is out of range",
+            "64-bit",
+            str(2**63 - 1),
+        )
         assert "null is allowed" in err.message
 
 
@@ -464,8 +567,15 @@ def test_an_integer_past_64_bits_is_told_the_range(v):
     for text in (b"18446744073709551616", b"-9223372036854775809", b"1e19"):
         sent = orjson.loads(text)
         assert type(sent) is float
-        reject(v, event(properties={"trial_length_days": sent}), "invalid_property_type",
-               "properties.trial_length_days", "in range", "64-bit", str(-2**63))
+        reject(
+            v,
+            event(properties={"trial_length_days": sent}),
+            "invalid_property_type",
+            "properties.trial_length_days",
+            "in range",
+            "64-bit",
+            str(-(2**63)),
+        )
     err = reject(v, event(properties={"trial_length_days": 7.0}), "invalid_property_type")
     assert "without a decimal point" in err.message and "range" not in err.message
 
@@ -475,14 +585,26 @@ def test_number_properties_hold_what_a_float64_column_holds(v):
         assert v.validate(event(properties={"price": value}))
     # Not from JSON (orjson refuses NaN, and 1e400 as infinity), but a Python caller could pass them.
     for value in (float("nan"), float("inf"), float("-inf")):
-        reject(v, event(properties={"price": value}), "invalid_property_type", "properties.price", "out of range",
-               "finite")
+        reject(
+            v,
+            event(properties={"price": value}),
+            "invalid_property_type",
+            "properties.price",
+            "out of range",
+            "finite",
+        )
 
 
 def test_every_known_property_is_type_checked(v):
     wrong = {"string": 1, "integer": "1", "number": "1", "boolean": "yes", "string[]": [1]}
     for name, type_name in PROPERTY_TYPES.items():
-        reject(v, event(properties={name: wrong[type_name]}), "invalid_property_type", f"properties.{name}", type_name)
+        reject(
+            v,
+            event(properties={name: wrong[type_name]}),
+            "invalid_property_type",
+            f"properties.{name}",
+            type_name,
+        )
 
 
 # --------------------------------------------------------------------------
@@ -491,7 +613,13 @@ def test_every_known_property_is_type_checked(v):
 
 
 def test_error_order_follows_field_order(v):
-    everything_wrong = {"event": "Bad Name", "user_id": 5, "anonymous_id": "", "timestamp": "x", "properties": []}
+    everything_wrong = {
+        "event": "Bad Name",
+        "user_id": 5,
+        "anonymous_id": "",
+        "timestamp": "x",
+        "properties": [],
+    }
     reject(v, everything_wrong, "invalid_event_name")
     del everything_wrong["event"]
     reject(v, everything_wrong, "missing_event")
@@ -518,7 +646,9 @@ def test_missing_identity_comes_before_timestamp_and_properties(v):
 
 
 def test_future_timestamp_comes_before_properties(v):
-    reject(v, event(timestamp="2030-01-01T00:00:00Z", properties={"price": "x"}), "invalid_timestamp", "future")
+    reject(
+        v, event(timestamp="2030-01-01T00:00:00Z", properties={"price": "x"}), "invalid_timestamp", "future"
+    )
 
 
 def test_every_event_error_code_is_exercised(v):
@@ -526,9 +656,18 @@ def test_every_event_error_code_is_exercised(v):
     strict = EventValidator(strict_events=True, clock=lambda: NOW)
     produced = set()
     cases = [
-        (v, []), (v, event(extra=1)), (v, event(event=...)), (v, event(event="X")), (strict, event(event="custom_x")),
-        (v, event(user_id=1)), (v, event(anonymous_id=1)), (v, event(user_id=...)), (v, event(timestamp=...)),
-        (v, event(timestamp="x")), (v, event(properties=[])), (v, event(properties={"price": "1"})),
+        (v, []),
+        (v, event(extra=1)),
+        (v, event(event=...)),
+        (v, event(event="X")),
+        (strict, event(event="custom_x")),
+        (v, event(user_id=1)),
+        (v, event(anonymous_id=1)),
+        (v, event(user_id=...)),
+        (v, event(timestamp=...)),
+        (v, event(timestamp="x")),
+        (v, event(properties=[])),
+        (v, event(properties={"price": "1"})),
     ]
     for validator, obj in cases:
         with pytest.raises(EventInvalid) as info:
@@ -590,7 +729,9 @@ def test_batch_invalid_body(body):
     batch_reject(body, "invalid_body", "body", "events")
 
 
-@pytest.mark.parametrize("body", [{}, {"events": None}, {"events": {"0": PAYWALL_VIEWED}}, {"events": "[]"}, {"batch": []}])
+@pytest.mark.parametrize(
+    "body", [{}, {"events": None}, {"events": {"0": PAYWALL_VIEWED}}, {"events": "[]"}, {"batch": []}]
+)
 def test_batch_invalid_batch(body):
     batch_reject(body, "invalid_batch", "events")
 

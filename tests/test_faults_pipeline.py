@@ -5,6 +5,7 @@ On the production stack (Kafka, Redis, the embedded warehouse): a. the warehouse
 SIGKILLed again and again, c. the front door SIGTERMed, e. the Kafka broker stopped then frozen, f. Redis stopped
 then frozen. On the embedded queue: d. its disk full. One warehouse serves them all (a database each).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,16 +17,33 @@ from contextlib import contextmanager
 
 import pytest
 
+from deploy.clickhouse import connect
 from deploy.queue.kafka_queue import create_topics
 from deploy.settings import Settings
 from ingest_api.state.redis_state import RedisState
-from schemas import warehouse
 from schemas.migrations import apply_migrations
 
 from .dev_process import descendants
-from .faults import LoadGenerator, count_in_warehouse, fill, first_200_after, frozen, in_window, service_pid, tmpfs
-from .services import (ApiServer, ConsumerProcess, cpu_seconds, group_lag, read_events, run_script, unique,
-                       wait_until)
+from .faults import (
+    LoadGenerator,
+    count_in_warehouse,
+    fill,
+    first_200_after,
+    frozen,
+    in_window,
+    service_pid,
+    tmpfs,
+)
+from .services import (
+    ApiServer,
+    ConsumerProcess,
+    cpu_seconds,
+    group_lag,
+    read_events,
+    run_script,
+    unique,
+    wait_until,
+)
 from .warehouse_process import Warehouse
 
 
@@ -39,17 +57,29 @@ def shared_warehouse(tmp_path_factory):
 
 def pipeline_env(tmp_path, warehouse_url: str, redis_url: str, kafka_bootstrap: str | None) -> dict[str, str]:
     """A fresh topic (or the embedded log under tmp_path), database, consumer group and workspace limit."""
-    env = {"FLOKIT_DATA_DIR": str(tmp_path), "FLOKIT_REDIS_URL": redis_url, "FLOKIT_CLICKHOUSE_URL": warehouse_url,
-           "FLOKIT_CLICKHOUSE_DATABASE": unique("faults").replace("-", "_"), "FLOKIT_CONSUMER_GROUP": unique("group"),
-           "FLOKIT_BATCH_MAX_SECONDS": "0.5", "FLOKIT_ENQUEUE_TIMEOUT_SECONDS": "5",
-           "FLOKIT_RATE_LIMIT_PER_MINUTE": "1000000", "FLOKIT_KAFKA_BOOTSTRAP": ""}
+    env = {
+        "FLOKIT_DATA_DIR": str(tmp_path),
+        "FLOKIT_REDIS_URL": redis_url,
+        "FLOKIT_CLICKHOUSE_URL": warehouse_url,
+        "FLOKIT_CLICKHOUSE_DATABASE": unique("faults").replace("-", "_"),
+        "FLOKIT_CONSUMER_GROUP": unique("group"),
+        "FLOKIT_BATCH_MAX_SECONDS": "0.5",
+        "FLOKIT_ENQUEUE_TIMEOUT_SECONDS": "5",
+        "FLOKIT_RATE_LIMIT_PER_MINUTE": "1000000",
+        "FLOKIT_KAFKA_BOOTSTRAP": "",
+    }
     if kafka_bootstrap:
         topic = unique("faults")
         create_topics(kafka_bootstrap, {topic: 4, topic + ".dlq": 4})
-        env.update({"FLOKIT_KAFKA_BOOTSTRAP": kafka_bootstrap, "FLOKIT_TOPIC": topic,
-                    "FLOKIT_DLQ_TOPIC": topic + ".dlq"})
+        env.update(
+            {
+                "FLOKIT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+                "FLOKIT_TOPIC": topic,
+                "FLOKIT_DLQ_TOPIC": topic + ".dlq",
+            }
+        )
     settings = Settings.from_env(env)
-    apply_migrations(warehouse.connect(settings), settings)
+    apply_migrations(connect(settings), settings.clickhouse_database)
     return env
 
 
@@ -59,7 +89,7 @@ def production(tmp_path, shared_warehouse, kafka_bootstrap, redis_url):
     env = pipeline_env(tmp_path, shared_warehouse.url, redis_url, kafka_bootstrap)
     settings = Settings.from_env(env)
     workspace = unique("ws")
-    return env, settings, warehouse.connect(settings), workspace, RedisState(redis_url).create_key(workspace)
+    return env, settings, connect(settings), workspace, RedisState(redis_url).create_key(workspace)
 
 
 @contextmanager
@@ -73,8 +103,10 @@ def consumer_running(env: dict[str, str], log_path):
 
 
 def rows_of(client, settings: Settings, workspace: str) -> int:
-    return client.query(f"SELECT count() FROM `{settings.clickhouse_database}`.events WHERE workspace = {{ws:String}}",
-                        parameters={"ws": workspace}).result_rows[0][0]
+    return client.query(
+        f"SELECT count() FROM `{settings.clickhouse_database}`.events WHERE workspace = {{ws:String}}",
+        parameters={"ws": workspace},
+    ).result_rows[0][0]
 
 
 def test_a_warehouse_killed_for_60_seconds_under_load(production, shared_warehouse, tmp_path):
@@ -104,8 +136,10 @@ def test_a_warehouse_killed_for_60_seconds_under_load(production, shared_warehou
         assert consumer.proc.poll() is None, f"the consumer died: {consumer.output()[-3000:]}"
         tally = count_in_warehouse(client, settings.clickhouse_database, workspace, load)
     code, out = consumer.stop()
-    print(f"lag {lag_before} → {lag_down} records after {back_at - down_at:.0f} s down, caught up in "
-          f"{caught_up_after:.1f} s; consumer CPU while down {cpu_while_down:.1f} s; {load.summary()}; {tally}")
+    print(
+        f"lag {lag_before} → {lag_down} records after {back_at - down_at:.0f} s down, caught up in "
+        f"{caught_up_after:.1f} s; consumer CPU while down {cpu_while_down:.1f} s; {load.summary()}; {tally}"
+    )
     assert lag_down > lag_before + 100, "the lag did not grow while the warehouse was down"
     assert code == 0, out[-3000:]  # it never crashed, and stopped cleanly at the end
     retries = log_while_down.count("flush failed")
@@ -131,14 +165,26 @@ def test_b_consumers_sigkilled_at_10_random_moments_under_load(production, tmp_p
         load = LoadGenerator(server.url, key).start()
         try:
             for cycle in range(CYCLES):
-                consumers = [ConsumerProcess(env, log_path=tmp_path / f"consumer-{cycle}-{m}.log")
-                             for m in range(MEMBERS)]
-                wait_until(lambda: all(re.search(r"assigned partitions \[\d", c.output()) for c in consumers),
-                           timeout=60, interval=0.2, message=f"cycle {cycle}: partitions assigned to every member")
+                consumers = [
+                    ConsumerProcess(env, log_path=tmp_path / f"consumer-{cycle}-{m}.log")
+                    for m in range(MEMBERS)
+                ]
+                wait_until(
+                    lambda: all(re.search(r"assigned partitions \[\d", c.output()) for c in consumers),
+                    timeout=60,
+                    interval=0.2,
+                    message=f"cycle {cycle}: partitions assigned to every member",
+                )
                 written = rows_of(client, settings, workspace)
-                wait_until(lambda: rows_of(client, settings, workspace) > written, timeout=60, interval=0.2,
-                           message=f"cycle {cycle}: the consumers writing")
-                for consumer in rng.sample(consumers, MEMBERS):  # each after a random delay, the others working
+                wait_until(
+                    lambda: rows_of(client, settings, workspace) > written,
+                    timeout=60,
+                    interval=0.2,
+                    message=f"cycle {cycle}: the consumers writing",
+                )
+                for consumer in rng.sample(
+                    consumers, MEMBERS
+                ):  # each after a random delay, the others working
                     moments.append(rng.uniform(0, 1.5))
                     time.sleep(moments[-1])
                     consumer.signal(signal.SIGKILL)
@@ -151,8 +197,10 @@ def test_b_consumers_sigkilled_at_10_random_moments_under_load(production, tmp_p
         tally = count_in_warehouse(client, settings.clickhouse_database, workspace, load)
     finally:
         results = [c.stop() for c in consumers]
-    print(f"seed {seed}; {len(moments)} kills, each {', '.join(f'{m:.2f}' for m in moments)} s after the previous "
-          f"one (the first of a cycle: after a write); {load.summary()}; {tally}")
+    print(
+        f"seed {seed}; {len(moments)} kills, each {', '.join(f'{m:.2f}' for m in moments)} s after the previous "
+        f"one (the first of a cycle: after a write); {load.summary()}; {tally}"
+    )
     assert results[0][0] == 0, results[0][1][-3000:]
     assert set(load.statuses()) == {200}, load.summary()
     tally.assert_exact()
@@ -188,9 +236,11 @@ def test_c_front_door_sigterm_under_load(production, tmp_path):
     # An answer lost in flight: a request the old front door had taken (a retry is a replay, or finds it
     # still in progress) that got no answer. A connection refused or reset before the front door read the
     # request is not one: its retry is served afresh.
-    lost_in_flight = [(r.key, [(a.status, a.error, a.replayed) for a in r.answers]) for r in load.requests
-                      if any(a.status is None for a in r.answers) and any(a.replayed or a.status == 409
-                                                                         for a in r.answers)]
+    lost_in_flight = [
+        (r.key, [(a.status, a.error, a.replayed) for a in r.answers])
+        for r in load.requests
+        if any(a.status is None for a in r.answers) and any(a.replayed or a.status == 409 for a in r.answers)
+    ]
     assert not lost_in_flight, f"{len(lost_in_flight)} requests taken but not answered: {lost_in_flight[:5]}"
     assert set(load.statuses()) <= {200, "refused", "reset"}, load.summary()
     in_kafka = {e["event_id"] for e in read_events(settings.kafka_bootstrap, settings.topic)}
@@ -218,7 +268,7 @@ def test_d_local_log_disk_full(tmp_path, shared_warehouse, redis_url):
     with tmpfs(tmp_path / "data", "16m") as data:
         env = pipeline_env(data, shared_warehouse.url, redis_url, kafka_bootstrap=None)
         settings = Settings.from_env(env)
-        client = warehouse.connect(settings)
+        client = connect(settings)
         workspace = unique("ws")
         key = RedisState(redis_url).create_key(workspace)
         timeout = settings.enqueue_timeout_seconds
@@ -229,14 +279,20 @@ def test_d_local_log_disk_full(tmp_path, shared_warehouse, redis_url):
                 load.wait_for_acknowledged(1_000)
                 filled = fill(data)
                 full_at = time.monotonic()
-                wait_until(lambda: [a for a in load.answers() if a.sent_at > full_at and a.status == 503],
-                           timeout=60, message="a 503 on the full disk")
+                wait_until(
+                    lambda: [a for a in load.answers() if a.sent_at > full_at and a.status == 503],
+                    timeout=60,
+                    message="a 503 on the full disk",
+                )
                 time.sleep(3)  # more answers on the full disk
                 assert integrity(data / "queue.sqlite3") == "ok"
                 (data / "filler").unlink()
                 freed_at = time.monotonic()
-                wait_until(lambda: [a for a in load.answers() if a.sent_at > freed_at and a.status == 200],
-                           timeout=30, message="a 200 once space is freed")
+                wait_until(
+                    lambda: [a for a in load.answers() if a.sent_at > freed_at and a.status == 200],
+                    timeout=30,
+                    message="a 200 once space is freed",
+                )
                 load.wait_for_acknowledged(load.acknowledged_events() + 500)
             finally:
                 load.stop()
@@ -246,8 +302,10 @@ def test_d_local_log_disk_full(tmp_path, shared_warehouse, redis_url):
         code, out = consumer.stop()
         assert integrity(data / "queue.sqlite3") == "ok"
     while_full = [a for a in load.answers() if full_at < a.sent_at < freed_at]
-    print(f"filled {filled} bytes; while full: {len(while_full)} answers "
-          f"{sorted({(a.status, a.error) for a in while_full}, key=str)}; {load.summary()}; {tally}")
+    print(
+        f"filled {filled} bytes; while full: {len(while_full)} answers "
+        f"{sorted({(a.status, a.error) for a in while_full}, key=str)}; {load.summary()}; {tally}"
+    )
     assert code == 0, out[-3000:]  # a commit the full disk refused was retried, not a crash
     assert {a.status for a in load.answers()} <= {200, 503}, load.summary()
     full_503 = [a for a in while_full if a.status == 503]
@@ -265,8 +323,9 @@ OUTAGE_SECONDS = 30
 RECOVERY_SECONDS = 15  # from the service's return to the front door's first 200 again, without a restart
 
 
-def assert_unavailable_then_healed(load: LoadGenerator, name: str, away: tuple[float, float], back: float,
-                                   code: str) -> None:
+def assert_unavailable_then_healed(
+    load: LoadGenerator, name: str, away: tuple[float, float], back: float, code: str
+) -> None:
     """Every answer to a request sent and answered while the service was `away` (from, to) is a 503 `code` with
     Retry-After (never a 200), and the front door serves 200s again within RECOVERY_SECONDS of its return,
     `back` (a restarted service is back once its script found it ready)."""
@@ -281,8 +340,11 @@ def assert_unavailable_then_healed(load: LoadGenerator, name: str, away: tuple[f
 
 def wait_for_200_after(load: LoadGenerator, moment: float, what: str) -> None:
     try:
-        wait_until(lambda: first_200_after(load.answers(), moment) is not None, timeout=RECOVERY_SECONDS + 30,
-                   interval=0.2)
+        wait_until(
+            lambda: first_200_after(load.answers(), moment) is not None,
+            timeout=RECOVERY_SECONDS + 30,
+            interval=0.2,
+        )
     except AssertionError:
         raise AssertionError(f"no 200 within {RECOVERY_SECONDS + 30} s of {what}: {load.summary()}") from None
 
@@ -321,9 +383,11 @@ def test_e_kafka_broker_stopped_then_frozen_for_30_seconds_under_batch_load(prod
         tally = count_in_warehouse(client, settings.clickhouse_database, workspace, load)
     code, consumer_out = consumer.stop()
     answers = load.answers()
-    print(f"broker restart took {back_at - started_at:.1f} s; first 200 {first_200_after(answers, back_at)} s after"
-          f" it was back, {first_200_after(answers, thawed_at)} s after the thaw; slowest answer "
-          f"{max(a.latency for a in answers):.1f} s; {load.summary()}; {tally}")
+    print(
+        f"broker restart took {back_at - started_at:.1f} s; first 200 {first_200_after(answers, back_at)} s after"
+        f" it was back, {first_200_after(answers, thawed_at)} s after the thaw; slowest answer "
+        f"{max(a.latency for a in answers):.1f} s; {load.summary()}; {tally}"
+    )
     assert_unavailable_then_healed(load, "stopped", (stopped_at, started_at), back_at, "queue_unavailable")
     assert_unavailable_then_healed(load, "frozen", (frozen_at, thawed_at), thawed_at, "queue_unavailable")
     slow = [a for a in answers if a.latency > timeout + 1]
@@ -352,7 +416,9 @@ def test_f_redis_stopped_then_frozen_under_load(production, tmp_path, redis_url)
                 time.sleep(REDIS_OUTAGE_SECONDS)
             finally:
                 started_at = time.monotonic()
-                run_script("redis.sh", "start", REDIS_PORT=port)  # from its append-only file: the API key is kept
+                run_script(
+                    "redis.sh", "start", REDIS_PORT=port
+                )  # from its append-only file: the API key is kept
             back_at = time.monotonic()
             wait_for_200_after(load, back_at, "Redis's restart")
             with frozen(service_pid("redis.sh", port)):
@@ -368,9 +434,11 @@ def test_f_redis_stopped_then_frozen_under_load(production, tmp_path, redis_url)
         assert workers_after == workers, f"front-door workers restarted: {out[-3000:]}"  # it healed by itself
         tally = count_in_warehouse(client, settings.clickhouse_database, workspace, load)
     answers = load.answers()
-    print(f"first 200 {first_200_after(answers, back_at)} s after the restart, "
-          f"{first_200_after(answers, thawed_at)} s after the thaw; slowest answer "
-          f"{max(a.latency for a in answers):.1f} s; {load.summary()}; {tally}")
+    print(
+        f"first 200 {first_200_after(answers, back_at)} s after the restart, "
+        f"{first_200_after(answers, thawed_at)} s after the thaw; slowest answer "
+        f"{max(a.latency for a in answers):.1f} s; {load.summary()}; {tally}"
+    )
     assert_unavailable_then_healed(load, "stopped", (stopped_at, started_at), back_at, "state_unavailable")
     assert_unavailable_then_healed(load, "frozen", (frozen_at, thawed_at), thawed_at, "state_unavailable")
     slow = [a for a in answers if a.latency > timeout + 1]

@@ -1,5 +1,6 @@
 """ingest_api.body on a gzip body of many members: the decompressed-size cap holds across all of them, and
 a bomb split into members is refused after expanding no more than the cap (memory traced, not timed)."""
+
 from __future__ import annotations
 
 import gzip
@@ -17,8 +18,12 @@ CAP = 1_000_000
 
 
 def gzip_request(data: bytes) -> IngestRequest:
-    environ = EnvironBuilder(path="/v1/batch/events", method="POST", content_type="application/json",
-                             headers={"Content-Encoding": "gzip"}).get_environ()
+    environ = EnvironBuilder(
+        path="/v1/batch/events",
+        method="POST",
+        content_type="application/json",
+        headers={"Content-Encoding": "gzip"},
+    ).get_environ()
     environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(data), str(len(data))
     return IngestRequest(environ)
 
@@ -47,11 +52,15 @@ def test_members_are_decoded_in_order_up_to_the_cap():
         read_body(gzip_request(exact + gzip.compress(b"x")), CAP)
 
 
-@pytest.mark.parametrize("tail, words", [
-    (b"x", "1 byte after the gzip data"),
-    (gzip.compress(b"x")[:-3], "truncated"),
-    (b"\x1f\x8b" + b"\x00" * 20, "not valid gzip"),
-], ids=["not gzip", "a truncated member", "a corrupt member"])
+@pytest.mark.parametrize(
+    "tail, words",
+    [
+        (b"x", "1 byte after the gzip data"),
+        (gzip.compress(b"x")[:-3], "truncated"),
+        (b"\x1f\x8b" + b"\x00" * 20, "not valid gzip"),
+    ],
+    ids=["not gzip", "a truncated member", "a corrupt member"],
+)
 def test_what_follows_a_member_must_be_a_whole_member(tail, words):
     with pytest.raises(BadRequest) as info:
         read_body(gzip_request(gzip.compress(b"{}") + tail), CAP)

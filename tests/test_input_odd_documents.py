@@ -1,7 +1,8 @@
 """Odd JSON documents through the real front door (gunicorn, Kafka, Redis): nesting orjson reads but will not
 write back, numbers at and past 64 bits, escapes, long and duplicate keys, bodies that are not objects. Each
-goes to both endpoints, with and without an Idempotency-Key: never a 5xx, every refusal in the API's shape, and
-an idempotent retry gets the first answer back."""
+goes to both endpoints, with and without an Idempotency-Key: never a 5xx, every refusal in the API's shape,
+and an idempotent retry gets the first answer back."""
+
 from __future__ import annotations
 
 import orjson
@@ -47,8 +48,9 @@ ODD_EVENTS = {
     "integer past u64": event(properties=b'{"renewal_number":18446744073709551616}'),
     "integer past u64 in a number": event(properties=b'{"price":184467440737095516160}'),
     "integer below i64": event(properties=b'{"trial_length_days":-9223372036854775809}'),
-    "free-form huge integers": event(properties=b'{"n":18446744073709551615,"m":-9223372036854775808,'
-                                                b'"big":1' + b"0" * 400 + b"}"),
+    "free-form huge integers": event(
+        properties=b'{"n":18446744073709551615,"m":-9223372036854775808,"big":1' + b"0" * 400 + b"}"
+    ),
     "1e400": event(properties=b'{"price":1e400}'),
     "-1e400": event(properties=b'{"x":-1e400}'),
     "1e-400": event(properties=b'{"price":1e-400}'),
@@ -86,10 +88,17 @@ ODD_BODIES = {
     "duplicate events keys": b'{"events":[],"events":[' + GOOD + b"]}",
 }
 
-CASES = [(name, path, body)
-         for name, text in ODD_EVENTS.items()
-         for path, body in (("/v1/events", text), ("/v1/batch/events", b'{"events":[' + GOOD + b"," + text + b"]}"))]
-CASES += [(name, path, body) for name, body in ODD_BODIES.items() for path in ("/v1/events", "/v1/batch/events")]
+CASES = [
+    (name, path, body)
+    for name, text in ODD_EVENTS.items()
+    for path, body in (
+        ("/v1/events", text),
+        ("/v1/batch/events", b'{"events":[' + GOOD + b"," + text + b"]}"),
+    )
+]
+CASES += [
+    (name, path, body) for name, body in ODD_BODIES.items() for path in ("/v1/events", "/v1/batch/events")
+]
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +112,12 @@ def key(workspace_key):
     return workspace_key(rate_limit_per_minute=100_000)[1]
 
 
-# Refusals made before the Idempotency-Key is looked at (the body is not a document of the endpoint's shape), so
-# a retry gets the same answer again, not a replay.
-BEFORE_THE_KEY = {"/v1/events": {"invalid_json", "invalid_utf8"},
-                  "/v1/batch/events": {"invalid_json", "invalid_utf8", *BATCH_ERROR_CODES}}
+# Refusals made before the Idempotency-Key is looked at (the body is not a document of the endpoint's shape),
+# so a retry gets the same answer again, not a replay.
+BEFORE_THE_KEY = {
+    "/v1/events": {"invalid_json", "invalid_utf8"},
+    "/v1/batch/events": {"invalid_json", "invalid_utf8", *BATCH_ERROR_CODES},
+}
 
 
 def assert_answered(resp, what: str) -> None:
@@ -141,14 +152,19 @@ def test_deep_properties_are_invalid_properties_with_or_without_a_key(server, wo
     assert single.status_code == 400, single.text
     assert single.json()["error"] == "invalid_properties"
     assert "nested" in single.json()["message"] and "at most 8 levels" in single.json()["message"]
-    batch = server.post("/v1/batch/events", data=b'{"events":[' + GOOD + b"," + text + b"]}", key=key,
-                        headers={k: v + "-batch" for k, v in headers.items()})
+    batch = server.post(
+        "/v1/batch/events",
+        data=b'{"events":[' + GOOD + b"," + text + b"]}",
+        key=key,
+        headers={k: v + "-batch" for k, v in headers.items()},
+    )
     assert batch.status_code == 200, batch.text
     assert batch.json()["accepted"] == 1
     assert [(e["index"], e["error"]) for e in batch.json()["errors"]] == [(1, "invalid_properties")]
 
 
 # -- the fingerprint of any document orjson reads ----------------------------------------------------------
+
 
 def test_a_document_of_any_depth_has_a_fingerprint():
     for depth in (253, 254, 255, 300, 1000, 1023):
@@ -171,8 +187,22 @@ def test_a_deep_document_is_written_as_orjson_writes_a_shallow_one():
     """The deep path writes the same canonical text as orjson, so no document has two fingerprints."""
     from ingest_api.idempotency import _canonical_deep
 
-    documents = [{"b": [1, 2.5, -0.0, None, True, False], "a": {"é": "\u2028", "ü": {}, "z": []}, "\U0001f600": "x",
-                  "": "\ud7ff\ue000"}, [], {}, "s", 18446744073709551615, -9223372036854775808, 1e308, None,
-                 orjson.loads(GOOD), orjson.loads(nested(200))]
+    documents = [
+        {
+            "b": [1, 2.5, -0.0, None, True, False],
+            "a": {"é": "\u2028", "ü": {}, "z": []},
+            "\U0001f600": "x",
+            "": "\ud7ff\ue000",
+        },
+        [],
+        {},
+        "s",
+        18446744073709551615,
+        -9223372036854775808,
+        1e308,
+        None,
+        orjson.loads(GOOD),
+        orjson.loads(nested(200)),
+    ]
     for document in documents:
         assert _canonical_deep(document) == orjson.dumps(document, option=orjson.OPT_SORT_KEYS), document

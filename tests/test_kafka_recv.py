@@ -3,7 +3,9 @@ RECV_BYTES pieces with kafka-python's semantics; off, kafka-python's own method 
 both positions.
 
 The reads are checked on a real socket pair, through a wrapper that counts the `recv` calls; the consumer's
-real fetches go through them in the Kafka queue tests (tests/test_queue_contract.py, also in both positions)."""
+real fetches go through them in the Kafka queue tests (tests/test_queue_contract.py, also in both
+positions)."""
+
 from __future__ import annotations
 
 import socket
@@ -59,7 +61,7 @@ def test_what_is_there_is_read_in_pieces_of_the_chosen_size(sock_recv):
     writer.sendall(payload)
     sock = CountingSocket(reader)
     got, err = sock_recv(Transport(sock))
-    assert err is None and got == payload[:len(got)] and len(got) > 0
+    assert err is None and got == payload[: len(got)] and len(got) > 0
     if sock_recv is kafka_recv._sock_recv:
         # One more call meets "no more for now".
         assert sock.calls <= len(got) // kafka_recv.RECV_BYTES + 2

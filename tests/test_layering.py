@@ -4,6 +4,7 @@ TYPE_CHECKING alike, relative ones resolved), and checked against the packages i
 two modules of the checked packages import each other, directly or round a longer loop.
 
 Checking another package is one line in MUST_NOT_IMPORT."""
+
 from __future__ import annotations
 
 import ast
@@ -39,7 +40,7 @@ def imported(source: str, module: str, is_package: bool) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = module.split(".")
-                base = base[:len(base) - node.level + (1 if is_package else 0)]
+                base = base[: len(base) - node.level + (1 if is_package else 0)]
                 prefix = ".".join(base + ([node.module] if node.module else []))
             else:
                 prefix = node.module
@@ -84,7 +85,7 @@ def test_no_import_cycles():
 
     def visit(module: str) -> None:
         if module in path:
-            cycles.append(path[path.index(module):] + [module])
+            cycles.append(path[path.index(module) :] + [module])
             return
         if module in done:
             return
@@ -102,11 +103,18 @@ def test_no_import_cycles():
 def test_the_walk_sees_every_kind_of_import():
     """The checks above would pass vacuously if imports were missed: a function-level import, a relative
     one, and one under TYPE_CHECKING are all found."""
-    source = ("from typing import TYPE_CHECKING\n"
-              "if TYPE_CHECKING:\n    from deploy.settings import Settings\n"
-              "def f():\n    import ingest_api.errors\n    from .worker import Worker\n    from . import rows\n")
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from deploy.settings import Settings\n"
+        "def f():\n    import ingest_api.errors\n    from .worker import Worker\n    from . import rows\n"
+    )
     names = imported(source, "consumer.batch", is_package=False)
-    assert {"deploy.settings.Settings", "ingest_api.errors", "consumer.worker.Worker", "consumer.rows"} <= names
+    assert {
+        "deploy.settings.Settings",
+        "ingest_api.errors",
+        "consumer.worker.Worker",
+        "consumer.rows",
+    } <= names
     known = {"consumer.worker", "consumer.rows", "consumer"}
     assert resolve("consumer.worker.Worker", known) == "consumer.worker"
     assert imported("from .queue import Record\n", "schemas", is_package=True) == {"schemas.queue.Record"}

@@ -1,6 +1,7 @@
 """The embedded queue's own guarantees, beyond the contract both queues share
 (tests/test_queue_contract.py): several processes appending to one file, a
 publisher killed mid-write, one subscriber per group, pruning, a locked file."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +14,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import closing
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -49,9 +51,11 @@ def call_records(name: str, i: int) -> list[Record]:
     one record of 20 KB whose content can be checked byte for byte."""
     head = f"{name}:{i}:".encode()
     big = hashlib.sha256(head).digest() * 640
-    return [Record(i % PARTITIONS, head + b"0:"),
-            Record((i + 1) % PARTITIONS, head + b"1:" + big),
-            Record((i + 2) % PARTITIONS, head + b"2:")]
+    return [
+        Record(i % PARTITIONS, head + b"0:"),
+        Record((i + 1) % PARTITIONS, head + b"1:" + big),
+        Record((i + 2) % PARTITIONS, head + b"2:"),
+    ]
 
 
 def parse(value: bytes) -> tuple[str, int, int]:
@@ -62,8 +66,12 @@ def parse(value: bytes) -> tuple[str, int, int]:
 
 
 def spawn_publisher(path: Path, name: str, calls: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", PUBLISHER, str(path), name, str(calls)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, str(path), name, str(calls)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def read_all(path: Path, group: str = "reader"):
@@ -82,8 +90,12 @@ def read_all(path: Path, group: str = "reader"):
 def rows(path: Path) -> dict[int, tuple[int, int, int]]:
     """partition → (lowest offset, highest offset, count) of the records stored."""
     with closing(sqlite3.connect(path)) as db:
-        return {p: (lo, hi, n) for p, lo, hi, n in db.execute(
-            "SELECT partition, MIN(offset), MAX(offset), COUNT(*) FROM log GROUP BY partition")}
+        return {
+            p: (lo, hi, n)
+            for p, lo, hi, n in db.execute(
+                "SELECT partition, MIN(offset), MAX(offset), COUNT(*) FROM log GROUP BY partition"
+            )
+        }
 
 
 def assert_dense_and_ordered(messages) -> dict[str, set[int]]:
@@ -125,7 +137,7 @@ def test_processes_appending_at_once_each_record_exactly_once(tmp_path):
     # (one after the other would change writer 3 times; SQLite's lock is not fair,
     # so a process often keeps it for a while, but never for all its 500 calls).
     writers = [parse(m.value)[0] for m in messages if m.partition == 0]
-    assert sum(a != b for a, b in zip(writers, writers[1:])) > 3
+    assert sum(a != b for a, b in pairwise(writers)) > 3
 
 
 def test_kill_9_mid_load_keeps_every_acknowledged_publish_and_no_half(tmp_path):
@@ -160,9 +172,18 @@ def test_a_second_subscriber_of_a_group_is_refused(tmp_path):
     with pytest.raises(GroupBusy, match="already has a subscriber"):
         LocalLogSubscriber(path, "consumers")
     refused_elsewhere = subprocess.run(
-        [sys.executable, "-c", "import sys; from deploy.queue.local_log import LocalLogSubscriber as S\n"
-         "try: S(sys.argv[1], 'consumers')\nexcept Exception as e: sys.exit(type(e).__name__)", str(path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=30)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from deploy.queue.local_log import LocalLogSubscriber as S\n"
+            "try: S(sys.argv[1], 'consumers')\nexcept Exception as e: sys.exit(type(e).__name__)",
+            str(path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert refused_elsewhere.returncode == 1 and refused_elsewhere.stderr.strip() == "GroupBusy"
     other = LocalLogSubscriber(path, "other/group with odd name")  # another group is fine
     other.close()
@@ -190,8 +211,9 @@ def test_pruning_removes_what_every_group_committed_and_keeps_the_rest(tmp_path)
     b.close()
     b = LocalLogSubscriber(path, "b")
     again = b.poll(1000, 1)
-    assert sorted((m.partition, m.offset) for m in again) == \
-        [(0, o) for o in range(4, 10)] + [(2, o) for o in range(10)] + [(3, o) for o in range(10)]
+    assert sorted((m.partition, m.offset) for m in again) == [(0, o) for o in range(4, 10)] + [
+        (2, o) for o in range(10)
+    ] + [(3, o) for o in range(10)]
 
     # A partition emptied by pruning keeps counting its offsets from where it was.
     with pytest.raises(GroupBusy):  # not while a subscriber of it is open
@@ -316,7 +338,11 @@ def test_a_publisher_keeps_working_in_a_forked_child(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     pub.publish([Record(0, b"parent-2")], 5)
-    assert [m.value for m in read_all(path)] == [b"parent-1", *(b"child-%d" % i for i in range(20)), b"parent-2"]
+    assert [m.value for m in read_all(path)] == [
+        b"parent-1",
+        *(b"child-%d" % i for i in range(20)),
+        b"parent-2",
+    ]
 
 
 def test_components_choose_the_local_log_in_embedded_mode(tmp_path):

@@ -1,10 +1,11 @@
 """schemas/openapi.json: the OpenAPI 3.1 document of the FloKit events API."""
+
 from __future__ import annotations
 
 import copy
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
 
 import jsonschema
@@ -29,28 +30,43 @@ REGISTRY = Registry().with_resource(DOC_URI, Resource.from_contents(DOC, default
 SCHEMAS = DOC["components"]["schemas"]
 
 TOP_LEVEL_CODES = {
-    "missing_api_key": 401, "invalid_api_key": 401,
+    "missing_api_key": 401,
+    "invalid_api_key": 401,
     "payload_too_large": 413,
-    "unsupported_media_type": 415, "unsupported_content_encoding": 415,
-    "invalid_json": 400, "invalid_utf8": 400, "invalid_body": 400, "invalid_idempotency_key": 400,
+    "unsupported_media_type": 415,
+    "unsupported_content_encoding": 415,
+    "invalid_json": 400,
+    "invalid_utf8": 400,
+    "invalid_body": 400,
+    "invalid_idempotency_key": 400,
     "idempotency_request_in_progress": 409,
     "idempotency_key_mismatch": 422,
     "rate_limited": 429,
-    "queue_unavailable": 503, "state_unavailable": 503,
+    "queue_unavailable": 503,
+    "state_unavailable": 503,
     "no_valid_events": 400,
 }
 READINESS_CODES = {"queue_unavailable", "state_unavailable"}  # GET /readyz 503 too
 # Answered by the HTTP layer (deploy/http_handler.py) or Flask's routing, before the API's handlers.
 TRANSPORT_CODES = {"invalid_http": (400, 431), "request_timeout": (408,), "method_not_allowed": (405,)}
-ALL_CODES = (set(TOP_LEVEL_CODES) | READINESS_CODES | set(EVENT_ERROR_CODES) | set(BATCH_ERROR_CODES)
-             | set(TRANSPORT_CODES))
+ALL_CODES = (
+    set(TOP_LEVEL_CODES)
+    | READINESS_CODES
+    | set(EVENT_ERROR_CODES)
+    | set(BATCH_ERROR_CODES)
+    | set(TRANSPORT_CODES)
+)
 
 PAYWALL_VIEWED = {
     "event": "paywall_viewed",
     "anonymous_id": "dev_8f14e45f",
     "timestamp": "2024-03-15T14:22:00Z",
-    "properties": {"paywall_id": "pw_annual_v3", "offer_id": "offer_intro_50pct",
-                   "plan_ids": ["plan_annual_usd", "plan_monthly_usd"], "context": "onboarding_step_3"},
+    "properties": {
+        "paywall_id": "pw_annual_v3",
+        "offer_id": "offer_intro_50pct",
+        "plan_ids": ["plan_annual_usd", "plan_monthly_usd"],
+        "context": "onboarding_step_3",
+    },
 }
 TRIAL_STARTED = {
     "event": "trial_started",
@@ -60,20 +76,35 @@ TRIAL_STARTED = {
 }
 EVENT_ACCEPTED = {"status": "ok", "event_id": "evt_01hs4x7k9q2m8v3n5p6r7t8w9y"}
 BATCH_ACCEPTED = {
-    "status": "ok", "accepted": 1, "rejected": 1, "event_ids": ["evt_01hs4x7k9q2m8v3n5p6r7t8w9y"],
-    "errors": [{"index": 1, "error": "missing_identity",
-                "message": "user_id/anonymous_id: neither is present; send user_id or anonymous_id"}],
+    "status": "ok",
+    "accepted": 1,
+    "rejected": 1,
+    "event_ids": ["evt_01hs4x7k9q2m8v3n5p6r7t8w9y"],
+    "errors": [
+        {
+            "index": 1,
+            "error": "missing_identity",
+            "message": "user_id/anonymous_id: neither is present; send user_id or anonymous_id",
+        }
+    ],
 }
 BATCH_REJECTED = {
-    "error": "no_valid_events", "message": "none of the 2 events is valid; see errors",
-    "accepted": 0, "rejected": 2, "event_ids": [],
-    "errors": [{"index": 0, "error": "invalid_timestamp", "message": "timestamp: ..."},
-               {"index": 1, "error": "unknown_field", "message": "plan: unknown field"}],
+    "error": "no_valid_events",
+    "message": "none of the 2 events is valid; see errors",
+    "accepted": 0,
+    "rejected": 2,
+    "event_ids": [],
+    "errors": [
+        {"index": 0, "error": "invalid_timestamp", "message": "timestamp: ..."},
+        {"index": 1, "error": "unknown_field", "message": "plan: unknown field"},
+    ],
 }
 
 
 def validator_for(name: str) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator({"$ref": f"{DOC_URI}#/components/schemas/{name}"}, registry=REGISTRY)
+    return jsonschema.Draft202012Validator(
+        {"$ref": f"{DOC_URI}#/components/schemas/{name}"}, registry=REGISTRY
+    )
 
 
 def is_valid(name: str, instance: object) -> bool:
@@ -100,14 +131,19 @@ def test_document_is_valid_openapi_3_1():
 
 
 def test_schemas_are_valid_json_schema():
-    for name, schema in SCHEMAS.items():
+    for schema in SCHEMAS.values():
         jsonschema.Draft202012Validator.check_schema(schema)
 
 
 @pytest.mark.parametrize(
     "path, method",
-    [("/v1/events", "post"), ("/v1/batch/events", "post"), ("/healthz", "get"), ("/readyz", "get"),
-     ("/v1/openapi.json", "get")],
+    [
+        ("/v1/events", "post"),
+        ("/v1/batch/events", "post"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/v1/openapi.json", "get"),
+    ],
 )
 def test_every_path_exists(path, method):
     assert method in DOC["paths"][path]
@@ -118,7 +154,15 @@ def test_no_other_paths():
 
 
 def test_named_component_schemas_exist():
-    for name in ("Event", "EventAccepted", "BatchRequest", "BatchAccepted", "BatchRejected", "Error", "Health"):
+    for name in (
+        "Event",
+        "EventAccepted",
+        "BatchRequest",
+        "BatchAccepted",
+        "BatchRejected",
+        "Error",
+        "Health",
+    ):
         assert name in SCHEMAS, name
 
 
@@ -144,12 +188,16 @@ def test_post_headers_and_statuses(path):
     for bad in ("", "ключ", "a\tb", "a b", "k" * 256):
         assert not key_schema.is_valid(bad), bad
     encoding = params["Content-Encoding"]
-    assert encoding["in"] == "header" and encoding["required"] is False and "gzip" in encoding["schema"]["enum"]
+    assert (
+        encoding["in"] == "header" and encoding["required"] is False and "gzip" in encoding["schema"]["enum"]
+    )
 
     responses = {status: deref(r) for status, r in op["responses"].items()}
     assert set(responses) == {"200", "400", "401", "408", "409", "413", "415", "422", "429", "431", "503"}
     for status in ("200", "400", "409", "413", "415", "422", "429", "503"):  # every answer to an admitted key
-        assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(responses[status]["headers"])
+        assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(
+            responses[status]["headers"]
+        )
     assert all("headers" not in responses[status] for status in ("401", "408", "431"))  # before admission
     for status in ("409", "429", "503"):
         retry_after = deref(responses[status]["headers"]["Retry-After"])
@@ -157,16 +205,26 @@ def test_post_headers_and_statuses(path):
     for status in ("200", "400"):  # successes and validation failures are replayed
         assert "Idempotent-Replayed" in responses[status]["headers"]
     for status in ("401", "409", "413", "415", "422", "429", "503"):
-        assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+        assert responses[status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }
 
 
 def test_request_and_success_bodies():
     single = DOC["paths"]["/v1/events"]["post"]
     batch = DOC["paths"]["/v1/batch/events"]["post"]
-    assert single["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Event"}
-    assert batch["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/BatchRequest"}
-    assert single["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/EventAccepted"}
-    assert batch["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/BatchAccepted"}
+    assert single["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Event"
+    }
+    assert batch["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/BatchRequest"
+    }
+    assert single["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/EventAccepted"
+    }
+    assert batch["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/BatchAccepted"
+    }
     batch_400 = json.dumps(batch["responses"]["400"])
     assert "#/components/schemas/BatchRejected" in batch_400
 
@@ -242,8 +300,14 @@ def test_reference_responses_validate():
     validator_for("EventAccepted").validate(EVENT_ACCEPTED)
     validator_for("BatchAccepted").validate(BATCH_ACCEPTED)
     validator_for("BatchAccepted").validate(
-        {"status": "ok", "accepted": 2, "rejected": 0,
-         "event_ids": ["evt_01hs4x7k9q2m8v3n5p6r7t8w9y", "evt_01hs4x7k9q2m8v3n5p6r7t8w9z"], "errors": []})
+        {
+            "status": "ok",
+            "accepted": 2,
+            "rejected": 0,
+            "event_ids": ["evt_01hs4x7k9q2m8v3n5p6r7t8w9y", "evt_01hs4x7k9q2m8v3n5p6r7t8w9z"],
+            "errors": [],
+        }
+    )
     validator_for("BatchRejected").validate(BATCH_REJECTED)
     validator_for("Error").validate(BATCH_REJECTED)  # BatchRejected extends Error
 
@@ -259,7 +323,10 @@ def test_reference_responses_validate():
         ("BatchAccepted", {k: v for k, v in BATCH_ACCEPTED.items() if k != "errors"}),
         ("BatchAccepted", {**BATCH_ACCEPTED, "accepted": "1"}),
         ("BatchAccepted", {**BATCH_ACCEPTED, "errors": [{"index": 1, "error": "missing_identity"}]}),
-        ("BatchAccepted", {**BATCH_ACCEPTED, "errors": [{"index": 1, "error": "rate_limited", "message": "x"}]}),
+        (
+            "BatchAccepted",
+            {**BATCH_ACCEPTED, "errors": [{"index": 1, "error": "rate_limited", "message": "x"}]},
+        ),
         ("BatchRejected", {**BATCH_REJECTED, "error": "invalid_body"}),
         ("BatchRejected", {k: v for k, v in BATCH_REJECTED.items() if k != "errors"}),
     ],
@@ -306,7 +373,8 @@ def test_batch_request_limits():
     assert not is_valid("BatchRequest", {"events": []})
     assert not is_valid("BatchRequest", {"events": [{}] * (MAX_BATCH_EVENTS + 1)})
     assert not is_valid("BatchRequest", {"events": [PAYWALL_VIEWED], "extra": 1})
-    # Each element is an Event (the server still takes the valid ones of a batch, and says so in its description).
+    # Each element is an Event (the server still takes the valid ones of
+    # a batch, and says so in its description).
     assert batch["items"] == {"$ref": "#/components/schemas/Event"}
     assert not is_valid("BatchRequest", {"events": [PAYWALL_VIEWED, {"event": "no timestamp"}]})
     assert "still a 200" in SCHEMAS["BatchRequest"]["description"]
@@ -318,8 +386,13 @@ def test_event_schema_matches_the_validator():
     assert set(event["properties"]) == {"event", "user_id", "anonymous_id", "timestamp", "properties"}
     assert event["properties"]["event"]["pattern"] == "^[a-z][a-z0-9_]{0,63}$"
     documented = event["properties"]["properties"]["properties"]
-    expected_json_types = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean",
-                           "string[]": "array"}
+    expected_json_types = {
+        "string": "string",
+        "integer": "integer",
+        "number": "number",
+        "boolean": "boolean",
+        "string[]": "array",
+    }
     assert set(documented) == set(PROPERTY_TYPES)
     for name, type_name in PROPERTY_TYPES.items():
         assert documented[name]["type"] == [expected_json_types[type_name], "null"], name
@@ -337,8 +410,9 @@ def test_event_schema_matches_the_validator():
 
 def server_accepts(**fields) -> bool:
     try:
-        EventValidator().validate({"event": "paywall_viewed", "user_id": "usr_1", "timestamp": "2024-03-15T14:22:00Z",
-                                   **fields})
+        EventValidator().validate(
+            {"event": "paywall_viewed", "user_id": "usr_1", "timestamp": "2024-03-15T14:22:00Z", **fields}
+        )
         return True
     except EventInvalid:
         return False
@@ -373,20 +447,42 @@ def test_timestamp_pattern(timestamp, in_pattern):
 
 
 def test_timestamp_pattern_admits_now_and_tomorrow():
-    """The pattern's years end at 2029 (so that generated timestamps stay near the accepted window): this fails
-    when they must be extended."""
-    now = datetime.now(timezone.utc)
+    """The pattern's years end at 2029 (so that generated timestamps stay near the accepted window): this
+    fails when they must be extended."""
+    now = datetime.now(UTC)
     for moment in (now, now + timedelta(hours=23)):
-        for timestamp in (moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                          moment.astimezone(timezone(timedelta(hours=-7))).isoformat(timespec="milliseconds")):
-            assert admitted("timestamp", timestamp), f"{timestamp}: extend the years of Event.timestamp's pattern"
+        for timestamp in (
+            moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            moment.astimezone(timezone(timedelta(hours=-7))).isoformat(timespec="milliseconds"),
+        ):
+            assert admitted("timestamp", timestamp), (
+                f"{timestamp}: extend the years of Event.timestamp's pattern"
+            )
             assert server_accepts(timestamp=timestamp)
 
 
 @pytest.mark.parametrize(
     "value",
-    ["u", "usr_42", " u ", "\u00a0u\u3000", "é" * 256, "  " + "x" * 256 + "  ", "a b", "x" * 257, "", "   ",
-     "\u00a0", "u\x00", "\tu", "\nu", "u\x7f", "u\x85", "u\x9f", "\u2028u"],
+    [
+        "u",
+        "usr_42",
+        " u ",
+        "\u00a0u\u3000",
+        "é" * 256,
+        "  " + "x" * 256 + "  ",
+        "a b",
+        "x" * 257,
+        "",
+        "   ",
+        "\u00a0",
+        "u\x00",
+        "\tu",
+        "\nu",
+        "u\x7f",
+        "u\x85",
+        "u\x9f",
+        "\u2028u",
+    ],
 )
 def test_identity_pattern_is_the_validator(value):
     """user_id / anonymous_id: 1 to 256 characters once whitespace is stripped, no control character. (Not a
@@ -399,7 +495,7 @@ def test_integer_properties_are_64_bit():
     documented = SCHEMAS["Event"]["properties"]["properties"]["properties"]
     for name, type_name in PROPERTY_TYPES.items():
         if type_name == "integer":
-            assert (documented[name]["minimum"], documented[name]["maximum"]) == (-2**63, 2**63 - 1), name
+            assert (documented[name]["minimum"], documented[name]["maximum"]) == (-(2**63), 2**63 - 1), name
     assert is_valid("Event", {**TRIAL_STARTED, "properties": {"trial_length_days": 2**63 - 1}})
     assert not is_valid("Event", {**TRIAL_STARTED, "properties": {"trial_length_days": 2**63}})
 
@@ -422,7 +518,9 @@ def test_embedded_examples_validate_against_their_schemas():
             for schema, examples in bodies:
                 for example in examples.values():
                     ref = schema["$ref"]
-                    jsonschema.Draft202012Validator({"$ref": DOC_URI + ref}, registry=REGISTRY).validate(example["value"])
+                    jsonschema.Draft202012Validator({"$ref": DOC_URI + ref}, registry=REGISTRY).validate(
+                        example["value"]
+                    )
                     checked += 1
     assert checked >= 10
 

@@ -6,6 +6,7 @@ Consumer-group membership between several Kafka subscribers is the consumer's
 tests' business, beyond how revocation is delivered (the last test); elsewhere
 every group has one member at a time.
 """
+
 from __future__ import annotations
 
 import threading
@@ -70,13 +71,21 @@ def backend(request, tmp_path):
         topic = unique("contract")
         create_topics(bootstrap, {topic: PARTITIONS})
         large = request.param == "kafka large reads"
-        b = Backend("kafka", lambda: KafkaPublisher(bootstrap, topic, 10),
-                    lambda group, on_revoke: KafkaSubscriber(bootstrap, topic, group, on_revoke=on_revoke,
-                                                             large_reads=large), large)
+        b = Backend(
+            "kafka",
+            lambda: KafkaPublisher(bootstrap, topic, 10),
+            lambda group, on_revoke: KafkaSubscriber(
+                bootstrap, topic, group, on_revoke=on_revoke, large_reads=large
+            ),
+            large,
+        )
     else:
         path = tmp_path / "queue.sqlite3"
-        b = Backend("local", lambda: LocalLogPublisher(path, PARTITIONS, 5),
-                    lambda group, on_revoke: LocalLogSubscriber(path, group, on_revoke))
+        b = Backend(
+            "local",
+            lambda: LocalLogPublisher(path, PARTITIONS, 5),
+            lambda group, on_revoke: LocalLogSubscriber(path, group, on_revoke),
+        )
     yield b
     b.close_all()
     kafka_recv.use_large_reads(False)
@@ -168,7 +177,10 @@ def test_commit_then_a_new_member_resumes_after_the_committed_offsets(backend):
     second = backend.subscriber(group)
     resumed = by_partition(drain(second, expected=7 + 10 + 3))
     assert {p: [m.offset for m in ms] for p, ms in resumed.items()} == {
-        0: list(range(3, 10)), 1: list(range(10)), 3: list(range(7, 10))}
+        0: list(range(3, 10)),
+        1: list(range(10)),
+        3: list(range(7, 10)),
+    }
     assert [m.value for m in resumed[0]] == expected[0][3:]
     assert [m.value for m in resumed[1]] == expected[1]
 
@@ -233,7 +245,10 @@ def test_publishing_from_many_threads_loses_and_duplicates_nothing(backend):
         try:
             for i in range(calls):
                 # 1 to 3 records per call, over different partitions.
-                pub.publish([Record((t + i + j) % PARTITIONS, b"t%d-c%d-r%d" % (t, i, j)) for j in range(1 + i % 3)], 10)
+                pub.publish(
+                    [Record((t + i + j) % PARTITIONS, b"t%d-c%d-r%d" % (t, i, j)) for j in range(1 + i % 3)],
+                    10,
+                )
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
@@ -248,8 +263,9 @@ def test_publishing_from_many_threads_loses_and_duplicates_nothing(backend):
     got = drain(backend.subscriber(unique("g")), expected=total)
     values = [m.value for m in got]
     assert len(values) == total and len(set(values)) == total
-    assert set(values) == {b"t%d-c%d-r%d" % (t, i, j)
-                           for t in range(threads) for i in range(calls) for j in range(1 + i % 3)}
+    assert set(values) == {
+        b"t%d-c%d-r%d" % (t, i, j) for t in range(threads) for i in range(calls) for j in range(1 + i % 3)
+    }
     for p, messages in by_partition(got).items():
         assert [m.offset for m in messages] == list(range(len(messages)))
         # Each thread's calls follow one another, so its records keep their order in the partition.
@@ -284,9 +300,9 @@ def test_at_end_once_every_partition_is_read_to_its_end(backend):
 
 
 def test_revocation_is_delivered_as_the_interface_says(backend):
-    """schemas.queue.Subscriber: a second member of the group either takes partitions away from the first, which
-    hears of it through on_revoke before the second reads them (Kafka), or is refused because the queue is
-    exclusive (the local log: its one member owns every partition and never hears of a revocation)."""
+    """schemas.queue.Subscriber: a second member of the group either takes partitions away from the first,
+    which hears of it through on_revoke before the second reads them (Kafka), or is refused because the queue
+    is exclusive (the local log: its one member owns every partition and never hears of a revocation)."""
     pub = backend.publisher()
     group, revoked = unique("g"), []
     first = backend.subscriber(group, on_revoke=revoked.append)
@@ -306,8 +322,12 @@ def test_revocation_is_delivered_as_the_interface_says(backend):
     joined.start()
     try:
         deadline = time.monotonic() + 60
-        while not (second.assignment() and first.assignment() and not first.assignment() & second.assignment()
-                   and first.assignment() | second.assignment() == set(range(PARTITIONS))):
+        while not (
+            second.assignment()
+            and first.assignment()
+            and not first.assignment() & second.assignment()
+            and first.assignment() | second.assignment() == set(range(PARTITIONS))
+        ):
             assert time.monotonic() < deadline, (first.assignment(), second.assignment(), revoked)
             first.poll(100, 0.2)
     finally:

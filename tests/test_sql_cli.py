@@ -2,6 +2,7 @@
 
 The `table` output is ClickHouse's PrettyCompact (deploy/sql_cli.py): these tests check what flokit sql asks
 of it (the values, rows and widths shown, the empty result), not ClickHouse's drawing."""
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,15 @@ def env(tmp_path_factory):
 
 
 def flokit_sql(env, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy.cli", "sql", *args], cwd=ROOT, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "sql", *args],
+        cwd=ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def ok(done: subprocess.CompletedProcess) -> str:
@@ -44,8 +52,10 @@ def ok(done: subprocess.CompletedProcess) -> str:
     return done.stdout
 
 
-TWO_EVENTS = ("SELECT event_id, event, user_id, plan_ids, price, timestamp FROM events_deduped "
-              "WHERE workspace = 'acme' AND event_id IN ('evt_a1', 'evt_a2') ORDER BY event_id")
+TWO_EVENTS = (
+    "SELECT event_id, event, user_id, plan_ids, price, timestamp FROM events_deduped "
+    "WHERE workspace = 'acme' AND event_id IN ('evt_a1', 'evt_a2') ORDER BY event_id"
+)
 
 
 def cells(line: str) -> list[str]:
@@ -56,11 +66,30 @@ def cells(line: str) -> list[str]:
 def test_table_output(env):
     lines = ok(flokit_sql(env, TWO_EVENTS)).splitlines()
     assert len(lines) == 4 and lines[0].startswith("┌─event_id─") and lines[-1].startswith("└")
-    assert [name.strip("─") for name in lines[0].strip("┌┐").split("┬")] == \
-        ["event_id", "event", "user_id", "plan_ids", "price", "timestamp"]
-    assert cells(lines[1]) == ["evt_a1", "paywall_viewed", "ᴺᵁᴸᴸ", "['plan_annual','plan_monthly']", "ᴺᵁᴸᴸ",
-                               "2024-03-01 10:00:00.000"]
-    assert cells(lines[2]) == ["evt_a2", "trial_started", "usr_alice", "[]", "59.99", "2024-03-01 10:02:00.000"]
+    assert [name.strip("─") for name in lines[0].strip("┌┐").split("┬")] == [
+        "event_id",
+        "event",
+        "user_id",
+        "plan_ids",
+        "price",
+        "timestamp",
+    ]
+    assert cells(lines[1]) == [
+        "evt_a1",
+        "paywall_viewed",
+        "ᴺᵁᴸᴸ",
+        "['plan_annual','plan_monthly']",
+        "ᴺᵁᴸᴸ",
+        "2024-03-01 10:00:00.000",
+    ]
+    assert cells(lines[2]) == [
+        "evt_a2",
+        "trial_started",
+        "usr_alice",
+        "[]",
+        "59.99",
+        "2024-03-01 10:02:00.000",
+    ]
     assert len({len(line) for line in lines}) == 1  # one block: every row lines up
     assert "\x1b[" not in "".join(lines)  # no colours when the output is not a terminal
 
@@ -88,8 +117,9 @@ def test_statements_the_embedded_warehouse_cannot_stream(env):
     tables = ok(flokit_sql(env, "SHOW TABLES")).splitlines()
     assert tables[0].startswith("┌─name─") and ["events_resolved"] in [cells(line) for line in tables]
     assert sum(line.startswith("│") for line in tables) == 9
-    assert {"name": "paywall_funnel"} in [json.loads(line) for line in
-                                          ok(flokit_sql(env, "-f", "jsonl", "SHOW TABLES")).splitlines()]
+    assert {"name": "paywall_funnel"} in [
+        json.loads(line) for line in ok(flokit_sql(env, "-f", "jsonl", "SHOW TABLES")).splitlines()
+    ]
 
 
 def test_csv_tsv_json_jsonl(env):
@@ -116,7 +146,9 @@ def test_clickhouse_formats_pass_through(env):
 
 
 def test_query_from_stdin(env):
-    out = ok(flokit_sql(env, "-", stdin="SELECT count() AS n FROM events_deduped WHERE workspace = 'acme';\n"))
+    out = ok(
+        flokit_sql(env, "-", stdin="SELECT count() AS n FROM events_deduped WHERE workspace = 'acme';\n")
+    )
     assert cells(out.splitlines()[1]) == ["29"]
     # No argument at all also reads stdin when it is not a terminal.
     assert ok(flokit_sql(env, "-f", "csv", stdin="SELECT 2 AS two")) == '"two"\n2\n'
@@ -150,7 +182,9 @@ def test_unreachable_warehouse(env):
     done = flokit_sql({**env, "FLOKIT_CLICKHOUSE_URL": url}, "SELECT 1")
     assert done.returncode == 1 and done.stdout == ""
     assert f"cannot reach the warehouse at http://analyst:***@127.0.0.1:{port}" in done.stderr
-    assert "flokit warehouse" in done.stderr and "secret" not in done.stderr and "Traceback" not in done.stderr
+    assert (
+        "flokit warehouse" in done.stderr and "secret" not in done.stderr and "Traceback" not in done.stderr
+    )
 
 
 def test_usage_errors_exit_2(env):

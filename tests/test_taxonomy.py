@@ -1,4 +1,5 @@
 """schemas/taxonomy.toml and schemas.taxonomy: the event taxonomy as data."""
+
 from __future__ import annotations
 
 import configparser
@@ -12,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from schemas import taxonomy
-from schemas.taxonomy import EVENTS, PROPERTY_TYPES, TYPES, EventSpec, PropertySpec, TaxonomyError, matches_type
+from schemas.taxonomy import (
+    EVENTS,
+    PROPERTY_TYPES,
+    TYPES,
+    EventSpec,
+    PropertySpec,
+    TaxonomyError,
+    matches_type,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = tomllib.loads((ROOT / "schemas" / "taxonomy.toml").read_text(encoding="utf-8"))
@@ -20,13 +29,29 @@ SNAKE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 # The paywall and subscription lifecycle the product analyses.
 LIFECYCLE = [
-    "paywall_viewed", "paywall_dismissed",
-    "purchase_started", "purchase_completed", "purchase_failed", "purchase_cancelled", "purchase_restored",
-    "trial_started", "trial_converted", "trial_cancelled", "trial_expired",
-    "subscription_started", "subscription_renewed", "subscription_cancelled", "subscription_reactivated",
-    "subscription_expired", "subscription_upgraded", "subscription_downgraded", "subscription_paused",
+    "paywall_viewed",
+    "paywall_dismissed",
+    "purchase_started",
+    "purchase_completed",
+    "purchase_failed",
+    "purchase_cancelled",
+    "purchase_restored",
+    "trial_started",
+    "trial_converted",
+    "trial_cancelled",
+    "trial_expired",
+    "subscription_started",
+    "subscription_renewed",
+    "subscription_cancelled",
+    "subscription_reactivated",
+    "subscription_expired",
+    "subscription_upgraded",
+    "subscription_downgraded",
+    "subscription_paused",
     "subscription_resumed",
-    "billing_issue_detected", "billing_issue_resolved", "refund_issued",
+    "billing_issue_detected",
+    "billing_issue_resolved",
+    "refund_issued",
 ]
 
 # Reference examples from the API reference.
@@ -41,10 +66,22 @@ REFERENCE_PROPERTIES = {
 }
 
 COMMON_TYPES = {
-    "paywall_id": "string", "offer_id": "string", "plan_id": "string", "plan_ids": "string[]",
-    "context": "string", "placement": "string", "price": "number", "currency": "string",
-    "trial_length_days": "integer", "period": "string", "store": "string", "transaction_id": "string",
-    "original_transaction_id": "string", "reason": "string", "revenue": "number", "is_trial": "boolean",
+    "paywall_id": "string",
+    "offer_id": "string",
+    "plan_id": "string",
+    "plan_ids": "string[]",
+    "context": "string",
+    "placement": "string",
+    "price": "number",
+    "currency": "string",
+    "trial_length_days": "integer",
+    "period": "string",
+    "store": "string",
+    "transaction_id": "string",
+    "original_transaction_id": "string",
+    "reason": "string",
+    "revenue": "number",
+    "is_trial": "boolean",
 }
 
 
@@ -64,7 +101,10 @@ def test_loaded_structure_matches_the_toml():
         for pname, pspec in spec.properties.items():
             assert isinstance(pspec, PropertySpec)
             assert (pspec.name, pspec.type, pspec.description) == (
-                pname, raw["properties"][pname]["type"], raw["properties"][pname]["description"])
+                pname,
+                raw["properties"][pname]["type"],
+                raw["properties"][pname]["description"],
+            )
 
 
 def test_every_event_has_a_one_line_description_and_properties():
@@ -114,9 +154,16 @@ def test_reference_examples_properties_type_check():
     "type_name, good, bad",
     [
         ("string", ["", "x"], [1, 1.5, True, None, ["x"], {}]),
-        ("integer", [0, -3, 7, 2**63 - 1, -2**63], [7.0, 7.5, True, False, "7", None, [7], 2**63, 2**64 - 1]),
-        ("number", [0, 7, 7.5, -1e9, 2**64 - 1, 1.7976931348623157e308],
-         [True, "7.5", None, [7.5], float("nan"), float("inf"), float("-inf")]),
+        (
+            "integer",
+            [0, -3, 7, 2**63 - 1, -(2**63)],
+            [7.0, 7.5, True, False, "7", None, [7], 2**63, 2**64 - 1],
+        ),
+        (
+            "number",
+            [0, 7, 7.5, -1e9, 2**64 - 1, 1.7976931348623157e308],
+            [True, "7.5", None, [7.5], float("nan"), float("inf"), float("-inf")],
+        ),
         ("boolean", [True, False], [0, 1, "true", None]),
         ("string[]", [[], ["a"], ["a", "b"]], ["a", ["a", 1], [None], [["a"]], ("a",), None]),
     ],
@@ -152,12 +199,17 @@ LOADER_ERRORS = [
     ("version = 1\n", "no [events"),
     ('[events.BadName]\ndescription = "x"\n', "snake_case"),
     ('[events.a]\ndescription = ""\n', "description"),
-    ('[events.a]\ndescription = "x"\n[events.a.properties]\np = { type = "float", description = "d" }\n', "float"),
+    (
+        '[events.a]\ndescription = "x"\n[events.a.properties]\np = { type = "float", description = "d" }\n',
+        "float",
+    ),
     ('[events.a]\ndescription = "x"\n[events.a.properties]\np = { type = "string" }\n', "description"),
     ('[events.a]\ndescription = "x"\nextra = 1\n', "only"),
     (
-        '[events.a]\ndescription = "x"\n[events.a.properties]\nprice = { type = "number", description = "d" }\n'
-        '[events.b]\ndescription = "y"\n[events.b.properties]\nprice = { type = "string", description = "d" }\n',
+        '[events.a]\ndescription = "x"\n[events.a.properties]\n'
+        'price = { type = "number", description = "d" }\n'
+        '[events.b]\ndescription = "y"\n[events.b.properties]\n'
+        'price = { type = "string", description = "d" }\n',
         "conflicts",
     ),
 ]
@@ -170,7 +222,9 @@ def test_loader_rejects_malformed_taxonomies(text, message):
 
 
 def test_loader_accepts_a_minimal_taxonomy():
-    events, types = taxonomy.load('[events.a]\ndescription = "x"\n[events.a.properties]\nn = { type = "integer", description = "d" }\n')
+    events, types = taxonomy.load(
+        '[events.a]\ndescription = "x"\n[events.a.properties]\nn = { type = "integer", description = "d" }\n'
+    )
     assert events["a"].properties["n"].type == "integer"
     assert dict(types) == {"n": "integer"}
 

@@ -2,10 +2,11 @@
 warehouse: migrations, row builders, deduplication before any merge, identity resolution.
 
 The seeded world below (seed_world) is shared with tests/test_analytics_docs.py and tests/test_sql_cli.py;
-it is inserted the way the consumer inserts: envelope lines through event_row, and link_document, through the consumer's own
-BatchWriter (clickhouse-connect, JSONEachRow), with insert_deduplication_token, merges stopped so every
-duplicate is physically present.
+it is inserted the way the consumer inserts: envelope lines through event_row, and link_document, through the
+consumer's own BatchWriter (clickhouse-connect, JSONEachRow), with insert_deduplication_token, merges stopped
+so every duplicate is physically present.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,105 +14,379 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
-from deploy.settings import Settings
-from schemas import envelope, warehouse
-from schemas.migrations import (
-    Migration, MigrationError, Topology, apply_migrations, bootstrap_statements, load_migrations, render, render_all,
-)
-from schemas.taxonomy import PROPERTY_TYPES
 from consumer.identity import resolve_links
 from consumer.writer import BatchWriter
 from deploy import clickhouse
 from deploy.clickhouse import migrate_main
+from deploy.settings import Settings
+from schemas import envelope, warehouse
+from schemas.migrations import (
+    Migration,
+    MigrationError,
+    Topology,
+    apply_migrations,
+    bootstrap_statements,
+    load_migrations,
+    render,
+    render_all,
+)
+from schemas.taxonomy import PROPERTY_TYPES
 from schemas.warehouse import EVENT_COLUMNS, LINK_COLUMNS, event_row, link_document
 
 from .warehouse_process import start_warehouse, stop_warehouse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-UTC = timezone.utc
+UTC = UTC
 RECEIVED_AT = "2024-04-10T11:59:59.000Z"
 
 
 # -- the seeded world --------------------------------------------------------------------------------------
 
-def ev(event_id: str, name: str, ts: str, *, user: str | None = None, anon: str | None = None, **props) -> dict:
+
+def ev(
+    event_id: str, name: str, ts: str, *, user: str | None = None, anon: str | None = None, **props
+) -> dict:
     """A validated event as the consumer gets it from an envelope. ts: 'MM-DD HH:MM' in 2024."""
     month_day, hour_minute = ts.split()
-    return {"event_id": f"evt_{event_id}", "event": name, "user_id": user, "anonymous_id": anon,
-            "timestamp": f"2024-{month_day}T{hour_minute}:00.000Z", "properties": props}
+    return {
+        "event_id": f"evt_{event_id}",
+        "event": name,
+        "user_id": user,
+        "anonymous_id": anon,
+        "timestamp": f"2024-{month_day}T{hour_minute}:00.000Z",
+        "properties": props,
+    }
 
 
 ANNUAL, MONTHLY = "plan_annual", "plan_monthly"
 # (workspace, event, linked_user_id the consumer stamped at ingest)
 WORLD: list[tuple[str, dict, str | None]] = [
     # Alice: anonymous on her phone (dev_a), logs in starting a trial, converts; later her tablet (dev_a2).
-    ("acme", ev("a1", "paywall_viewed", "03-01 10:00", anon="dev_a", paywall_id="pw_onboarding",
-                offer_id="offer_intro", plan_ids=[ANNUAL, MONTHLY], placement="onboarding"), None),
-    ("acme", ev("a2", "trial_started", "03-01 10:02", user="usr_alice", anon="dev_a", plan_id=ANNUAL,
-                offer_id="offer_intro", paywall_id="pw_onboarding", trial_length_days=7, price=59.99,
-                currency="USD"), None),
-    ("acme", ev("a3", "paywall_dismissed", "03-02 08:00", anon="dev_a", paywall_id="pw_settings"), "usr_alice"),
-    ("acme", ev("a4", "trial_converted", "03-08 10:02", user="usr_alice", plan_id=ANNUAL, revenue=59.99,
-                price=59.99, currency="USD"), None),
-    ("acme", ev("a5", "paywall_viewed", "03-10 12:00", anon="dev_a2", paywall_id="pw_settings",
-                plan_ids=[ANNUAL]), None),
+    (
+        "acme",
+        ev(
+            "a1",
+            "paywall_viewed",
+            "03-01 10:00",
+            anon="dev_a",
+            paywall_id="pw_onboarding",
+            offer_id="offer_intro",
+            plan_ids=[ANNUAL, MONTHLY],
+            placement="onboarding",
+        ),
+        None,
+    ),
+    (
+        "acme",
+        ev(
+            "a2",
+            "trial_started",
+            "03-01 10:02",
+            user="usr_alice",
+            anon="dev_a",
+            plan_id=ANNUAL,
+            offer_id="offer_intro",
+            paywall_id="pw_onboarding",
+            trial_length_days=7,
+            price=59.99,
+            currency="USD",
+        ),
+        None,
+    ),
+    (
+        "acme",
+        ev("a3", "paywall_dismissed", "03-02 08:00", anon="dev_a", paywall_id="pw_settings"),
+        "usr_alice",
+    ),
+    (
+        "acme",
+        ev(
+            "a4",
+            "trial_converted",
+            "03-08 10:02",
+            user="usr_alice",
+            plan_id=ANNUAL,
+            revenue=59.99,
+            price=59.99,
+            currency="USD",
+        ),
+        None,
+    ),
+    (
+        "acme",
+        ev("a5", "paywall_viewed", "03-10 12:00", anon="dev_a2", paywall_id="pw_settings", plan_ids=[ANNUAL]),
+        None,
+    ),
     ("acme", ev("a6", "app_opened", "03-10 12:05", user="usr_alice", anon="dev_a2"), None),
     # Bob: trial of the monthly plan expires, then he subscribes anyway.
-    ("acme", ev("b1", "paywall_viewed", "03-02 09:00", anon="dev_b", paywall_id="pw_onboarding",
-                offer_id="offer_intro", plan_ids=[ANNUAL, MONTHLY]), None),
-    ("acme", ev("b2", "trial_started", "03-02 09:03", user="usr_bob", anon="dev_b", plan_id=MONTHLY,
-                offer_id="offer_intro", trial_length_days=7), None),
+    (
+        "acme",
+        ev(
+            "b1",
+            "paywall_viewed",
+            "03-02 09:00",
+            anon="dev_b",
+            paywall_id="pw_onboarding",
+            offer_id="offer_intro",
+            plan_ids=[ANNUAL, MONTHLY],
+        ),
+        None,
+    ),
+    (
+        "acme",
+        ev(
+            "b2",
+            "trial_started",
+            "03-02 09:03",
+            user="usr_bob",
+            anon="dev_b",
+            plan_id=MONTHLY,
+            offer_id="offer_intro",
+            trial_length_days=7,
+        ),
+        None,
+    ),
     ("acme", ev("b3", "trial_expired", "03-09 09:03", user="usr_bob", plan_id=MONTHLY), None),
-    ("acme", ev("b4", "subscription_started", "03-12 10:00", user="usr_bob", plan_id=MONTHLY, revenue=9.99,
-                price=9.99, currency="USD"), None),
+    (
+        "acme",
+        ev(
+            "b4",
+            "subscription_started",
+            "03-12 10:00",
+            user="usr_bob",
+            plan_id=MONTHLY,
+            revenue=9.99,
+            price=9.99,
+            currency="USD",
+        ),
+        None,
+    ),
     # Carol: buys the monthly plan straight away (no trial), renews in April.
-    ("acme", ev("c1", "paywall_viewed", "03-03 15:00", anon="dev_c", paywall_id="pw_onboarding",
-                plan_ids=[ANNUAL, MONTHLY]), None),
-    ("acme", ev("c2", "subscription_started", "03-03 15:01", user="usr_carol", anon="dev_c", plan_id=MONTHLY,
-                revenue=9.99, price=9.99, currency="USD"), None),
-    ("acme", ev("c3", "subscription_renewed", "04-03 15:01", user="usr_carol", plan_id=MONTHLY, revenue=9.99,
-                currency="USD", renewal_number=1), None),
+    (
+        "acme",
+        ev(
+            "c1",
+            "paywall_viewed",
+            "03-03 15:00",
+            anon="dev_c",
+            paywall_id="pw_onboarding",
+            plan_ids=[ANNUAL, MONTHLY],
+        ),
+        None,
+    ),
+    (
+        "acme",
+        ev(
+            "c2",
+            "subscription_started",
+            "03-03 15:01",
+            user="usr_carol",
+            anon="dev_c",
+            plan_id=MONTHLY,
+            revenue=9.99,
+            price=9.99,
+            currency="USD",
+        ),
+        None,
+    ),
+    (
+        "acme",
+        ev(
+            "c3",
+            "subscription_renewed",
+            "04-03 15:01",
+            user="usr_carol",
+            plan_id=MONTHLY,
+            revenue=9.99,
+            currency="USD",
+            renewal_number=1,
+        ),
+        None,
+    ),
     # Dave: never logs in.
-    ("acme", ev("d1", "paywall_viewed", "03-04 11:00", anon="dev_d", paywall_id="pw_onboarding",
-                offer_id="offer_winback", plan_ids=[ANNUAL]), None),
+    (
+        "acme",
+        ev(
+            "d1",
+            "paywall_viewed",
+            "03-04 11:00",
+            anon="dev_d",
+            paywall_id="pw_onboarding",
+            offer_id="offer_winback",
+            plan_ids=[ANNUAL],
+        ),
+        None,
+    ),
     ("acme", ev("d2", "paywall_dismissed", "03-04 11:01", anon="dev_d", paywall_id="pw_onboarding"), None),
     # A shared device: Erin logs in first, Frank later (the identity conflict). The consumer saw Frank's link
     # first (Erin's event arrived late) and stamped him on s2; the warehouse's policy says Erin.
-    ("acme", ev("s1", "paywall_viewed", "03-05 09:00", anon="dev_shared", paywall_id="pw_onboarding",
-                offer_id="offer_intro", plan_ids=[ANNUAL]), None),
-    ("acme", ev("e1", "trial_started", "03-05 09:10", user="usr_erin", anon="dev_shared", plan_id=ANNUAL,
-                offer_id="offer_intro", trial_length_days=7), None),
-    ("acme", ev("f1", "paywall_viewed", "03-06 20:00", user="usr_frank", anon="dev_shared",
-                paywall_id="pw_settings", offer_id="offer_winback", plan_ids=[MONTHLY]), None),
-    ("acme", ev("s2", "paywall_dismissed", "03-06 20:05", anon="dev_shared", paywall_id="pw_settings"), "usr_frank"),
-    ("acme", ev("f2", "subscription_started", "03-06 20:10", user="usr_frank", plan_id=MONTHLY,
-                offer_id="offer_winback", revenue=4.99, currency="USD"), None),
-    ("acme", ev("e2", "trial_converted", "03-12 09:10", user="usr_erin", plan_id=ANNUAL, revenue=59.99,
-                currency="USD"), None),
-    ("acme", ev("f3", "refund_issued", "03-15 12:00", user="usr_frank", plan_id=MONTHLY, revenue=-4.99,
-                currency="USD", reason="customer_request"), None),
+    (
+        "acme",
+        ev(
+            "s1",
+            "paywall_viewed",
+            "03-05 09:00",
+            anon="dev_shared",
+            paywall_id="pw_onboarding",
+            offer_id="offer_intro",
+            plan_ids=[ANNUAL],
+        ),
+        None,
+    ),
+    (
+        "acme",
+        ev(
+            "e1",
+            "trial_started",
+            "03-05 09:10",
+            user="usr_erin",
+            anon="dev_shared",
+            plan_id=ANNUAL,
+            offer_id="offer_intro",
+            trial_length_days=7,
+        ),
+        None,
+    ),
+    (
+        "acme",
+        ev(
+            "f1",
+            "paywall_viewed",
+            "03-06 20:00",
+            user="usr_frank",
+            anon="dev_shared",
+            paywall_id="pw_settings",
+            offer_id="offer_winback",
+            plan_ids=[MONTHLY],
+        ),
+        None,
+    ),
+    (
+        "acme",
+        ev("s2", "paywall_dismissed", "03-06 20:05", anon="dev_shared", paywall_id="pw_settings"),
+        "usr_frank",
+    ),
+    (
+        "acme",
+        ev(
+            "f2",
+            "subscription_started",
+            "03-06 20:10",
+            user="usr_frank",
+            plan_id=MONTHLY,
+            offer_id="offer_winback",
+            revenue=4.99,
+            currency="USD",
+        ),
+        None,
+    ),
+    (
+        "acme",
+        ev(
+            "e2",
+            "trial_converted",
+            "03-12 09:10",
+            user="usr_erin",
+            plan_id=ANNUAL,
+            revenue=59.99,
+            currency="USD",
+        ),
+        None,
+    ),
+    (
+        "acme",
+        ev(
+            "f3",
+            "refund_issued",
+            "03-15 12:00",
+            user="usr_frank",
+            plan_id=MONTHLY,
+            revenue=-4.99,
+            currency="USD",
+            reason="customer_request",
+        ),
+        None,
+    ),
     # Grace: a 14-day trial; converts just outside a 14-day funnel window.
-    ("acme", ev("g1", "paywall_viewed", "03-01 08:00", anon="dev_g", offer_id="offer_intro", plan_ids=[ANNUAL]), None),
-    ("acme", ev("g2", "trial_started", "03-01 08:05", user="usr_grace", anon="dev_g", plan_id=ANNUAL,
-                offer_id="offer_intro", trial_length_days=14), None),
-    ("acme", ev("g3", "trial_converted", "03-15 08:05", user="usr_grace", plan_id=ANNUAL, revenue=59.99,
-                currency="USD"), None),
+    (
+        "acme",
+        ev("g1", "paywall_viewed", "03-01 08:00", anon="dev_g", offer_id="offer_intro", plan_ids=[ANNUAL]),
+        None,
+    ),
+    (
+        "acme",
+        ev(
+            "g2",
+            "trial_started",
+            "03-01 08:05",
+            user="usr_grace",
+            anon="dev_g",
+            plan_id=ANNUAL,
+            offer_id="offer_intro",
+            trial_length_days=14,
+        ),
+        None,
+    ),
+    (
+        "acme",
+        ev(
+            "g3",
+            "trial_converted",
+            "03-15 08:05",
+            user="usr_grace",
+            plan_id=ANNUAL,
+            revenue=59.99,
+            currency="USD",
+        ),
+        None,
+    ),
     # Heidi: cancels her trial.
-    ("acme", ev("h1", "paywall_viewed", "03-20 10:00", anon="dev_h", offer_id="offer_intro", plan_ids=[ANNUAL]), None),
-    ("acme", ev("h2", "trial_started", "03-20 10:01", user="usr_heidi", anon="dev_h", plan_id=ANNUAL,
-                offer_id="offer_intro", trial_length_days=7), None),
+    (
+        "acme",
+        ev("h1", "paywall_viewed", "03-20 10:00", anon="dev_h", offer_id="offer_intro", plan_ids=[ANNUAL]),
+        None,
+    ),
+    (
+        "acme",
+        ev(
+            "h2",
+            "trial_started",
+            "03-20 10:01",
+            user="usr_heidi",
+            anon="dev_h",
+            plan_id=ANNUAL,
+            offer_id="offer_intro",
+            trial_length_days=7,
+        ),
+        None,
+    ),
     ("acme", ev("h3", "trial_cancelled", "03-22 10:00", user="usr_heidi", plan_id=ANNUAL), None),
-    # An anonymous event whose link only the consumer knew (no identity_links row): linked_user_id is the fallback.
+    # An anonymous event whose link only the consumer knew (no
+    # identity_links row): linked_user_id is the fallback.
     ("acme", ev("l1", "app_opened", "03-25 10:00", anon="dev_legacy"), "usr_legacy"),
     # Another workspace using the same anonymous id, linked earlier to another user: must not leak into acme.
-    ("globex", ev("x1", "paywall_viewed", "03-05 09:00", anon="dev_shared", offer_id="offer_intro",
-                  plan_ids=[ANNUAL]), None),
-    ("globex", ev("x2", "trial_started", "03-04 09:00", user="usr_zed", anon="dev_shared", plan_id=ANNUAL), None),
+    (
+        "globex",
+        ev(
+            "x1",
+            "paywall_viewed",
+            "03-05 09:00",
+            anon="dev_shared",
+            offer_id="offer_intro",
+            plan_ids=[ANNUAL],
+        ),
+        None,
+    ),
+    (
+        "globex",
+        ev("x2", "trial_started", "03-04 09:00", user="usr_zed", anon="dev_shared", plan_id=ANNUAL),
+        None,
+    ),
 ]
 # Delivered twice by the queue (a redelivery after a consumer crash): inserted again in a later batch.
 REDELIVERED = ("evt_a2", "evt_a4", "evt_e1")
@@ -132,9 +407,14 @@ def event_rows(items) -> bytes:
 def insert_batch(client, database: str, items, token: str) -> None:
     """What the consumer does per batch: links, then events, each with the batch's dedup token."""
     writer = BatchWriter(client, database)
-    links = [link_document(ws, e["event_id"], e["anonymous_id"], e["user_id"], e["timestamp"])
-             for ws, e, _ in items if e["anonymous_id"] and e["user_id"]]
-    writer.write(warehouse.LINKS_TABLE, LINK_COLUMNS, warehouse.encode(links) if links else b"", token + ":links")
+    links = [
+        link_document(ws, e["event_id"], e["anonymous_id"], e["user_id"], e["timestamp"])
+        for ws, e, _ in items
+        if e["anonymous_id"] and e["user_id"]
+    ]
+    writer.write(
+        warehouse.LINKS_TABLE, LINK_COLUMNS, warehouse.encode(links) if links else b"", token + ":links"
+    )
     writer.write(warehouse.EVENTS_TABLE, EVENT_COLUMNS, event_rows(items), token)
 
 
@@ -195,8 +475,12 @@ def scalar(client, sql: str, **params):
 
 def test_migration_files_are_numbered_and_say_what_they_do():
     migrations = load_migrations()
-    assert [m.name for m in migrations] == ["0001_events", "0002_identity", "0003_analyst_views",
-                                            "0004_ingested_at_default"]
+    assert [m.name for m in migrations] == [
+        "0001_events",
+        "0002_identity",
+        "0003_analyst_views",
+        "0004_ingested_at_default",
+    ]
     assert [m.number for m in migrations] == [1, 2, 3, 4]
     assert all(m.description and len(m.checksum) == 64 for m in migrations)
 
@@ -211,22 +495,41 @@ def test_migrations_ship_as_package_data():
 def test_migrate_applies_once_and_records_it(client):
     database = fresh_db()
     assert database not in client.query("SHOW DATABASES").result_columns[0]
-    assert apply_migrations(client, database) == ["0001_events", "0002_identity", "0003_analyst_views",
-                                                  "0004_ingested_at_default"]
+    assert apply_migrations(client, database) == [
+        "0001_events",
+        "0002_identity",
+        "0003_analyst_views",
+        "0004_ingested_at_default",
+    ]
     assert apply_migrations(client, database) == []
-    rows = client.query(f"SELECT name, checksum, applied_at FROM {database}.schema_migrations ORDER BY name").result_rows
+    rows = client.query(
+        f"SELECT name, checksum, applied_at FROM {database}.schema_migrations ORDER BY name"
+    ).result_rows
     assert [(r[0], r[1]) for r in rows] == [(m.name, m.checksum) for m in load_migrations()]
     assert all(isinstance(r[2], datetime) for r in rows)
     objects = set(client.query(f"SHOW TABLES FROM {database}").result_columns[0])
-    assert objects == {"schema_migrations", "events", "identity_links", "identity_map", "identity_map_mv",
-                       "identity_resolved", "events_deduped", "events_resolved", "paywall_funnel"}
+    assert objects == {
+        "schema_migrations",
+        "events",
+        "identity_links",
+        "identity_map",
+        "identity_map_mv",
+        "identity_resolved",
+        "events_deduped",
+        "events_resolved",
+        "paywall_funnel",
+    }
 
 
 def test_migrate_applies_only_what_is_new(client):
     database = fresh_db()
     migrations = load_migrations()
     assert apply_migrations(client, database, migrations=migrations[:1]) == ["0001_events"]
-    assert apply_migrations(client, database) == ["0002_identity", "0003_analyst_views", "0004_ingested_at_default"]
+    assert apply_migrations(client, database) == [
+        "0002_identity",
+        "0003_analyst_views",
+        "0004_ingested_at_default",
+    ]
 
 
 def test_migrate_refuses_a_changed_applied_file(client):
@@ -243,15 +546,21 @@ def test_migrate_refuses_a_changed_applied_file(client):
 def test_a_new_migration_after_the_applied_ones_is_applied(client):
     database = fresh_db()
     apply_migrations(client, database)
-    extra = Migration.from_text("0099_extra_view.sql", "-- 0099_extra_view: a test view.\n"
-                                "CREATE VIEW IF NOT EXISTS {{db}}.extra {{on_cluster}} AS SELECT 1 AS one\n")
+    extra = Migration.from_text(
+        "0099_extra_view.sql",
+        "-- 0099_extra_view: a test view.\n"
+        "CREATE VIEW IF NOT EXISTS {{db}}.extra {{on_cluster}} AS SELECT 1 AS one\n",
+    )
     assert apply_migrations(client, database, migrations=[*load_migrations(), extra]) == ["0099_extra_view"]
     assert scalar(client, f"SELECT one FROM {database}.extra") == 1
 
 
 def test_a_refused_statement_names_the_migration_and_keeps_clickhouses_reason(client):
-    bad = Migration.from_text("0099_bad.sql", "-- 0099_bad: a statement ClickHouse refuses.\n"
-                              "CREATE VIEW {{db}}.bad {{on_cluster}} AS SELECT * FROM {{db}}.no_such_table\n")
+    bad = Migration.from_text(
+        "0099_bad.sql",
+        "-- 0099_bad: a statement ClickHouse refuses.\n"
+        "CREATE VIEW {{db}}.bad {{on_cluster}} AS SELECT * FROM {{db}}.no_such_table\n",
+    )
     with pytest.raises(MigrationError, match="0099_bad: statement 1 of 1 failed") as refused:
         apply_migrations(client, fresh_db(), migrations=[*load_migrations(), bad])
     reason = clickhouse.clickhouse_message(refused.value.__cause__)
@@ -270,8 +579,17 @@ def test_migration_file_rules():
 
 def test_flokit_migrate_command(warehouse_url):
     env = {**os.environ, "FLOKIT_CLICKHOUSE_URL": warehouse_url, "FLOKIT_CLICKHOUSE_DATABASE": fresh_db()}
-    run = lambda: subprocess.run([sys.executable, "-m", "deploy.cli", "migrate"], cwd=ROOT, env=env,
-                                 capture_output=True, text=True, timeout=60)
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "deploy.cli", "migrate"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     first, second = run(), run()
     assert first.returncode == 0, first.stderr
     assert "applied 0001_events: the events table" in first.stdout
@@ -281,7 +599,9 @@ def test_flokit_migrate_command(warehouse_url):
 
 def test_migrate_print_renders_without_a_server():
     out = io.StringIO()
-    settings = Settings.from_env({"FLOKIT_CLICKHOUSE_CLUSTER": "prod", "FLOKIT_CLICKHOUSE_URL": "http://127.0.0.1:1"})
+    settings = Settings.from_env(
+        {"FLOKIT_CLICKHOUSE_CLUSTER": "prod", "FLOKIT_CLICKHOUSE_URL": "http://127.0.0.1:1"}
+    )
     assert migrate_main(settings, print_only=True, stdout=out) == 0
     assert "ON CLUSTER `prod`" in out.getvalue() and "-- 0003_analyst_views" in out.getvalue()
 
@@ -308,16 +628,26 @@ def test_cluster_rendering():
     assert f"ENGINE = ReplicatedReplacingMergeTree({path})" in creates["`flokit`.`events_local`"]
     assert f"ENGINE = ReplicatedMergeTree({path})" in creates["`flokit`.`identity_links_local`"]
     assert f"ENGINE = ReplicatedAggregatingMergeTree({path})" in creates["`flokit`.`identity_map_local`"]
-    assert "ReplicatedMergeTree('/clickhouse/tables/all/{database}/{table}'" in creates["`flokit`.schema_migrations"]
-    assert not any(" MergeTree" in s or "= ReplacingMergeTree" in s or "= AggregatingMergeTree" in s
-                   for s in statements)
+    assert (
+        "ReplicatedMergeTree('/clickhouse/tables/all/{database}/{table}'"
+        in creates["`flokit`.schema_migrations"]
+    )
+    assert not any(
+        " MergeTree" in s or "= ReplacingMergeTree" in s or "= AggregatingMergeTree" in s for s in statements
+    )
     # ...behind Distributed tables of the plain names, sharded so a device's events share a shard.
-    assert ("AS `flokit`.`events_local`\nENGINE = Distributed('prod', 'flokit', 'events_local', "
-            "cityHash64(workspace, coalesce(anonymous_id, user_id)))") in creates["`flokit`.events"]
-    assert "Distributed('prod', 'flokit', 'identity_links_local', cityHash64(workspace, anonymous_id))" \
+    assert (
+        "AS `flokit`.`events_local`\nENGINE = Distributed('prod', 'flokit', 'events_local', "
+        "cityHash64(workspace, coalesce(anonymous_id, user_id)))"
+    ) in creates["`flokit`.events"]
+    assert (
+        "Distributed('prod', 'flokit', 'identity_links_local', cityHash64(workspace, anonymous_id))"
         in creates["`flokit`.identity_links"]
-    assert "Distributed('prod', 'flokit', 'identity_map_local', cityHash64(workspace, anonymous_id))" \
+    )
+    assert (
+        "Distributed('prod', 'flokit', 'identity_map_local', cityHash64(workspace, anonymous_id))"
         in creates["`flokit`.identity_map"]
+    )
     # The materialized view works shard-locally; every view reads the Distributed tables.
     mv = creates["`flokit`.identity_map_mv"]
     assert "TO `flokit`.`identity_map_local`" in mv and "FROM `flokit`.`identity_links_local`" in mv
@@ -348,70 +678,160 @@ def test_event_columns_match_the_table(client, world):
     # The consumer inserts EVENT_COLUMNS; ClickHouse fills each property column from `properties`,
     # parsed once per row into the never-stored typed_properties tuple.
     defaults = {r[0]: (r[2], r[3]) for r in described}
-    assert defaults["typed_properties"][0] == "EPHEMERAL" and "JSONExtract(properties" in defaults["typed_properties"][1]
+    assert (
+        defaults["typed_properties"][0] == "EPHEMERAL"
+        and "JSONExtract(properties" in defaults["typed_properties"][1]
+    )
     for name in warehouse.PROPERTY_COLUMNS:
         assert defaults[name] == ("DEFAULT", f"tupleElement(typed_properties, '{name}')"), name
-    expected = {"string": ("LowCardinality(Nullable(String))", "Nullable(String)"), "number": ("Nullable(Float64)",),
-                "integer": ("Nullable(Int64)",), "boolean": ("Nullable(Bool)",), "string[]": ("Array(String)",)}
+    expected = {
+        "string": ("LowCardinality(Nullable(String))", "Nullable(String)"),
+        "number": ("Nullable(Float64)",),
+        "integer": ("Nullable(Int64)",),
+        "boolean": ("Nullable(Bool)",),
+        "string[]": ("Array(String)",),
+    }
     for name in warehouse.PROPERTY_COLUMNS:
         assert types[name] in expected[PROPERTY_TYPES[name]], name
-    for name in ("paywall_id", "offer_id", "plan_id", "placement", "context", "store", "currency", "price",
-                 "revenue", "trial_length_days", "transaction_id", "is_trial", "plan_ids"):
+    for name in (
+        "paywall_id",
+        "offer_id",
+        "plan_id",
+        "placement",
+        "context",
+        "store",
+        "currency",
+        "price",
+        "revenue",
+        "trial_length_days",
+        "transaction_id",
+        "is_trial",
+        "plan_ids",
+    ):
         assert name in warehouse.PROPERTY_COLUMNS
-    assert tuple(r[0] for r in client.query(f"DESCRIBE TABLE {world}.identity_links").result_rows) == LINK_COLUMNS
+    assert (
+        tuple(r[0] for r in client.query(f"DESCRIBE TABLE {world}.identity_links").result_rows)
+        == LINK_COLUMNS
+    )
 
 
 def test_event_row_is_the_envelope_line_with_linked_user_id_when_known():
-    event = {"event_id": "evt_1", "event": "purchase_completed", "user_id": None, "anonymous_id": "d",
-             "timestamp": "2024-03-15T14:22:00.123Z", "properties": {"price": 59, "note": "a\nb"}}
+    event = {
+        "event_id": "evt_1",
+        "event": "purchase_completed",
+        "user_id": None,
+        "anonymous_id": "d",
+        "timestamp": "2024-03-15T14:22:00.123Z",
+        "properties": {"price": 59, "note": "a\nb"},
+    }
     [line] = envelope.decode(envelope.encode_records("acme", "2024-03-15T14:22:01.000Z", [event])[0]).rows
     assert event_row(line, None) is line
     doc = orjson.loads(event_row(line, "u9"))
     # Every column but ingested_at, which ClickHouse stamps (its default).
     assert set(doc) == set(EVENT_COLUMNS) - {"ingested_at"}
-    assert doc == {**event, "workspace": "acme", "received_at": "2024-03-15T14:22:01.000Z", "linked_user_id": "u9"}
+    assert doc == {
+        **event,
+        "workspace": "acme",
+        "received_at": "2024-03-15T14:22:01.000Z",
+        "linked_user_id": "u9",
+    }
 
 
 def test_the_warehouse_types_the_property_columns(client, warehouse_url):
     """Typed columns are ClickHouse's JSONExtract of `properties`: the JSON keeps everything as sent."""
     database = fresh_db()
     apply_migrations(client, database)
-    good = {"paywall_id": "pw_1", "plan_id": "plan_annual", "price": 59, "revenue": 29.99, "is_trial": False,
-            "trial_length_days": 7, "currency": "USD", "plan_ids": ["a", "b"], "note": "hé ✓", "nested": {"a": [1, 2]}}
-    odd = {"revenue": True, "trial_length_days": "seven", "renewal_number": 2 ** 64 - 1, "offer_id": ["x"],
-           "currency": {"c": 1}}  # types only a producer that bypassed the front door could send
-    body = event_rows([("acme", {"event_id": f"evt_{i}", "event": "purchase_completed", "user_id": "u1",
-                                 "anonymous_id": None, "timestamp": "2024-03-15T14:22:00.123+02:00", "properties": p},
-                        None) for i, p in enumerate((good, odd, {}))])
+    good = {
+        "paywall_id": "pw_1",
+        "plan_id": "plan_annual",
+        "price": 59,
+        "revenue": 29.99,
+        "is_trial": False,
+        "trial_length_days": 7,
+        "currency": "USD",
+        "plan_ids": ["a", "b"],
+        "note": "hé ✓",
+        "nested": {"a": [1, 2]},
+    }
+    # Types only a producer that bypassed the front door could send.
+    odd = {
+        "revenue": True,
+        "trial_length_days": "seven",
+        "renewal_number": 2**64 - 1,
+        "offer_id": ["x"],
+        "currency": {"c": 1},
+    }
+    body = event_rows(
+        [
+            (
+                "acme",
+                {
+                    "event_id": f"evt_{i}",
+                    "event": "purchase_completed",
+                    "user_id": "u1",
+                    "anonymous_id": None,
+                    "timestamp": "2024-03-15T14:22:00.123+02:00",
+                    "properties": p,
+                },
+                None,
+            )
+            for i, p in enumerate((good, odd, {}))
+        ]
+    )
     BatchWriter(client, database).write(warehouse.EVENTS_TABLE, EVENT_COLUMNS, body, "typed")
-    rows = {r["event_id"]: r for r in client.query(
-        f"SELECT * FROM {database}.events ORDER BY event_id").named_results()}
+    rows = {
+        r["event_id"]: r
+        for r in client.query(f"SELECT * FROM {database}.events ORDER BY event_id").named_results()
+    }
     first = rows["evt_0"]
     assert first["timestamp"].replace(tzinfo=UTC) == datetime(2024, 3, 15, 12, 22, 0, 123000, tzinfo=UTC)
     # ingested_at: ClickHouse's insert time.
     assert abs(first["ingested_at"].replace(tzinfo=UTC) - datetime.now(UTC)) < timedelta(minutes=5)
     assert orjson.loads(first["properties"]) == good
-    assert (first["paywall_id"], first["plan_id"], first["price"], first["revenue"], first["is_trial"],
-            first["trial_length_days"], first["currency"], first["plan_ids"]) == \
-        ("pw_1", "plan_annual", 59.0, 29.99, False, 7, "USD", ["a", "b"])
+    assert (
+        first["paywall_id"],
+        first["plan_id"],
+        first["price"],
+        first["revenue"],
+        first["is_trial"],
+        first["trial_length_days"],
+        first["currency"],
+        first["plan_ids"],
+    ) == ("pw_1", "plan_annual", 59.0, 29.99, False, 7, "USD", ["a", "b"])
     assert first["offer_id"] is None and first["transaction_id"] is None
     second = rows["evt_1"]
     assert orjson.loads(second["properties"]) == odd
     # JSONExtract's conversions: what does not fit a number is NULL; a string column takes the JSON text.
-    assert (second["trial_length_days"], second["renewal_number"], second["offer_id"], second["currency"]) == \
-        (None, None, '["x"]', '{"c":1}')
+    assert (
+        second["trial_length_days"],
+        second["renewal_number"],
+        second["offer_id"],
+        second["currency"],
+    ) == (None, None, '["x"]', '{"c":1}')
     empty = rows["evt_2"]
     assert empty["properties"] == "{}" and empty["plan_ids"] == [] and empty["price"] is None
 
 
 def test_link_document():
-    event = {"event_id": "evt_9", "event": "login", "user_id": "u", "anonymous_id": "d",
-             "timestamp": "2024-03-15T14:22:00.500Z", "properties": {}}
+    event = {
+        "event_id": "evt_9",
+        "event": "login",
+        "user_id": "u",
+        "anonymous_id": "d",
+        "timestamp": "2024-03-15T14:22:00.500Z",
+        "properties": {},
+    }
+
     def link(e):
         return link_document("acme", e["event_id"], e["anonymous_id"], e["user_id"], e["timestamp"])
 
-    assert link(event) == {"workspace": "acme", "anonymous_id": "d", "user_id": "u",
-                           "timestamp": "2024-03-15T14:22:00.500Z", "event_id": "evt_9"}
+    assert link(event) == {
+        "workspace": "acme",
+        "anonymous_id": "d",
+        "user_id": "u",
+        "timestamp": "2024-03-15T14:22:00.500Z",
+        "event_id": "evt_9",
+    }
     assert set(link(event)) == set(LINK_COLUMNS)
     for missing in ({"user_id": None}, {"anonymous_id": None}):
         with pytest.raises(ValueError):
@@ -419,13 +839,22 @@ def test_link_document():
 
 
 def test_rows_round_trip_through_the_warehouse(client, world):
-    got = next(client.query(f"SELECT * FROM {world}.events_deduped WHERE event_id = 'evt_a2'").named_results())
+    got = next(
+        client.query(f"SELECT * FROM {world}.events_deduped WHERE event_id = 'evt_a2'").named_results()
+    )
     assert got["timestamp"].replace(tzinfo=UTC) == datetime(2024, 3, 1, 10, 2, tzinfo=UTC)
     assert abs(got["ingested_at"].replace(tzinfo=UTC) - datetime.now(UTC)) < timedelta(hours=1)
-    assert (got["plan_id"], got["offer_id"], got["trial_length_days"], got["price"], got["currency"]) == \
-        (ANNUAL, "offer_intro", 7, 59.99, "USD")
+    assert (got["plan_id"], got["offer_id"], got["trial_length_days"], got["price"], got["currency"]) == (
+        ANNUAL,
+        "offer_intro",
+        7,
+        59.99,
+        "USD",
+    )
     assert got["plan_ids"] == [] and got["is_trial"] is None
-    viewed = client.query(f"SELECT plan_ids, placement FROM {world}.events_deduped WHERE event_id = 'evt_a1'").result_rows
+    viewed = client.query(
+        f"SELECT plan_ids, placement FROM {world}.events_deduped WHERE event_id = 'evt_a1'"
+    ).result_rows
     assert viewed == [([ANNUAL, MONTHLY], "onboarding")]
 
 
@@ -435,8 +864,13 @@ def test_rows_round_trip_through_the_warehouse(client, world):
 def test_duplicates_are_physically_present_but_every_view_counts_once(client, world):
     # Merges are stopped: batch 3 re-inserted three events as parts of their own.
     assert scalar(client, f"SELECT count() FROM {world}.events") == WORLD_EVENTS + len(REDELIVERED)
-    assert scalar(client, f"SELECT count() FROM system.parts WHERE database = '{world}' AND table = 'events' "
-                          "AND active") >= 3
+    assert (
+        scalar(
+            client,
+            f"SELECT count() FROM system.parts WHERE database = '{world}' AND table = 'events' AND active",
+        )
+        >= 3
+    )
     assert scalar(client, f"SELECT count() FROM {world}.events_deduped") == WORLD_EVENTS
     assert scalar(client, f"SELECT count() FROM {world}.events_resolved") == WORLD_EVENTS
     assert scalar(client, f"SELECT uniqExact(event_id) FROM {world}.events") == WORLD_EVENTS
@@ -469,26 +903,35 @@ def test_merges_collapse_duplicates_for_good(client, warehouse_url):
 
 
 def test_identity_resolved_first_link_wins(client, world):
-    rows = client.query(f"SELECT workspace, anonymous_id, user_id FROM {world}.identity_resolved "
-                        "ORDER BY workspace, anonymous_id").result_rows
+    rows = client.query(
+        f"SELECT workspace, anonymous_id, user_id FROM {world}.identity_resolved "
+        "ORDER BY workspace, anonymous_id"
+    ).result_rows
     assert rows == [
-        ("acme", "dev_a", "usr_alice"), ("acme", "dev_a2", "usr_alice"), ("acme", "dev_b", "usr_bob"),
-        ("acme", "dev_c", "usr_carol"), ("acme", "dev_g", "usr_grace"), ("acme", "dev_h", "usr_heidi"),
+        ("acme", "dev_a", "usr_alice"),
+        ("acme", "dev_a2", "usr_alice"),
+        ("acme", "dev_b", "usr_bob"),
+        ("acme", "dev_c", "usr_carol"),
+        ("acme", "dev_g", "usr_grace"),
+        ("acme", "dev_h", "usr_heidi"),
         # Frank's link was inserted first, Erin's event is earlier: Erin wins.
         ("acme", "dev_shared", "usr_erin"),
         ("globex", "dev_shared", "usr_zed"),
     ]
     # Both links are kept as facts.
-    assert client.query(f"SELECT user_id FROM {world}.identity_links WHERE workspace = 'acme' "
-                        "AND anonymous_id = 'dev_shared' GROUP BY user_id ORDER BY user_id").result_columns[0] == \
-        ["usr_erin", "usr_frank"]
+    assert client.query(
+        f"SELECT user_id FROM {world}.identity_links WHERE workspace = 'acme' "
+        "AND anonymous_id = 'dev_shared' GROUP BY user_id ORDER BY user_id"
+    ).result_columns[0] == ["usr_erin", "usr_frank"]
 
 
 def test_events_resolved_attribution(client, world):
     rows = client.query(
         f"SELECT event_id, user_id, linked_user_id, resolved_user_id, person_id FROM {world}.events_resolved "
-        "WHERE workspace = 'acme' AND event_id IN ('evt_a1', 'evt_a3', 'evt_a5', 'evt_s1', 'evt_s2', 'evt_f1', "
-        "'evt_f2', 'evt_d1', 'evt_l1') ORDER BY event_id").result_rows
+        "WHERE workspace = 'acme' AND event_id IN "
+        "('evt_a1', 'evt_a3', 'evt_a5', 'evt_s1', 'evt_s2', 'evt_f1', 'evt_f2', 'evt_d1', 'evt_l1') "
+        "ORDER BY event_id"
+    ).result_rows
     assert rows == [
         ("evt_a1", None, None, "usr_alice", "usr_alice"),  # pre-login, via identity_resolved
         ("evt_a3", None, "usr_alice", "usr_alice", "usr_alice"),
@@ -500,14 +943,26 @@ def test_events_resolved_attribution(client, world):
         ("evt_s1", None, None, "usr_erin", "usr_erin"),  # shared device: first link wins
         ("evt_s2", None, "usr_frank", "usr_erin", "usr_erin"),  # the policy overrides what ingest stamped
     ]
-    assert scalar(client, f"SELECT resolved_user_id FROM {world}.events_resolved WHERE event_id = 'evt_x1'") == "usr_zed"
+    assert (
+        scalar(client, f"SELECT resolved_user_id FROM {world}.events_resolved WHERE event_id = 'evt_x1'")
+        == "usr_zed"
+    )
 
 
 def test_resolve_links(client, world):
-    pairs = {("acme", "dev_a"), ("acme", "dev_shared"), ("globex", "dev_shared"), ("acme", "dev_d"),
-             ("other", "dev_a"), ("acme", "it's \\ `odd`")}
+    pairs = {
+        ("acme", "dev_a"),
+        ("acme", "dev_shared"),
+        ("globex", "dev_shared"),
+        ("acme", "dev_d"),
+        ("other", "dev_a"),
+        ("acme", "it's \\ `odd`"),
+    }
     assert resolve_links(client, world, pairs) == {
-        ("acme", "dev_a"): "usr_alice", ("acme", "dev_shared"): "usr_erin", ("globex", "dev_shared"): "usr_zed"}
+        ("acme", "dev_a"): "usr_alice",
+        ("acme", "dev_shared"): "usr_erin",
+        ("globex", "dev_shared"): "usr_zed",
+    }
     assert resolve_links(client, world, set()) == {}
 
 
@@ -530,7 +985,12 @@ def test_connect_parses_the_url(warehouse_url):
         c.close()
     assert clickhouse.client_options(f"http://analyst:s%3Dcr%40t@{host_port}")["password"] == "s=cr@t"
     opts = clickhouse.client_options("https://ch.example.com")
-    assert (opts["host"], opts["port"], opts["secure"], opts["username"]) == ("ch.example.com", 8443, True, None)
+    assert (opts["host"], opts["port"], opts["secure"], opts["username"]) == (
+        "ch.example.com",
+        8443,
+        True,
+        None,
+    )
     assert clickhouse.describe_url("http://u:secret@h:1") == "http://u:***@h:1"
     with pytest.raises(clickhouse.WarehouseUnreachable, match="127.0.0.1:9"):
         clickhouse.connect(settings_for("http://127.0.0.1:9", "d"), connect_timeout=2)

@@ -1,4 +1,5 @@
 """The embedded warehouse, driven as its users drive it: clickhouse-connect (default client) and curl."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -20,7 +21,7 @@ from deploy.warehouse.sql import insert_from_file
 
 from .warehouse_process import start_warehouse, stop_warehouse
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,9 @@ def database(client):
 
 
 def curl(url: str, *args: str) -> str:
-    done = subprocess.run(["curl", "-sS", "--fail-with-body", *args, url], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", *args, url], capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -99,10 +102,21 @@ EVENT_DDL = """CREATE TABLE {table} (
 
 def event_rows(count: int) -> list[list]:
     start = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-    return [[i, f"name-{i} ünïcode", ("view", "click", "buy")[i % 3], None if i % 4 == 0 else f"note {i}",
-             start + dt.timedelta(milliseconds=7 * i), 2**64 - 1 - i, i / 8, [f"t{i}", "shared"][: i % 3],
-             {"source": "test", "n": str(i)} if i % 2 else {}, json.dumps({"i": i, "nested": {"ok": True}})]
-            for i in range(count)]
+    return [
+        [
+            i,
+            f"name-{i} ünïcode",
+            ("view", "click", "buy")[i % 3],
+            None if i % 4 == 0 else f"note {i}",
+            start + dt.timedelta(milliseconds=7 * i),
+            2**64 - 1 - i,
+            i / 8,
+            [f"t{i}", "shared"][: i % 3],
+            {"source": "test", "n": str(i)} if i % 2 else {},
+            json.dumps({"i": i, "nested": {"ok": True}}),
+        ]
+        for i in range(count)
+    ]
 
 
 def test_insert_then_query_returns_exactly_the_rows(client, database):
@@ -130,16 +144,29 @@ def test_large_insert_spans_many_blocks(client, database):
 
 def test_dedup_token_stores_a_repeated_block_once(client, database, warehouse):
     table = f"{database}.dedup"
-    client.command(f"CREATE TABLE {table} (k UInt32, v String) ENGINE = MergeTree ORDER BY k "
-                   "SETTINGS non_replicated_deduplication_window = 100")
+    client.command(
+        f"CREATE TABLE {table} (k UInt32, v String) ENGINE = MergeTree ORDER BY k "
+        "SETTINGS non_replicated_deduplication_window = 100"
+    )
     block = [[1, "a"], [2, "b"], [3, "c"]]
     for _ in range(2):
-        client.insert(table, block, column_names=["k", "v"], settings={"insert_deduplication_token": "batch-1"})
+        client.insert(
+            table, block, column_names=["k", "v"], settings={"insert_deduplication_token": "batch-1"}
+        )
     assert client.command(f"SELECT count() FROM {table}") == 3
     # The token, not the content, decides: new content under a used token is dropped, a new token is kept.
-    client.insert(table, [[4, "d"]], column_names=["k", "v"], settings={"insert_deduplication_token": "batch-1"})
-    client.insert(table, [[4, "d"]], column_names=["k", "v"], settings={"insert_deduplication_token": "batch-2"})
-    assert client.query(f"SELECT groupArray(k) FROM (SELECT k FROM {table} ORDER BY k)").first_row[0] == [1, 2, 3, 4]
+    client.insert(
+        table, [[4, "d"]], column_names=["k", "v"], settings={"insert_deduplication_token": "batch-1"}
+    )
+    client.insert(
+        table, [[4, "d"]], column_names=["k", "v"], settings={"insert_deduplication_token": "batch-2"}
+    )
+    assert client.query(f"SELECT groupArray(k) FROM (SELECT k FROM {table} ORDER BY k)").first_row[0] == [
+        1,
+        2,
+        3,
+        4,
+    ]
     # The token is a per-request setting: it must not stick to the client's next insert.
     client.insert(table, [[5, "e"]], column_names=["k", "v"])
     client.insert(table, [[6, "f"]], column_names=["k", "v"])
@@ -153,21 +180,28 @@ def test_dedup_token_stores_a_repeated_block_once(client, database, warehouse):
 
 def test_dedup_token_covers_a_many_block_insert(client, database, warehouse, tmp_path):
     table = f"{database}.dedup_big"
-    client.command(f"CREATE TABLE {table} (k UInt32, v String) ENGINE = MergeTree ORDER BY k "
-                   "SETTINGS non_replicated_deduplication_window = 100")
+    client.command(
+        f"CREATE TABLE {table} (k UInt32, v String) ENGINE = MergeTree ORDER BY k "
+        "SETTINGS non_replicated_deduplication_window = 100"
+    )
     client.command(f"SYSTEM STOP MERGES {table}")
     first, other = tmp_path / "first.tsv", tmp_path / "other.tsv"
     first.write_text("".join(f"{i}\tx\n" for i in range(200_000)))
     other.write_text("".join(f"{i}\ty\n" for i in range(200_000)))  # same shape, other content
 
     def insert(body, token: str) -> None:
-        curl(f"{warehouse}/?query={quote(f'INSERT INTO {table} FORMAT TSV')}&insert_deduplication_token={token}"
-             "&max_block_size=30000&min_insert_block_size_rows=30000&max_insert_block_size=30000",
-             "--data-binary", f"@{body}")
+        curl(
+            f"{warehouse}/?query={quote(f'INSERT INTO {table} FORMAT TSV')}"
+            f"&insert_deduplication_token={token}"
+            "&max_block_size=30000&min_insert_block_size_rows=30000&max_insert_block_size=30000",
+            "--data-binary",
+            f"@{body}",
+        )
 
     insert(first, "big-1")
-    parts = client.command(f"SELECT count() FROM system.parts WHERE database = '{database}' "
-                           "AND table = 'dedup_big' AND active")
+    parts = client.command(
+        f"SELECT count() FROM system.parts WHERE database = '{database}' AND table = 'dedup_big' AND active"
+    )
     assert parts > 1  # it really was more than one block
     insert(other, "big-1")  # every block's token was seen: all dropped
     assert client.query(f"SELECT count(), countIf(v = 'y') FROM {table}").first_row == (200_000, 0)
@@ -195,8 +229,11 @@ def test_bad_query_raises_database_error_and_server_keeps_serving(client, wareho
 def test_bad_insert_data_is_rejected_whole(client, database, warehouse):
     table = f"{database}.strict"
     client.command(f"CREATE TABLE {table} (n UInt8) ENGINE = MergeTree ORDER BY n")
-    request = urllib.request.Request(f"{warehouse}/?query={quote(f'INSERT INTO {table} FORMAT TSV')}",
-                                     data=b"1\n2\nnot-a-number\n", method="POST")
+    request = urllib.request.Request(
+        f"{warehouse}/?query={quote(f'INSERT INTO {table} FORMAT TSV')}",
+        data=b"1\n2\nnot-a-number\n",
+        method="POST",
+    )
     with pytest.raises(urllib.error.HTTPError) as rejected:
         urllib.request.urlopen(request, timeout=30)
     assert rejected.value.code == 400 and rejected.value.headers["X-ClickHouse-Exception-Code"] == "27"
@@ -226,11 +263,16 @@ def test_insert_violating_a_constraint_is_an_error_and_stores_nothing(client, da
     assert client.command(f"SELECT count() FROM {table}") == 0
 
     query = quote(f"INSERT INTO {table} FORMAT JSONEachRow")
-    status, headers, body = curl_response(f"{warehouse}/?query={query}", "--data-binary",
-                                          '{"id": 1, "ts": "2024-05-01 00:00:00"}\n'
-                                          '{"id": 2, "ts": "2250-01-01 00:00:00"}\n')
+    status, headers, body = curl_response(
+        f"{warehouse}/?query={query}",
+        "--data-binary",
+        '{"id": 1, "ts": "2024-05-01 00:00:00"}\n{"id": 2, "ts": "2250-01-01 00:00:00"}\n',
+    )
     assert status == 500 and headers["X-ClickHouse-Exception-Code"] == "469"
-    assert body.startswith("Code: 469. DB::Exception: Constraint `ts_before_2200`") and "(VIOLATED_CONSTRAINT)" in body
+    assert (
+        body.startswith("Code: 469. DB::Exception: Constraint `ts_before_2200`")
+        and "(VIOLATED_CONSTRAINT)" in body
+    )
     assert client.command(f"SELECT count() FROM {table}") == 0
 
     # A valid insert right after stores its rows, both ways.
@@ -243,7 +285,9 @@ def test_other_storage_stage_errors_surface(client, database, warehouse):
     # Errors raised once a block goes to storage, other than constraints, are not lost either; and
     # per-request settings reach the insert.
     table = f"{database}.by_day"
-    client.command(f"CREATE TABLE {table} (day UInt32, v String) ENGINE = MergeTree PARTITION BY day ORDER BY day")
+    client.command(
+        f"CREATE TABLE {table} (day UInt32, v String) ENGINE = MergeTree PARTITION BY day ORDER BY day"
+    )
     rows = [[day, "x"] for day in range(5)]
     with pytest.raises(DatabaseError) as partitions:
         client.insert(table, rows, column_names=["day", "v"], settings={"max_partitions_per_insert_block": 3})
@@ -255,8 +299,10 @@ def test_other_storage_stage_errors_surface(client, database, warehouse):
     # A materialized view failing on the inserted block.
     client.command(f"CREATE TABLE {database}.src (n UInt32) ENGINE = MergeTree ORDER BY n")
     client.command(f"CREATE TABLE {database}.dst (n UInt32) ENGINE = MergeTree ORDER BY n")
-    client.command(f"CREATE MATERIALIZED VIEW {database}.mv TO {database}.dst AS "
-                   f"SELECT n + throwIf(n = 13, 'unlucky row') AS n FROM {database}.src")
+    client.command(
+        f"CREATE MATERIALIZED VIEW {database}.mv TO {database}.dst AS "
+        f"SELECT n + throwIf(n = 13, 'unlucky row') AS n FROM {database}.src"
+    )
     with pytest.raises(DatabaseError) as thrown:
         client.insert(f"{database}.src", [[12], [13]], column_names=["n"])
     assert thrown.value.code == 395 and "unlucky row" in str(thrown.value)
@@ -265,43 +311,69 @@ def test_other_storage_stage_errors_surface(client, database, warehouse):
 
 def test_insert_statement_forms(client, database, warehouse):
     table = f"{database}.forms"
-    client.command(f"CREATE TABLE {table} (a UInt32, b String DEFAULT 'dflt', c UInt8 DEFAULT 7) "
-                   "ENGINE = MergeTree ORDER BY a")
+    client.command(
+        f"CREATE TABLE {table} (a UInt32, b String DEFAULT 'dflt', c UInt8 DEFAULT 7) "
+        "ENGINE = MergeTree ORDER BY a"
+    )
     # Column lists, in any order, and VALUES with expressions.
     curl(warehouse + "/", "--data-binary", f"INSERT INTO {table} (b, a) FORMAT CSV\none,1\n")
     curl(f"{warehouse}/?query={quote(f'INSERT INTO {table} (a) FORMAT TSV')}", "--data-binary", "2\n")
     curl(warehouse + "/", "--data-binary", f"INSERT INTO {table} (a, c) VALUES (3, 1 + 2), (4, 4)")
     # A SETTINGS clause in the statement applies, whether it allows or forbids.
     unknown_field = '{"a": 5, "nope": 1}\n'
+    forbid = f"INSERT INTO {table} SETTINGS input_format_skip_unknown_fields = 0 FORMAT JSONEachRow"
+    allow = f"INSERT INTO {table} SETTINGS input_format_skip_unknown_fields = 1 FORMAT JSONEachRow"
     status, headers, _ = curl_response(
-        f"{warehouse}/?query={quote(f'INSERT INTO {table} SETTINGS input_format_skip_unknown_fields = 0 FORMAT JSONEachRow')}",
-        "--data-binary", unknown_field)
+        f"{warehouse}/?query={quote(forbid)}",
+        "--data-binary",
+        unknown_field,
+    )
     assert status != 200 and headers["X-ClickHouse-Exception-Code"] == "117"
-    curl(f"{warehouse}/?query={quote(f'INSERT INTO {table} SETTINGS input_format_skip_unknown_fields = 1 FORMAT JSONEachRow')}",
-         "--data-binary", unknown_field)
+    curl(
+        f"{warehouse}/?query={quote(allow)}",
+        "--data-binary",
+        unknown_field,
+    )
     # So does one given as a URL parameter.
     status, headers, _ = curl_response(
-        f"{warehouse}/?query={quote(f'INSERT INTO {table} FORMAT JSONEachRow')}&input_format_skip_unknown_fields=0",
-        "--data-binary", unknown_field)
+        f"{warehouse}/?query={quote(f'INSERT INTO {table} FORMAT JSONEachRow')}"
+        "&input_format_skip_unknown_fields=0",
+        "--data-binary",
+        unknown_field,
+    )
     assert status != 200 and headers["X-ClickHouse-Exception-Code"] == "117"
     # The statement and data in one gzip-compressed body.
     query = f"INSERT INTO {table} (a, b) FORMAT TSV\n6\tsix\n".encode()
     gzipped = subprocess.run(["gzip", "-c"], input=query, capture_output=True, check=True).stdout
-    request = urllib.request.Request(warehouse + "/", data=gzipped, method="POST",
-                                     headers={"Content-Encoding": "gzip"})
+    request = urllib.request.Request(
+        warehouse + "/", data=gzipped, method="POST", headers={"Content-Encoding": "gzip"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
     assert client.query(f"SELECT a, b, c FROM {table} ORDER BY a").result_rows == [
-        (1, "one", 7), (2, "dflt", 7), (3, "dflt", 3), (4, "dflt", 4), (5, "dflt", 7), (6, "six", 7)]
+        (1, "one", 7),
+        (2, "dflt", 7),
+        (3, "dflt", 3),
+        (4, "dflt", 4),
+        (5, "dflt", 7),
+        (6, "six", 7),
+    ]
 
 
 def test_insert_from_file_goes_before_settings():
-    assert insert_from_file("INSERT INTO t (a, b) ", "'/f'", "CSV") == "INSERT INTO t (a, b) \nFROM INFILE '/f'\n\nFORMAT CSV"
-    assert insert_from_file("INSERT INTO t SETTINGS x = 1, y = 'a' ", "'/f'", "TSV") == \
-        "INSERT INTO t \nFROM INFILE '/f'\nSETTINGS x = 1, y = 'a' \nFORMAT TSV"
+    assert (
+        insert_from_file("INSERT INTO t (a, b) ", "'/f'", "CSV")
+        == "INSERT INTO t (a, b) \nFROM INFILE '/f'\n\nFORMAT CSV"
+    )
+    assert (
+        insert_from_file("INSERT INTO t SETTINGS x = 1, y = 'a' ", "'/f'", "TSV")
+        == "INSERT INTO t \nFROM INFILE '/f'\nSETTINGS x = 1, y = 'a' \nFORMAT TSV"
+    )
     # A table or column called `settings` is not the clause.
-    assert insert_from_file("INSERT INTO settings (settings) SETTINGS a=1", "'/f'", "CSV") == \
-        "INSERT INTO settings (settings) \nFROM INFILE '/f'\nSETTINGS a=1\nFORMAT CSV"
+    assert (
+        insert_from_file("INSERT INTO settings (settings) SETTINGS a=1", "'/f'", "CSV")
+        == "INSERT INTO settings (settings) \nFROM INFILE '/f'\nSETTINGS a=1\nFORMAT CSV"
+    )
 
 
 def test_no_spool_files_are_left_behind(client, database, warehouse, warehouse_dir):
@@ -315,16 +387,21 @@ def test_no_spool_files_are_left_behind(client, database, warehouse, warehouse_d
     with pytest.raises(DatabaseError):  # storage-stage failure
         client.insert(table, [[2, dt.datetime(2300, 1, 1, tzinfo=UTC)]], column_names=["id", "ts"])
     query = quote(f"INSERT INTO {table} FORMAT TSV")
-    status, _, body = curl_response(f"{warehouse}/?query={query}", "--data-binary", "3\tnot a time\n")  # parse error
-    assert status == 400 and "http_inserts" not in body and "INFILE" not in body  # the spool file stays internal
-    status, _, _ = curl_response(f"{warehouse}/?query={query}", "-H", "Content-Encoding: gzip",
-                                 "--data-binary", "not gzip")  # undecodable body
+    # A parse error: the spool file stays internal.
+    status, _, body = curl_response(f"{warehouse}/?query={query}", "--data-binary", "3\tnot a time\n")
+    assert status == 400 and "http_inserts" not in body and "INFILE" not in body
+    # An undecodable body.
+    status, _, _ = curl_response(
+        f"{warehouse}/?query={query}", "-H", "Content-Encoding: gzip", "--data-binary", "not gzip"
+    )
     assert status != 200
     # A body cut short: the client announces more than it sends, then stops sending.
     parts = urlsplit(warehouse)
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-        sock.sendall(f"POST /?query={query} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode()
-                     + ok.strftime("4\t%Y-%m-%d %H:%M:%S\n").encode())
+        sock.sendall(
+            f"POST /?query={query} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode()
+            + ok.strftime("4\t%Y-%m-%d %H:%M:%S\n").encode()
+        )
         sock.shutdown(socket.SHUT_WR)
         answer = sock.makefile("rb").read()
     assert answer.startswith(b"HTTP/1.1 500 ") and b"X-ClickHouse-Exception-Code: 33" in answer
@@ -335,30 +412,56 @@ def test_no_spool_files_are_left_behind(client, database, warehouse, warehouse_d
 
 def test_curl_query_forms(client, database, warehouse):
     table = f"{database}.curl"
-    curl(warehouse + "/", "--data-binary", f"CREATE TABLE {table} (a UInt32, b String) ENGINE = MergeTree ORDER BY a")
+    curl(
+        warehouse + "/",
+        "--data-binary",
+        f"CREATE TABLE {table} (a UInt32, b String) ENGINE = MergeTree ORDER BY a",
+    )
     insert = quote(f"INSERT INTO {table} FORMAT JSONEachRow")
     curl(f"{warehouse}/?query={insert}", "--data-binary", '{"a": 1, "b": "one"}\n{"a": 2, "b": "two"}\n')
     curl(warehouse + "/", "--data-binary", f"INSERT INTO {table} FORMAT CSV\n3,three\n")
     curl(warehouse + "/", "--data-binary", f"INSERT INTO {table} VALUES (4, 'four')")
     # Query in the body, default TabSeparated.
-    assert curl(warehouse + "/", "--data-binary", f"SELECT a, b FROM {table} ORDER BY a") == \
-        "1\tone\n2\ttwo\n3\tthree\n4\tfour\n"
+    assert (
+        curl(warehouse + "/", "--data-binary", f"SELECT a, b FROM {table} ORDER BY a")
+        == "1\tone\n2\ttwo\n3\tthree\n4\tfour\n"
+    )
     # Query in query=, FORMAT JSON.
     doc = json.loads(curl(f"{warehouse}/?query={quote(f'SELECT a, b FROM {table} ORDER BY a FORMAT JSON')}"))
-    assert doc["data"] == [{"a": 1, "b": "one"}, {"a": 2, "b": "two"}, {"a": 3, "b": "three"}, {"a": 4, "b": "four"}]
+    assert doc["data"] == [
+        {"a": 1, "b": "one"},
+        {"a": 2, "b": "two"},
+        {"a": 3, "b": "three"},
+        {"a": 4, "b": "four"},
+    ]
     assert doc["meta"] == [{"name": "a", "type": "UInt32"}, {"name": "b", "type": "String"}]
     # database= makes unqualified names resolve there; default_format applies without a FORMAT clause.
-    assert curl(f"{warehouse}/?database={database}&default_format=JSONEachRow", "--data-binary",
-                "SELECT count() AS n FROM curl") == '{"n":4}\n'
+    assert (
+        curl(
+            f"{warehouse}/?database={database}&default_format=JSONEachRow",
+            "--data-binary",
+            "SELECT count() AS n FROM curl",
+        )
+        == '{"n":4}\n'
+    )
     # Server-side parameters.
-    assert curl(f"{warehouse}/?query={quote('SELECT {x:UInt8} * 2, {s:String}')}&param_x=21&param_s=it%27s") == \
-        "42\tit\\'s\n"
+    assert (
+        curl(f"{warehouse}/?query={quote('SELECT {x:UInt8} * 2, {s:String}')}&param_x=21&param_s=it%27s")
+        == "42\tit\\'s\n"
+    )
     # Compressed response when asked for, as clickhouse-connect and `curl --compressed` do.
-    assert curl(f"{warehouse}/?enable_http_compression=1&query={quote('SELECT number FROM numbers(3)')}",
-                "--compressed") == "0\n1\n2\n"
+    assert (
+        curl(
+            f"{warehouse}/?enable_http_compression=1&query={quote('SELECT number FROM numbers(3)')}",
+            "--compressed",
+        )
+        == "0\n1\n2\n"
+    )
     # Statements that are not plain SELECTs.
     assert curl(warehouse + "/", "--data-binary", f"EXISTS TABLE {table}") == "1\n"
-    assert curl(warehouse + "/", "--data-binary", f"DESCRIBE TABLE {table} FORMAT TSV").startswith("a\tUInt32")
+    assert curl(warehouse + "/", "--data-binary", f"DESCRIBE TABLE {table} FORMAT TSV").startswith(
+        "a\tUInt32"
+    )
     headers = curl(f"{warehouse}/?query={quote('SELECT 1')}", "-D", "-", "-o", "/dev/null")
     assert "X-ClickHouse-Format: TabSeparated" in headers and "X-ClickHouse-Summary: {" in headers
 
@@ -372,8 +475,10 @@ def test_streamed_results_and_mid_stream_errors(client):
     with client.query_row_block_stream("SELECT number, toString(number) FROM numbers(300000)") as stream:
         assert sum(len(block) for block in stream) == 300_000
     with pytest.raises(DatabaseError) as failure:
-        with client.query_row_block_stream("SELECT throwIf(number = 200000, 'late failure') FROM numbers(400000) "
-                                           "SETTINGS max_block_size = 10000") as stream:
+        with client.query_row_block_stream(
+            "SELECT throwIf(number = 200000, 'late failure') FROM numbers(400000) "
+            "SETTINGS max_block_size = 10000"
+        ) as stream:
             for _ in stream:
                 pass
     assert "late failure" in str(failure.value)

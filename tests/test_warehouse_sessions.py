@@ -1,5 +1,6 @@
 """deploy/warehouse/sessions.py: one query at a time per session; the next one waits for the previous to
 finish (its client may already hold the whole response), a truly concurrent one is refused."""
+
 from __future__ import annotations
 
 import threading
@@ -16,6 +17,7 @@ def hold(store: sessions.Sessions, seconds: float, entered: threading.Event) -> 
         with store.use("s1", 60, check=False):
             entered.set()
             time.sleep(seconds)
+
     thread = threading.Thread(target=run)
     thread.start()
     return thread

@@ -1,9 +1,10 @@
 """Run the real warehouse server (`python -m deploy.warehouse_server`) as a subprocess for tests.
 
-    proc, url = start_warehouse(tmp_path)   # url like "http://127.0.0.1:41234"
-    ...
-    assert stop_warehouse(proc) == 0
+proc, url = start_warehouse(tmp_path)   # url like "http://127.0.0.1:41234"
+...
+assert stop_warehouse(proc) == 0
 """
+
 from __future__ import annotations
 
 import os
@@ -19,12 +20,20 @@ ROOT = Path(__file__).resolve().parent.parent
 _READY = re.compile(r"warehouse listening on (http://\S+)")
 
 
-def start_warehouse(data_dir: str | os.PathLike, timeout: float = 60.0, port: int = 0) -> tuple[subprocess.Popen, str]:
+def start_warehouse(
+    data_dir: str | os.PathLike, timeout: float = 60.0, port: int = 0
+) -> tuple[subprocess.Popen, str]:
     """Start a warehouse on `data_dir` bound to `port` (default: a free loopback port); returns (process,
-    base url) once it has printed its ready line. A server that exits or stays silent is an error, never a skip."""
+    base url) once it has printed its ready line. A server that exits or stays silent is an error, never a
+    skip."""
     env = {**os.environ, "FLOKIT_DATA_DIR": str(data_dir), "FLOKIT_WAREHOUSE_BIND": f"127.0.0.1:{port}"}
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.warehouse_server"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.warehouse_server"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()

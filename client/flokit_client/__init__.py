@@ -1,4 +1,5 @@
 """FloKit events client: `Client(api_key, host).track(...)` queues, a background thread sends batches."""
+
 from .client import Client, Stats
 
 __all__ = ["Client", "Stats"]

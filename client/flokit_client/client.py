@@ -4,6 +4,7 @@ Every queued event gets exactly one outcome: delivered, rejected (the server's v
 carry), or failed (retries used up, the client closed first); the last two reach on_error. Outcomes come in
 tracking order, which is what flush() waits on.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -15,15 +16,17 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, List, Mapping, Optional, Tuple
+from typing import Any, Callable
 
 from .delivery import BODY_OVERHEAD, Sender
 from .events import Timestamp, UnserializableEvent, build_event, encode_event
 
 log = logging.getLogger("flokit_client")
 
-ErrorCallback = Callable[[dict, str, str], None]
+# on_error(event, error code, message): the event as it was tracked (its JSON document).
+ErrorCallback = Callable[[dict[str, Any], str, str], None]
 MAX_BATCH_SIZE = 1000  # the API's limit per batch request
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # the server's default FLOKIT_MAX_BODY_BYTES
 # After close()'s timeout, how long the sender gets to report what is left to on_error.
@@ -54,12 +57,23 @@ class Client:
     "block" waits for room.
     """
 
-    def __init__(self, api_key: str, host: str = "http://127.0.0.1:8080", *,
-                 on_error: Optional[ErrorCallback] = None, flush_interval: float = 1.0,
-                 max_batch_size: int = MAX_BATCH_SIZE, max_batch_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 max_queue_size: int = 10_000, max_queue_bytes: int = 4 * DEFAULT_MAX_BODY_BYTES,
-                 on_full: str = "drop", gzip: bool = True, max_retries: int = 10, timeout: float = 15.0,
-                 shutdown_timeout: float = 10.0):
+    def __init__(
+        self,
+        api_key: str,
+        host: str = "http://127.0.0.1:8080",
+        *,
+        on_error: ErrorCallback | None = None,
+        flush_interval: float = 1.0,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        max_batch_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_queue_size: int = 10_000,
+        max_queue_bytes: int = 4 * DEFAULT_MAX_BODY_BYTES,
+        on_full: str = "drop",
+        gzip: bool = True,
+        max_retries: int = 10,
+        timeout: float = 15.0,
+        shutdown_timeout: float = 10.0,
+    ):
         if not isinstance(api_key, str) or not api_key:
             raise ValueError("api_key must be a non-empty str (fk_...)")
         if on_full not in ("drop", "block"):
@@ -83,21 +97,28 @@ class Client:
         """Everything that belongs to one process (run again in a forked child: see _after_fork)."""
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # queue, outcomes, flush requests
-        self._queue: Deque[Tuple[bytes, float]] = collections.deque()  # (event JSON, when queued)
+        self._queue: collections.deque[tuple[bytes, float]] = collections.deque()  # (event JSON, when queued)
         self._queued_bytes = 0
         self._pending = self._pending_bytes = 0  # queued or being sent
         self._enqueued = self._finished = 0  # events that entered the queue / got their outcome (in order)
         self._flush_through = 0  # send without waiting for the interval until this many have finished
-        self._counts = collections.Counter()
+        self._counts: collections.Counter[str] = collections.Counter()
         self._closing = False
         self._stopping = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._sender: Optional[Sender] = None
+        self._thread: threading.Thread | None = None
+        self._sender: Sender | None = None
 
     # --- the app's side ---------------------------------------------------------------------------------
 
-    def track(self, event: str, *, user_id: Optional[str] = None, anonymous_id: Optional[str] = None,
-              timestamp: Timestamp = None, properties: Optional[Mapping[str, Any]] = None) -> bool:
+    def track(
+        self,
+        event: str,
+        *,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
+        timestamp: Timestamp = None,
+        properties: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Queue one event and return at once (with on_full="block", once there is room): True if queued.
 
         Raises only for arguments of the wrong type (TypeError; a naive datetime, ValueError). The server
@@ -121,9 +142,11 @@ class Client:
                 self._counts["dropped"] += 1
                 first = self._counts["dropped"] == 1
                 if first or self._counts["dropped"] % 10_000 == 0:
-                    log.warning("event dropped: %s; %d dropped so far (stats().dropped)",
-                                "the client is closed" if self._closing else "the queue is full",
-                                self._counts["dropped"])
+                    log.warning(
+                        "event dropped: %s; %d dropped so far (stats().dropped)",
+                        "the client is closed" if self._closing else "the queue is full",
+                        self._counts["dropped"],
+                    )
                 return False
             self._queue.append((data, time.monotonic()))
             self._queued_bytes += len(data)
@@ -134,8 +157,11 @@ class Client:
                 self._start()
             # Wake the sender only when it has something new to decide: a first event starts the interval,
             # a full batch goes at once.
-            if len(self._queue) == 1 or len(self._queue) == self._max_batch_size \
-                    or self._queued_bytes >= self._batch_bytes():
+            if (
+                len(self._queue) == 1
+                or len(self._queue) == self._max_batch_size
+                or self._queued_bytes >= self._batch_bytes()
+            ):
                 self._changed.notify_all()
         return True
 
@@ -144,7 +170,7 @@ class Client:
             return True  # an event larger than max_queue_bytes still goes alone, so "block" cannot hang on it
         return self._pending < self._max_queue_size and self._pending_bytes + size <= self._max_queue_bytes
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Send everything queued so far now and wait until each event has an outcome (delivered, rejected or
         failed), at most `timeout` seconds. True if they all have."""
         if threading.current_thread() is self._thread:
@@ -161,7 +187,7 @@ class Client:
                 self._changed.wait(remaining)
         return True
 
-    def close(self, timeout: Optional[float] = None) -> bool:
+    def close(self, timeout: float | None = None) -> bool:
         """Flush, then stop the sender, within `timeout` seconds (default: shutdown_timeout). Events without
         an outcome by then are reported to on_error as `client_closed`, in up to one more second (a request
         already on the wire may finish first). Later track() calls drop their events. True if everything
@@ -186,23 +212,32 @@ class Client:
         with self._lock:
             return Stats(pending=self._pending, **self._counts)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # --- the sender thread ------------------------------------------------------------------------------
 
     def _start(self) -> None:
         self._report = _Report(self)
-        self._sender = Sender(self._api_key, self._host, compress=self._gzip, timeout=self._timeout,
-                              max_retries=self._max_retries, body_limit=self._max_batch_bytes, report=self._report,
-                              wait=lambda seconds: not self._stopping.wait(seconds))
-        self._thread = threading.Thread(target=self._run, name="flokit-client-sender", daemon=True)
+        self._sender = Sender(
+            self._api_key,
+            self._host,
+            compress=self._gzip,
+            timeout=self._timeout,
+            max_retries=self._max_retries,
+            body_limit=self._max_batch_bytes,
+            report=self._report,
+            wait=lambda seconds: not self._stopping.wait(seconds),
+        )
+        self._thread = threading.Thread(
+            target=self._run, args=(self._sender,), name="flokit-client-sender", daemon=True
+        )
         self._thread.start()
 
-    def _run(self) -> None:
+    def _run(self, sender: Sender) -> None:
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -210,12 +245,15 @@ class Client:
             try:
                 if self._stopping.is_set():
                     for event in batch:
-                        self._report.failed(event, "client_closed",
-                                             "the client was closed before this event was sent")
+                        self._report.failed(
+                            event, "client_closed", "the client was closed before this event was sent"
+                        )
                 else:
-                    self._sender.deliver(batch, str(uuid.uuid4()))
+                    sender.deliver(batch, str(uuid.uuid4()))
             except Exception:  # a bug must not stop the sender; the batch is reported, the next one goes
-                log.exception("flokit_client: unexpected error while sending a batch of %d events", len(batch))
+                log.exception(
+                    "flokit_client: unexpected error while sending a batch of %d events", len(batch)
+                )
                 for event in batch:
                     self._report.failed(event, "client_error", "unexpected error in the client; see its log")
             finally:
@@ -225,16 +263,20 @@ class Client:
                     self._pending_bytes -= sum(map(len, batch))
                     self._changed.notify_all()
 
-    def _next_batch(self) -> Optional[List[bytes]]:
+    def _next_batch(self) -> list[bytes] | None:
         """Wait until a batch is due (full, its oldest event flush_interval old, a flush, closing), take it.
         None: the client is closed and nothing is left."""
         with self._lock:
             while True:
                 if self._queue:
                     due_at = self._queue[0][1] + self._flush_interval
-                    if (len(self._queue) >= self._max_batch_size or self._queued_bytes >= self._batch_bytes()
-                            or self._finished < self._flush_through or self._stopping.is_set()
-                            or time.monotonic() >= due_at):
+                    if (
+                        len(self._queue) >= self._max_batch_size
+                        or self._queued_bytes >= self._batch_bytes()
+                        or self._finished < self._flush_through
+                        or self._stopping.is_set()
+                        or time.monotonic() >= due_at
+                    ):
                         return self._take()
                     self._changed.wait(due_at - time.monotonic())
                 elif self._stopping.is_set():
@@ -243,11 +285,13 @@ class Client:
                     self._changed.wait()
 
     def _batch_bytes(self) -> int:
-        return min(self._max_batch_bytes, self._sender.body_limit) - BODY_OVERHEAD
+        sender = self._sender  # there is one once an event is queued (track() starts it)
+        limit = self._max_batch_bytes if sender is None else min(self._max_batch_bytes, sender.body_limit)
+        return limit - BODY_OVERHEAD
 
-    def _take(self) -> List[bytes]:
+    def _take(self) -> list[bytes]:
         limit = self._batch_bytes()
-        batch: List[bytes] = []
+        batch: list[bytes] = []
         size = 0
         while self._queue and len(batch) < self._max_batch_size:
             data = self._queue[0][0]
@@ -259,7 +303,7 @@ class Client:
         self._queued_bytes -= sum(map(len, batch))
         return batch
 
-    def _call_on_error(self, event: dict, error: str, message: str) -> None:
+    def _call_on_error(self, event: dict[str, Any], error: str, message: str) -> None:
         if self._on_error is None:
             log.warning("event %r not delivered: %s: %s", event.get("event"), error, message)
             return
@@ -269,8 +313,8 @@ class Client:
             log.exception("flokit_client: on_error raised")
 
     def _after_fork(self) -> None:
-        # The child has no sender thread and shares the parent's connection; the parent's queued events are the
-        # parent's to send (sending them here too would send them twice). Start again, empty.
+        # The child has no sender thread and shares the parent's connection; the parent's queued events are
+        # the parent's to send (sending them here too would send them twice). Start again, empty.
         self._fresh_state()
 
 
@@ -298,7 +342,7 @@ class _Report:
     def sending(self) -> None:
         self._count("requests")
 
-    def retrying(self, status: Optional[int]) -> None:
+    def retrying(self, status: int | None) -> None:
         self._count("retries")
         if status == 429:
             self._count("rate_limited")
@@ -309,7 +353,7 @@ class _Report:
 
 # --- process lifecycle: exit and fork -----------------------------------------------------------------------
 
-_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _clients_lock = threading.Lock()
 
 

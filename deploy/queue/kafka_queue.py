@@ -1,10 +1,11 @@
 """The queue on Apache Kafka (production), through kafka-python."""
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -46,8 +47,15 @@ class KafkaPublisher(Publisher):
     cross a fork), so the front door starts, and answers 503, while the broker is down.
     """
 
-    def __init__(self, bootstrap: str, topic: str, timeout: float, *, linger_ms: int = 0,
-                 compression: str | None = None):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        timeout: float,
+        *,
+        linger_ms: int = 0,
+        compression: str | None = None,
+    ):
         self._bootstrap = bootstrap
         self._topic = topic
         self._timeout = timeout
@@ -121,11 +129,13 @@ class KafkaPublisher(Publisher):
             if self._producer is not producer:
                 return  # already discarded
             self._producer = None
-        threading.Thread(target=self._close_discarded, args=(producer,), name="kafka-producer-close",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._close_discarded, args=(producer,), name="kafka-producer-close", daemon=True
+        ).start()
 
     def _close_discarded(self, producer: KafkaProducer) -> None:
-        # close() first waits for the producer's records: each is acknowledged or expires within its delivery timeout.
+        # close() first waits for the producer's records: each is
+        # acknowledged or expires within its delivery timeout.
         try:
             producer.close(timeout=self._timeout + self._linger_ms / 1000 + 1)
         except KafkaError as exc:
@@ -140,8 +150,11 @@ class KafkaPublisher(Publisher):
             return True
         timeout_ms = max(1, int(timeout * 500))  # half to connect, half for the answer
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, bootstrap_timeout_ms=timeout_ms,
-                                     request_timeout_ms=timeout_ms)
+            admin = KafkaAdminClient(
+                bootstrap_servers=self._bootstrap,
+                bootstrap_timeout_ms=timeout_ms,
+                request_timeout_ms=timeout_ms,
+            )
         except KafkaError:
             return False
         try:
@@ -188,8 +201,16 @@ class KafkaSubscriber(Subscriber):
     commits what it holds there.
     """
 
-    def __init__(self, bootstrap: str, topic: str, group: str, *,
-                 on_revoke: OnRevoke | None = None, client_id: str | None = None, large_reads: bool = False):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        *,
+        on_revoke: OnRevoke | None = None,
+        client_id: str | None = None,
+        large_reads: bool = False,
+    ):
         """`large_reads`: FLOKIT_KAFKA_LARGE_READS (kafka_recv.py), for the whole process."""
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
@@ -236,8 +257,9 @@ class KafkaSubscriber(Subscriber):
 
         if offsets:
             try:
-                self._consumer.commit({TopicPartition(self._topic, p): OffsetAndMetadata(o, "", -1)
-                                       for p, o in offsets.items()})
+                self._consumer.commit(
+                    {TopicPartition(self._topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
+                )
             except (CommitFailedError, IllegalStateError) as exc:
                 raise CommitFailed(str(exc)) from exc
             except KafkaError as exc:  # the coordinator unreachable, a timeout: nothing committed

@@ -11,6 +11,7 @@ private method is measured, in the same run, by the bench (bench/README.md).
 without it the library is left as it is, and the log says so). TLS connections (KafkaSSLTransport, a read
 loop of its own) are always left as they are.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,8 +57,10 @@ def use_large_reads(on: bool) -> bool:
             KafkaTCPTransport._sock_recv = _stock_sock_recv
         return False
     if current is None:
-        log.warning("kafka-python %s has no KafkaTCPTransport._sock_recv: socket reads left at its own size",
-                    __import__("kafka").__version__)
+        log.warning(
+            "kafka-python %s has no KafkaTCPTransport._sock_recv: socket reads left at its own size",
+            __import__("kafka").__version__,
+        )
         return False
     if current is not _sock_recv:
         _stock_sock_recv = current

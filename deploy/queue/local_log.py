@@ -52,6 +52,7 @@ used must be dropped (`flokit queue forget-group NAME`, forget_group()) or it
 keeps the log from shrinking.
 Freed pages are reused by later appends; the file keeps its high-water size.
 """
+
 from __future__ import annotations
 
 import errno
@@ -62,9 +63,9 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 from schemas.queue import GroupBusy, Message, OnRevoke, Publisher, QueueUnavailable, Record, Subscriber
 
@@ -129,7 +130,7 @@ def _connect(path: Path, busy_timeout: float, synchronous: str = "FULL") -> sqli
         if _journal_mode_wal(conn, busy_timeout).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot put {path} in WAL mode")
         conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL back to 64 MB after a checkpoint
+        conn.execute("PRAGMA journal_size_limit=67108864")  # the WAL back to 64 MB after a checkpoint
         with _transaction(conn):
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
@@ -155,9 +156,11 @@ def _lock_group(path: Path, group: str) -> int:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise GroupBusy(f"consumer group {group!r} already has a subscriber on {path} (lock {lock_path}); "
-                            "the embedded queue allows one consumer per group, scale it with bigger batches or "
-                            "use Kafka") from None
+            raise GroupBusy(
+                f"consumer group {group!r} already has a subscriber on {path} (lock {lock_path}); "
+                "the embedded queue allows one consumer per group, scale it with bigger batches or "
+                "use Kafka"
+            ) from None
         raise
     return fd
 
@@ -197,15 +200,22 @@ class LocalLogPublisher(Publisher):
                     if stored is None:
                         stored = self._requested_partitions
                         db.execute("INSERT INTO meta (key, value) VALUES ('partitions', ?)", (stored,))
-                    db.executemany("INSERT OR IGNORE INTO heads (partition, next_offset) VALUES (?, 0)",
-                                   [(p,) for p in range(stored)])
+                    db.executemany(
+                        "INSERT OR IGNORE INTO heads (partition, next_offset) VALUES (?, 0)",
+                        [(p,) for p in range(stored)],
+                    )
             except BaseException:
                 db.close()
                 raise
             if stored != self._requested_partitions:
-                log.warning("%s was created with %d partitions; keeping %d rather than the %d configured "
-                            "(changing it would move devices between partitions)",
-                            self._path, stored, stored, self._requested_partitions)
+                log.warning(
+                    "%s was created with %d partitions; keeping %d rather than the %d configured "
+                    "(changing it would move devices between partitions)",
+                    self._path,
+                    stored,
+                    stored,
+                    self._requested_partitions,
+                )
             self._partitions = stored
             self._db = db
         return self._db
@@ -239,6 +249,7 @@ class LocalLogPublisher(Publisher):
                 raise QueueUnavailable(f"cannot open the local log {self._path}: {exc}") from exc
             finally:
                 self._lock.release()
+        assert self._partitions is not None  # _conn() sets it
         return self._partitions
 
     def publish(self, records: Sequence[Record], timeout: float) -> None:
@@ -266,12 +277,15 @@ class LocalLogPublisher(Publisher):
                     rows.append((r.partition, heads[r.partition], r.value))
                     heads[r.partition] += 1
                 db.executemany("INSERT INTO log (partition, offset, value) VALUES (?, ?, ?)", rows)
-                db.executemany("UPDATE heads SET next_offset = ? WHERE partition = ?",
-                               [(heads[p], p) for p in touched])
+                db.executemany(
+                    "UPDATE heads SET next_offset = ? WHERE partition = ?", [(heads[p], p) for p in touched]
+                )
         except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
             raise  # a bug in the caller (e.g. a value that is not bytes), not an unavailable queue
         except sqlite3.Error as exc:  # locked past the deadline, disk full, I/O error...
-            raise QueueUnavailable(f"local log {self._path} did not take the records in {timeout:g}s: {exc}") from exc
+            raise QueueUnavailable(
+                f"local log {self._path} did not take the records in {timeout:g}s: {exc}"
+            ) from exc
         finally:
             if self._db is not None and self._db.in_transaction:
                 self._drop_connection()  # its rollback failed: the next publish starts on a new connection
@@ -313,9 +327,17 @@ class LocalLogSubscriber(Subscriber):
 
     exclusive = True
 
-    def __init__(self, path: Path, group: str, on_revoke: OnRevoke | None = None, *,
-                 prune_interval: float = 5.0, prune_batch: int = 5_000, max_poll_bytes: int = 16 * 1024 * 1024,
-                 busy_timeout: float = 30.0):
+    def __init__(
+        self,
+        path: Path,
+        group: str,
+        on_revoke: OnRevoke | None = None,
+        *,
+        prune_interval: float = 5.0,
+        prune_batch: int = 5_000,
+        max_poll_bytes: int = 16 * 1024 * 1024,
+        busy_timeout: float = 30.0,
+    ):
         self._path = Path(path)
         self._group = group
         self._prune_interval = prune_interval
@@ -324,9 +346,12 @@ class LocalLogSubscriber(Subscriber):
         self._lock_fd: int | None = _lock_group(self._path, group)
         try:
             self._db = _connect(self._path, busy_timeout)
-            self._db.execute("INSERT OR IGNORE INTO groups (name, created_at) VALUES (?, ?)", (group, time.time()))
-            self._positions: dict[int, int] = dict(self._db.execute(
-                "SELECT partition, next_offset FROM group_offsets WHERE grp = ?", (group,)))
+            self._db.execute(
+                "INSERT OR IGNORE INTO groups (name, created_at) VALUES (?, ?)", (group, time.time())
+            )
+            self._positions: dict[int, int] = dict(
+                self._db.execute("SELECT partition, next_offset FROM group_offsets WHERE grp = ?", (group,))
+            )
         except BaseException:
             self.close()
             raise
@@ -365,8 +390,10 @@ class LocalLogSubscriber(Subscriber):
                     break
                 position = self._positions.get(partition, 0)
                 for offset, value in db.execute(
-                        "SELECT offset, value FROM log WHERE partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
-                        (partition, position, want)):
+                    "SELECT offset, value FROM log WHERE partition = ? AND offset >= ? "
+                    "ORDER BY offset LIMIT ?",
+                    (partition, position, want),
+                ):
                     out.append(Message(partition, offset, value))
                     position = offset + 1
                     size += len(value)
@@ -410,7 +437,8 @@ class LocalLogSubscriber(Subscriber):
                 db.executemany(
                     "INSERT INTO group_offsets (grp, partition, next_offset) VALUES (?, ?, ?) "
                     "ON CONFLICT (grp, partition) DO UPDATE SET next_offset = excluded.next_offset",
-                    [(self._group, p, o) for p, o in offsets.items()])
+                    [(self._group, p, o) for p, o in offsets.items()],
+                )
         except sqlite3.OperationalError as exc:  # the disk full, the log locked past the busy timeout
             raise QueueUnavailable(f"offsets not committed to {self._path}: {exc}") from exc
         if time.monotonic() >= self._next_prune:
@@ -430,10 +458,14 @@ class LocalLogSubscriber(Subscriber):
                 # A group with no committed offset for the partition holds it at 0.
                 bound = db.execute(
                     "SELECT MIN(COALESCE(o.next_offset, 0)) FROM groups g "
-                    "LEFT JOIN group_offsets o ON o.grp = g.name AND o.partition = ?", (partition,)).fetchone()[0]
+                    "LEFT JOIN group_offsets o ON o.grp = g.name AND o.partition = ?",
+                    (partition,),
+                ).fetchone()[0]
                 if not bound:
                     continue
-                low = db.execute("SELECT MIN(offset) FROM log WHERE partition = ?", (partition,)).fetchone()[0]
+                low = db.execute("SELECT MIN(offset) FROM log WHERE partition = ?", (partition,)).fetchone()[
+                    0
+                ]
                 if low is None or low >= bound:
                     continue
                 upto = min(bound, low + self._prune_batch)
@@ -442,10 +474,10 @@ class LocalLogSubscriber(Subscriber):
         return more
 
     def close(self) -> None:
-        db = getattr(self, "_db", None)
+        db = getattr(self, "_db", None)  # absent if __init__ failed, or once closed
         if db is not None:
             db.close()
-            self._db = None
+            del self._db
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None

@@ -4,10 +4,12 @@ clickhouse-connect compresses insert bodies by default (`Content-Encoding: lz4`,
 chunked) and asks for compressed query results (`Accept-Encoding: lz4,zstd,gzip,deflate` together with
 `enable_http_compression=1`). Both directions stream: nothing here holds a whole body.
 """
+
 from __future__ import annotations
 
 import zlib
-from typing import BinaryIO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, Protocol
 
 import lz4.frame
 
@@ -70,7 +72,19 @@ def _truncated() -> ClickHouseError:
     return ClickHouseError.of(CANNOT_READ_ALL_DATA, "Request body ended before its declared end")
 
 
-_DECODERS: dict[str, Callable[[], object]] = {
+class Decompressor(Protocol):
+    """What zlib's, zstd's and lz4.frame's decompressor objects have in common."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+
+_DECODERS: dict[str, Callable[[], Decompressor]] = {
     "lz4": lz4.frame.LZ4FrameDecompressor,
     "zstd": zstd.ZstdDecompressor,
     "gzip": lambda: zlib.decompressobj(wbits=31),
@@ -95,7 +109,9 @@ def decoded(chunks: Iterator[bytes], encoding: str | None) -> Iterator[bytes]:
             try:
                 out = decoder.decompress(chunk)
             except Exception as exc:
-                raise ClickHouseError.of(CANNOT_READ_ALL_DATA, f"Cannot decode {encoding} body: {exc}") from None
+                raise ClickHouseError.of(
+                    CANNOT_READ_ALL_DATA, f"Cannot decode {encoding} body: {exc}"
+                ) from None
             if out:
                 yield out
             chunk, pending = b"", not decoder.eof

@@ -10,6 +10,7 @@ closed last, keeps the engine up for the life of the server.
 Insert bodies are spooled to files under `<data dir>/tmp/http_inserts` and inserted with `FROM INFILE`,
 because chdb's streaming inserter loses storage-stage errors (see `Connection.insert`).
 """
+
 from __future__ import annotations
 
 import errno
@@ -18,13 +19,17 @@ import re
 import shutil
 import tempfile
 import threading
-from typing import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
+from typing import Any
 
 from chdb import _chdb  # importing via the package runs chdb's own loader setup
 
 from deploy.warehouse.errors import CANNOT_WRITE_TO_FILE_DESCRIPTOR, NOT_ENOUGH_SPACE, ClickHouseError
 from deploy.warehouse.sql import insert_from_file
 from schemas.warehouse import quote_identifier
+
+# chdb's stub for its C module declares almost none of it, connect() not among it.
+_connect: Callable[[str], Any] = _chdb.connect  # type: ignore[attr-defined]
 
 # ClickHouse expands these in a FROM INFILE name (no escaping): a spool path must not contain any.
 _GLOB_CHARS = frozenset("*?{}[]")
@@ -40,7 +45,7 @@ class Engine:
 
     def __init__(self, path: str):
         self.path = path
-        self._owner = _chdb.connect(path)
+        self._owner = _connect(path)
         self._close_lock = threading.Lock()
         try:
             self.spool_dir, self._own_spool_dir = _spool_dir(path)
@@ -52,8 +57,8 @@ class Engine:
         names = self._owner.query("SELECT name FROM system.formats WHERE is_output", "TabSeparated").bytes()
         self.output_formats = {name.lower(): name for name in names.decode().split()}
 
-    def connect(self) -> "Connection":
-        return Connection(_chdb.connect(self.path), self.spool_dir)
+    def connect(self) -> Connection:
+        return Connection(_connect(self.path), self.spool_dir)
 
     def close(self) -> None:
         """Shut the engine down; call only once no connection is in use."""
@@ -82,8 +87,10 @@ def _spool_dir(path: str) -> tuple[str, bool]:
     if _GLOB_CHARS.isdisjoint(spool):
         return spool, True
     os.rmdir(spool)
-    raise ValueError(f"cannot spool inserts: both {path!r} and the temp directory {spool!r} contain one of "
-                     f"{''.join(sorted(_GLOB_CHARS))}, which FROM INFILE reads as a glob")
+    raise ValueError(
+        f"cannot spool inserts: both {path!r} and the temp directory {spool!r} contain one of "
+        f"{''.join(sorted(_GLOB_CHARS))}, which FROM INFILE reads as a glob"
+    )
 
 
 class Connection:
@@ -93,7 +100,7 @@ class Connection:
         self._h = handle
         self._spool_dir = spool_dir
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -124,7 +131,9 @@ class Connection:
         """chdb's parse-only classification: query_class (READ_ONLY, MUTATING, ...) and statement_count."""
         return self._h.classify_query(sql)
 
-    def stream(self, sql: str, fmt: str, params: dict[str, str] | None = None) -> Iterator:
+    def stream(
+        self, sql: str | bytes, fmt: str, params: dict[str, str] | None = None
+    ) -> Generator[Any, None, None]:
         """Run a query block by block: yields chdb results, one per block, each already in `fmt`."""
         try:
             stream = self._h.send_query(sql, fmt, params=params or {})
@@ -174,7 +183,7 @@ class Connection:
                     view = memoryview(chunk)
                     while view:  # os.write may write less than asked
                         try:
-                            view = view[os.write(fd, view):]
+                            view = view[os.write(fd, view) :]
                         except OSError as exc:
                             raise _spool_error(exc) from None
             finally:

@@ -1,8 +1,8 @@
 """The request handler: ClickHouse's HTTP interface, the subset clickhouse-connect and curl use.
 
-    GET /ping, GET /                      -> "Ok.\n"
-    GET /?query=SELECT ...                -> result in the query's FORMAT, else default_format, else TabSeparated
-    POST / (query in body)                -> same; the body is appended to a `query=` parameter after a newline
+    GET /ping, GET /                  -> "Ok.\n"
+    GET /?query=SELECT ...            -> result in the query's FORMAT, else default_format, else TabSeparated
+    POST / (query in body)            -> same; the body is appended to a `query=` parameter after a newline
     POST /?query=INSERT ... FORMAT X + data, or POST / with "INSERT ... FORMAT X\n<data>" as the body
 
 Inserts with inline data are streamed to a spool file and inserted from it (engine.Connection.insert says
@@ -10,16 +10,19 @@ why not through chdb's streaming inserter); other queries run on their own chdb 
 block by block, or buffered first when the client asked for `wait_end_of_query=1` (clickhouse-connect does
 for ordinary queries) or the format has a header/footer that per-block output would repeat.
 """
+
 from __future__ import annotations
 
+import io
 import itertools
 import secrets
 import socket
 import sys
 import traceback
 import uuid
+from collections.abc import Generator, Iterator
 from http.server import BaseHTTPRequestHandler
-from typing import Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -29,12 +32,30 @@ from deploy.warehouse.errors import SYNTAX_ERROR, ClickHouseError
 from deploy.warehouse.request import QueryRequest
 from deploy.warehouse.sql import Incomplete, InlineInsert, first_token, output_format, split_insert
 
-# An INSERT whose data start is not found within this many bytes is handed to the engine whole (to fail there).
+if TYPE_CHECKING:
+    from deploy.warehouse.server import WarehouseServer
+
+# An INSERT whose data start is not found within this many bytes is
+# handed to the engine whole (to fail there).
 MAX_HEAD = 1 << 20
 
 # Formats whose per-block output concatenates into one valid document (no header, footer or names row).
-STREAMABLE = frozenset({"Native", "TabSeparated", "TSV", "TabSeparatedRaw", "TSVRaw", "CSV", "RowBinary",
-                        "JSONEachRow", "JSONCompactEachRow", "JSONStringsEachRow", "Values", "LineAsString"})
+STREAMABLE = frozenset(
+    {
+        "Native",
+        "TabSeparated",
+        "TSV",
+        "TabSeparatedRaw",
+        "TSVRaw",
+        "CSV",
+        "RowBinary",
+        "JSONEachRow",
+        "JSONCompactEachRow",
+        "JSONStringsEachRow",
+        "Values",
+        "LineAsString",
+    }
+)
 
 
 def content_type(fmt: str | None) -> str:
@@ -48,7 +69,17 @@ def content_type(fmt: str | None) -> str:
         return "application/x-ndjson; charset=UTF-8"
     if fmt.startswith("JSON"):
         return "application/json; charset=UTF-8"
-    if fmt in ("Native", "RowBinary", "Parquet", "Arrow", "ArrowStream", "ORC", "Avro", "MsgPack", "Protobuf"):
+    if fmt in (
+        "Native",
+        "RowBinary",
+        "Parquet",
+        "Arrow",
+        "ArrowStream",
+        "ORC",
+        "Avro",
+        "MsgPack",
+        "Protobuf",
+    ):
         return "application/octet-stream"
     return "text/plain; charset=UTF-8"
 
@@ -57,6 +88,9 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as clickhouse-connect's connection pool expects
     server_version = "FloKitWarehouse"
     sys_version = ""
+    # What socketserver gives this handler (its stubs say BaseServer and BufferedIOBase).
+    server: WarehouseServer
+    rfile: io.BufferedReader
 
     def log_message(self, format, *args) -> None:  # noqa: A002  one line per request is noise here
         pass
@@ -107,10 +141,14 @@ class Handler(BaseHTTPRequestHandler):
         self._query_id, self._headers_sent = str(uuid.uuid4()), False
         self._timezone = self.server.engine.timezone
         try:
-            if url.path in ("/ping", "/replicas_status") or (url.path == "/" and self.command == "GET" and not pairs):
+            if url.path in ("/ping", "/replicas_status") or (
+                url.path == "/" and self.command == "GET" and not pairs
+            ):
                 self._plain(200, b"Ok.\n")
             elif url.path != "/":
-                self._plain(404, f"There is no handle {url.path}\n\nUse / or /ping for health checks.\n".encode())
+                self._plain(
+                    404, f"There is no handle {url.path}\n\nUse / or /ping for health checks.\n".encode()
+                )
             else:
                 req = QueryRequest.from_pairs(pairs, self.command, self.headers)
                 self._query_id = req.query_id or self._query_id
@@ -138,8 +176,10 @@ class Handler(BaseHTTPRequestHandler):
         text, insert, data = _read_statement(req, chunks)
         server = self.server
         settings = {"readonly": "2", **req.settings} if req.readonly else req.settings
-        with server.sessions.use(req.session_id, req.session_timeout, req.session_check) as session, \
-                server.engine.connect() as conn:
+        with (
+            server.sessions.use(req.session_id, req.session_timeout, req.session_check) as session,
+            server.engine.connect() as conn,
+        ):
             conn.prepare(req.database, settings, session.statements if session else ())
             if insert is not None:
                 result = conn.insert(insert.statement, insert.format, data)
@@ -160,8 +200,13 @@ class Handler(BaseHTTPRequestHandler):
         has_result = info["query_class"].name == "READ_ONLY"
         encoder = self._encoder(req)
         # chdb streams SELECTs only (not SHOW, DESCRIBE, ...); an HTTP/1.0 client cannot take chunks.
-        if (has_result and fmt in STREAMABLE and not req.wait_end_of_query and self.request_version != "HTTP/1.0"
-                and first_token(text) in (b"SELECT", b"WITH", b"(")):
+        if (
+            has_result
+            and fmt in STREAMABLE
+            and not req.wait_end_of_query
+            and self.request_version != "HTTP/1.0"
+            and first_token(text) in (b"SELECT", b"WITH", b"(")
+        ):
             self._reply_stream(conn.stream(text, fmt, req.params), fmt, encoder)
             return
         result = conn.run(text, fmt, req.params)
@@ -193,8 +238,15 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self._headers_sent = True
 
-    def _reply(self, body, fmt: str | None, summary: dict | None, encoder: Encoder | None = None,
-               status: int = 200, extra: dict[str, str] | None = None) -> None:
+    def _reply(
+        self,
+        body,
+        fmt: str | None,
+        summary: dict | None,
+        encoder: Encoder | None = None,
+        status: int = 200,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         extra = dict(extra or {})
         if encoder is not None and len(body):
             body = encoder.encode(body) + encoder.finish()
@@ -204,7 +256,7 @@ class Handler(BaseHTTPRequestHandler):
         if len(body):
             self.wfile.write(body)
 
-    def _reply_stream(self, results: Iterator, fmt: str, encoder: Encoder | None) -> None:
+    def _reply_stream(self, results: Generator[Any, None, None], fmt: str, encoder: Encoder | None) -> None:
         """Send blocks as they come (chunked). An error after the first block can no longer change the
         status, so it is appended in ClickHouse's tagged form (`X-ClickHouse-Exception-Tag`), which
         clickhouse-connect detects and raises."""
@@ -221,8 +273,12 @@ class Handler(BaseHTTPRequestHandler):
                     self._write_chunk(encode(result.get_memview().view()))
             except ClickHouseError as exc:
                 message = f"Code: {exc.code}. {exc.message}".encode()
-                self._write_chunk(encode(b"__exception__\r\n%s\r\n%s\n%d %s\r\n__exception__\r\n" % (
-                    tag.encode(), message, len(message), tag.encode())))
+                self._write_chunk(
+                    encode(
+                        b"__exception__\r\n%s\r\n%s\n%d %s\r\n__exception__\r\n"
+                        % (tag.encode(), message, len(message), tag.encode())
+                    )
+                )
             if encoder is not None:
                 self._write_chunk(encoder.finish())
             self.wfile.write(b"0\r\n\r\n")
@@ -253,8 +309,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._drain_or_close()
         body = exc.body(self.server.engine.version)
-        self._reply(body, None, None, status=exc.http_status,
-                    extra={"X-ClickHouse-Exception-Code": str(exc.code)})
+        self._reply(
+            body, None, None, status=exc.http_status, extra={"X-ClickHouse-Exception-Code": str(exc.code)}
+        )
 
     def _drain_or_close(self) -> None:
         # The client is still sending (an insert rejected before its data was read): take the rest so it
@@ -265,7 +322,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-def _read_statement(req: QueryRequest, chunks: Iterator[bytes]) -> tuple[bytes, InlineInsert | None, Iterator[bytes]]:
+def _read_statement(
+    req: QueryRequest, chunks: Iterator[bytes]
+) -> tuple[bytes, InlineInsert | None, Iterator[bytes]]:
     """Read the body only as far as needed to know what it is.
 
     ClickHouse reads the query as `query` parameter + newline + body. An INSERT with inline data returns
@@ -285,20 +344,39 @@ def _read_statement(req: QueryRequest, chunks: Iterator[bytes]) -> tuple[bytes, 
                 buf = buf + more if buf else more  # usually one chunk holds the whole head: no copy
     if insert is None:
         return buf + b"".join(chunks), None, iter(())
-    rest = buf[insert.data_start:]
-    return buf[:insert.data_start], insert, itertools.chain([rest] if rest else [], chunks)
+    rest = buf[insert.data_start :]
+    return buf[: insert.data_start], insert, itertools.chain([rest] if rest else [], chunks)
 
 
 def _summary(read=None, written=None) -> dict[str, str]:
     """X-ClickHouse-Summary: ClickHouse sends every counter as a string."""
-    summary = dict.fromkeys(("read_rows", "read_bytes", "written_rows", "written_bytes", "total_rows_to_read",
-                             "result_rows", "result_bytes", "elapsed_ns"), "0")
+    summary = dict.fromkeys(
+        (
+            "read_rows",
+            "read_bytes",
+            "written_rows",
+            "written_bytes",
+            "total_rows_to_read",
+            "result_rows",
+            "result_bytes",
+            "elapsed_ns",
+        ),
+        "0",
+    )
     if read is not None:
-        summary.update(read_rows=str(read.storage_rows_read()), read_bytes=str(read.storage_bytes_read()),
-                       written_rows=str(read.rows_written()), written_bytes=str(read.bytes_written()),
-                       result_rows=str(read.rows_read()), result_bytes=str(read.size()),
-                       elapsed_ns=str(int(read.elapsed() * 1e9)))
+        summary.update(
+            read_rows=str(read.storage_rows_read()),
+            read_bytes=str(read.storage_bytes_read()),
+            written_rows=str(read.rows_written()),
+            written_bytes=str(read.bytes_written()),
+            result_rows=str(read.rows_read()),
+            result_bytes=str(read.size()),
+            elapsed_ns=str(int(read.elapsed() * 1e9)),
+        )
     if written is not None:
-        summary.update(written_rows=str(written.rows_written()), written_bytes=str(written.bytes_written()),
-                       elapsed_ns=str(int(written.elapsed() * 1e9)))
+        summary.update(
+            written_rows=str(written.rows_written()),
+            written_bytes=str(written.bytes_written()),
+            elapsed_ns=str(int(written.elapsed() * 1e9)),
+        )
     return summary

@@ -1,4 +1,5 @@
 """The warehouse process: one chdb data directory, served over ClickHouse's HTTP interface on loopback."""
+
 from __future__ import annotations
 
 import signal
@@ -38,7 +39,12 @@ class WarehouseServer(ThreadingHTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host's FQDN, a DNS round trip nothing here uses.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        self.server_name, self.server_port = self.bound_address()
+
+    def bound_address(self) -> tuple[str, int]:
+        """(host, port) the socket is bound to (the real port when bound to port 0)."""
+        host, port = self.socket.getsockname()[:2]
+        return host, port
 
     def request_started(self) -> bool:
         with self._idle:
@@ -82,7 +88,7 @@ def serve(settings: Settings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     threading.Thread(target=server.serve_forever, name="warehouse-accept", daemon=True).start()
-    bound_host, bound_port = server.server_address[:2]
+    bound_host, bound_port = server.bound_address()
     bound_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"warehouse listening on http://{bound_host}:{bound_port}", flush=True)
     while not stop.wait(1.0):

@@ -7,15 +7,15 @@ not outlive their request. As in ClickHouse, one session runs one query at a tim
 while the session's previous one is still finishing waits up to LOCK_WAIT_SECONDS for it), and expires after
 `session_timeout` seconds unused.
 """
+
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from deploy.warehouse.errors import SESSION_IS_LOCKED, SESSION_NOT_FOUND, ClickHouseError
-
 
 LOCK_WAIT_SECONDS = 1.0
 
@@ -56,7 +56,9 @@ class Sessions:
         # (sent inside the session) and may send the next query before that request's thread lets go. So
         # wait a moment for it; a truly concurrent query in one session still gets SESSION_IS_LOCKED.
         if not session.lock.acquire(timeout=LOCK_WAIT_SECONDS):
-            raise ClickHouseError.of(SESSION_IS_LOCKED, f"Session {session_id} is locked by a concurrent client")
+            raise ClickHouseError.of(
+                SESSION_IS_LOCKED, f"Session {session_id} is locked by a concurrent client"
+            )
         session.timeout = timeout
         try:
             yield session

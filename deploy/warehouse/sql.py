@@ -9,11 +9,12 @@ Two questions need answering before the engine sees a query:
 The lexer works on bytes because an insert body is binary after its statement; it only ever looks at
 the statement part.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 _WORD = re.compile(rb"[A-Za-z_][A-Za-z0-9_$]*")
 _SPACE = b" \t\n\r\f\v"
@@ -33,7 +34,7 @@ class Incomplete(Exception):
 
 
 def tokens(buf: bytes, pos: int = 0) -> Iterator[Token]:
-    """Tokens of `buf` from `pos`, skipping whitespace and comments; raises Incomplete on a cut-off literal."""
+    """Tokens of `buf` from `pos`, skipping whitespace and comments; Incomplete on a cut-off literal."""
     n = len(buf)
     while pos < n:
         ch = buf[pos]
@@ -58,7 +59,7 @@ def tokens(buf: bytes, pos: int = 0) -> Iterator[Token]:
             pos = word.end()
         else:
             kind = "open" if ch in b"([{" else "close" if ch in b")]}" else "other"
-            yield Token(kind, pos, pos + 1, buf[pos:pos + 1])
+            yield Token(kind, pos, pos + 1, buf[pos : pos + 1])
             pos += 1
 
 
@@ -72,7 +73,7 @@ def _quoted_end(buf: bytes, pos: int) -> int:
             continue
         if j < 0:
             raise Incomplete
-        if buf[j + 1:j + 2] == bytes([quote]):  # doubled quote
+        if buf[j + 1 : j + 2] == bytes([quote]):  # doubled quote
             if j + 2 >= len(buf):
                 raise Incomplete
             i = j + 2
@@ -81,7 +82,7 @@ def _quoted_end(buf: bytes, pos: int) -> int:
 
 
 def first_token(buf: bytes) -> bytes:
-    """The statement's first token: a keyword upper-cased, or a punctuation byte such as b"(" (b"" if none)."""
+    """The statement's first token: a keyword upper-cased, or a punctuation byte like b"(" (b"" if none)."""
     try:
         for tok in tokens(buf):
             return tok.text
@@ -121,13 +122,13 @@ def split_insert(buf: bytes, at_eof: bool) -> InlineInsert | None:
                 if tok.text in (b"SELECT", b"WITH"):
                     return None
                 if tok.text == b"VALUES":
-                    return InlineInsert(buf[:tok.start].decode(), "Values", tok.end)
+                    return InlineInsert(buf[: tok.start].decode(), "Values", tok.end)
                 if tok.text == b"FORMAT":
                     name = next(stream, None)
                     if name is None or name.kind != "word":
                         break
                     start = _data_start(buf, name.end, at_eof)
-                    return InlineInsert(buf[:tok.start].decode(), buf[name.start:name.end].decode(), start)
+                    return InlineInsert(buf[: tok.start].decode(), buf[name.start : name.end].decode(), start)
     except Incomplete:
         pass
     if at_eof:
@@ -148,8 +149,13 @@ def insert_from_file(statement: str, path_literal: str, fmt: str) -> str:
     for i, tok in enumerate(found):
         depth += tok.kind == "open"
         depth -= tok.kind == "close"
-        if (depth == 0 and tok.text == b"SETTINGS" and i + 2 < len(found)
-                and found[i + 1].kind in ("word", "quoted") and found[i + 2].text == b"="):
+        if (
+            depth == 0
+            and tok.text == b"SETTINGS"
+            and i + 2 < len(found)
+            and found[i + 1].kind in ("word", "quoted")
+            and found[i + 2].text == b"="
+        ):
             cut = tok.start
             break
     # Newlines, not spaces: the statement may end in a `-- comment`.
@@ -180,7 +186,7 @@ def output_format(text: bytes, known: dict[str, str]) -> str | None:
     try:
         for tok in tokens(text):
             if after_format and tok.kind == "word":
-                found = known.get(text[tok.start:tok.end].decode().lower(), found)
+                found = known.get(text[tok.start : tok.end].decode().lower(), found)
             after_format = depth == 0 and tok.text == b"FORMAT"
             depth += tok.kind == "open"
             depth -= tok.kind == "close"

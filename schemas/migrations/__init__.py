@@ -29,16 +29,22 @@ Placeholders in the files:
 A statement whose first line is `-- cluster only` is left out on a single node. Whole-line `--`
 comments are dropped when rendering.
 """
+
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
-from typing import Iterable
+from itertools import pairwise
+from typing import TYPE_CHECKING
 
 from schemas.warehouse import MIGRATIONS_TABLE, quote_identifier
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 __all__ = [
     "MIGRATIONS_TABLE",
@@ -74,18 +80,18 @@ class Migration:
     checksum: str  # sha256 of the file's text (UTF-8, LF line endings)
 
     @classmethod
-    def from_text(cls, file_name: str, text: str) -> "Migration":
+    def from_text(cls, file_name: str, text: str) -> Migration:
         match = _FILE_NAME.match(file_name)
         if not match:
             raise MigrationError(f"{file_name}: migration files are named NNNN_snake_case_name.sql")
         name = file_name[:-4]
         first = text.lstrip().splitlines()[0] if text.strip() else ""
         prefix = f"-- {name}:"
-        if not first.startswith(prefix) or not first[len(prefix):].strip():
+        if not first.startswith(prefix) or not first[len(prefix) :].strip():
             raise MigrationError(f"{file_name}: the first line must say what it does: `{prefix} <summary>`")
         # Line endings are normalised first, so a checkout with CRLF line endings has the same checksum.
         checksum = hashlib.sha256(text.replace("\r\n", "\n").encode("utf-8")).hexdigest()
-        return cls(name, int(match.group(1)), first[len(prefix):].strip(), text, checksum)
+        return cls(name, int(match.group(1)), first[len(prefix) :].strip(), text, checksum)
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,7 @@ def load_migrations() -> list[Migration]:
         if entry.name.endswith(".sql"):
             found.append(Migration.from_text(entry.name, entry.read_bytes().decode("utf-8")))
     found.sort(key=lambda m: m.number)
-    for before, after in zip(found, found[1:]):
+    for before, after in pairwise(found):
         if before.number == after.number:
             raise MigrationError(f"two migrations numbered {after.number:04d}: {before.name}, {after.name}")
     return found
@@ -164,7 +170,9 @@ def _fill(kind: str, arg: str | None, topology: Topology) -> str:
     if kind == "engine" and arg:
         match = re.fullmatch(r"([A-Za-z]*MergeTree)\s*(?:\((.*)\))?", arg, re.S)
         if not match:
-            raise MigrationError(f"{{{{engine:{arg}}}}}: expected a MergeTree-family engine, e.g. ReplacingMergeTree")
+            raise MigrationError(
+                f"{{{{engine:{arg}}}}}: expected a MergeTree-family engine, e.g. ReplacingMergeTree"
+            )
         engine, args = match.group(1), (match.group(2) or "").strip()
         if not topology.cluster:
             return f"{engine}({args})" if args else engine
@@ -175,9 +183,13 @@ def _fill(kind: str, arg: str | None, topology: Topology) -> str:
         if not topology.cluster:
             raise MigrationError("{{distributed:...}} is only allowed in `-- cluster only` statements")
         if not key.strip():
-            raise MigrationError(f"{{{{distributed:{arg}}}}}: needs a sharding key: {{{{distributed:T, key}}}}")
-        return (f"Distributed({quote_string(topology.cluster)}, {quote_string(topology.database)}, "
-                f"{quote_string(table.strip() + '_local')}, {key.strip()})")
+            raise MigrationError(
+                f"{{{{distributed:{arg}}}}}: needs a sharding key: {{{{distributed:T, key}}}}"
+            )
+        return (
+            f"Distributed({quote_string(topology.cluster)}, {quote_string(topology.database)}, "
+            f"{quote_string(table.strip() + '_local')}, {key.strip()})"
+        )
     raise MigrationError(f"unknown placeholder {{{{{kind}{':' + arg if arg else ''}}}}}")
 
 
@@ -188,8 +200,10 @@ def bootstrap_statements(topology: Topology) -> list[str]:
     the whole cluster; the replica name combines the {shard} and {replica} macros so it is unique).
     """
     if topology.cluster:
-        engine = (f"ReplicatedMergeTree({quote_string('/clickhouse/tables/all/{database}/{table}')}, "
-                  f"{quote_string('{shard}-{replica}')})")
+        engine = (
+            f"ReplicatedMergeTree({quote_string('/clickhouse/tables/all/{database}/{table}')}, "
+            f"{quote_string('{shard}-{replica}')})"
+        )
     else:
         engine = "MergeTree"
     return [
@@ -203,14 +217,17 @@ def bootstrap_statements(topology: Topology) -> list[str]:
 # -- applying ----------------------------------------------------------------------------------------------
 
 
-def applied_migrations(client, topology: Topology) -> dict[str, str]:
+def applied_migrations(client: Client, topology: Topology) -> dict[str, str]:
     """name -> checksum of what schema_migrations records (the database and table must exist)."""
-    rows = client.query(f"SELECT name, any(checksum) FROM {topology.db}.{MIGRATIONS_TABLE} GROUP BY name").result_rows
+    rows = client.query(
+        f"SELECT name, any(checksum) FROM {topology.db}.{MIGRATIONS_TABLE} GROUP BY name"
+    ).result_rows
     return {name: checksum for name, checksum in rows}
 
 
-def apply_migrations(client, database: str, cluster: str = "", migrations: Iterable[Migration] | None = None
-                     ) -> list[str]:
+def apply_migrations(
+    client: Client, database: str, cluster: str = "", migrations: Iterable[Migration] | None = None
+) -> list[str]:
     """Apply every migration not yet recorded in `database`.schema_migrations, in order, for a single node
     (`cluster` "") or a cluster; returns their names.
 
@@ -229,8 +246,10 @@ def apply_migrations(client, database: str, cluster: str = "", migrations: Itera
     changed = [m.name for m in migrations if m.name in applied and applied[m.name] != m.checksum]
     if changed:
         raise MigrationError(
-            f"applied migration(s) {', '.join(changed)} changed since they were applied (checksum differs from "
-            f"{topology.database}.{MIGRATIONS_TABLE}); never edit an applied migration, add a new one instead")
+            f"applied migration(s) {', '.join(changed)} changed since they were applied "
+            f"(checksum differs from {topology.database}.{MIGRATIONS_TABLE}); "
+            "never edit an applied migration, add a new one instead"
+        )
     done = []
     for migration, statements in rendered:
         if migration.name in applied:
@@ -239,8 +258,14 @@ def apply_migrations(client, database: str, cluster: str = "", migrations: Itera
             try:
                 client.command(statement, use_database=False)
             except Exception as exc:
-                raise MigrationError(f"{migration.name}: statement {number} of {len(statements)} failed") from exc
-        client.insert(MIGRATIONS_TABLE, [[migration.name, datetime.now(timezone.utc), migration.checksum]],
-                      column_names=["name", "applied_at", "checksum"], database=topology.database)
+                raise MigrationError(
+                    f"{migration.name}: statement {number} of {len(statements)} failed"
+                ) from exc
+        client.insert(
+            MIGRATIONS_TABLE,
+            [[migration.name, datetime.now(UTC), migration.checksum]],
+            column_names=["name", "applied_at", "checksum"],
+            database=topology.database,
+        )
         done.append(migration.name)
     return done
