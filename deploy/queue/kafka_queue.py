@@ -218,15 +218,22 @@ class KafkaSubscriber(Subscriber):
 
         kafka_recv.use_large_reads(large_reads)
 
+        subscriber = self
+
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
                 if on_revoke and revoked:
-                    on_revoke({tp.partition for tp in revoked})
+                    subscriber._revoking = True
+                    try:
+                        on_revoke({tp.partition for tp in revoked})
+                    finally:
+                        subscriber._revoking = False
 
             def on_partitions_assigned(self, assigned):
                 log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
 
         self._topic = topic
+        self._revoking = False  # inside on_revoke: on kafka-python's I/O thread
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group,
@@ -255,15 +262,22 @@ class KafkaSubscriber(Subscriber):
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
-        if offsets:
-            try:
-                self._consumer.commit(
-                    {TopicPartition(self._topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
-                )
-            except (CommitFailedError, IllegalStateError) as exc:
-                raise CommitFailed(str(exc)) from exc
-            except KafkaError as exc:  # the coordinator unreachable, a timeout: nothing committed
-                raise QueueUnavailable(f"offsets not committed: {exc}") from exc
+        if not offsets:
+            return
+        positions = {TopicPartition(self._topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
+        if self._revoking:
+            # kafka-python 3 runs rebalance listeners on its I/O thread, where a blocking commit is refused
+            # ("Cannot block on net.run() from the IO thread itself"). The commit is sent without waiting for
+            # its answer: if it is not recorded by the time the partitions' next owner reads its position, that
+            # owner reads those records again and they are deduplicated (consumer/__init__.py).
+            self._consumer.commit_async(positions, callback=_log_failed_commit)
+            return
+        try:
+            self._consumer.commit(positions)
+        except (CommitFailedError, IllegalStateError) as exc:
+            raise CommitFailed(str(exc)) from exc
+        except KafkaError as exc:  # the coordinator unreachable, a timeout: nothing committed
+            raise QueueUnavailable(f"offsets not committed: {exc}") from exc
 
     def assignment(self) -> set[int]:
         return {tp.partition for tp in self._consumer.assignment()}
@@ -283,3 +297,11 @@ class KafkaSubscriber(Subscriber):
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+
+
+def _log_failed_commit(offsets: object, response: object) -> None:
+    if isinstance(response, Exception):
+        log.warning(
+            "offsets committed on revocation were not recorded (%s); the next owner reads them again",
+            response,
+        )
