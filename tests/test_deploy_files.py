@@ -3,9 +3,10 @@
 No container engine or cluster runs here, so these check what can be checked without one: the Compose file
 against the Compose specification's JSON schema (tests/data/compose-spec.json, vendored from the PyPI package
 check-jsonschema 0.39.0, which ships it as check_jsonschema/builtin_schemas/vendor/compose-spec.json, with its
-license beside it), the Kubernetes manifests against Kubernetes' own schemas (kubernetes-validate, strict), and
-the facts the deployment relies on.
+license beside it), the Kubernetes manifests against Kubernetes' own schemas (kubernetes-validate, strict),
+and the facts the deployment relies on.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,9 @@ def env_names(value) -> set[str]:
 
 def test_compose_file_follows_the_compose_specification():
     schema = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
-    errors = [f"{list(e.path)}: {e.message}" for e in jsonschema.Draft202012Validator(schema).iter_errors(compose())]
+    errors = [
+        f"{list(e.path)}: {e.message}" for e in jsonschema.Draft202012Validator(schema).iter_errors(compose())
+    ]
     assert errors == []
 
 
@@ -132,8 +135,9 @@ def test_migration_job_runs_flokit_migrate():
     assert [c["args"] for c in pod_spec(job)["initContainers"]] == [["flokit", "kafka", "init"]]
 
 
-@pytest.mark.parametrize("kind,name", [("Deployment", "flokit-api"), ("Deployment", "flokit-consumer"),
-                                       ("Job", "flokit-migrate")])
+@pytest.mark.parametrize(
+    "kind,name", [("Deployment", "flokit-api"), ("Deployment", "flokit-consumer"), ("Job", "flokit-migrate")]
+)
 def test_pods_run_without_privileges(kind, name):
     spec = pod_spec(k8s(kind, name))
     assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
@@ -152,7 +156,9 @@ def test_settings_and_secrets_come_from_the_config_map_and_the_secret():
 
 
 def test_every_flokit_variable_used_is_a_setting():
-    used = env_names(compose()) | env_names(k8s_resources()) | env_names((DEPLOY / "Containerfile").read_text())
+    used = (
+        env_names(compose()) | env_names(k8s_resources()) | env_names((DEPLOY / "Containerfile").read_text())
+    )
     assert used, "the deploy files set no FLOKIT_* variable at all?"
     assert used - KNOWN_SETTINGS == set()
 
@@ -161,7 +167,7 @@ def test_containerfile_is_multi_stage_and_runs_unprivileged_without_compilers():
     lines = [line.strip() for line in (DEPLOY / "Containerfile").read_text().splitlines()]
     stages = [i for i, line in enumerate(lines) if line.startswith("FROM ")]
     assert len(stages) >= 2
-    run_stage = lines[stages[-1]:]
+    run_stage = lines[stages[-1] :]
     assert any(line.startswith("COPY --from=") for line in run_stage)
     assert not any(re.search(r"build-essential|\bgcc\b|\bcc\b", line) for line in run_stage)
     [user] = [line for line in run_stage if line.startswith("USER ")]

@@ -1,4 +1,4 @@
-"""The pipeline on a 3-node Kafka cluster (deploy/kafka-cluster.sh, KRaft, ports of its own) under broker faults.
+"""The pipeline on a 3-node Kafka cluster (deploy/kafka-cluster.sh: KRaft, ports of its own) under faults.
 
 Topics have replication factor 3 and min.insync.replicas=2 (FLOKIT_KAFKA_MIN_INSYNC_REPLICAS), the front door
 publishes with acks=all: a 200 means two brokers hold the events. Each scenario ends in the count of
@@ -31,7 +31,9 @@ PARTITIONS = 6
 
 
 def cluster(*args: str, env: dict[str, str]) -> str:
-    done = subprocess.run([SCRIPT, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [SCRIPT, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, f"kafka-cluster.sh {' '.join(args)}: {done.stdout}{done.stderr}"
     return done.stdout.strip()
 
@@ -56,7 +58,7 @@ def warehouse(tmp_path_factory):
 
 @pytest.fixture
 def pipeline(kafka_cluster, warehouse, redis_url, tmp_path):
-    """(env, settings, warehouse client, workspace, API key) on a fresh topic of the cluster, every node up."""
+    """(env, settings, warehouse client, workspace, API key) on a fresh topic, every node up."""
     bootstrap, script_env = kafka_cluster
     for node in (1, 2, 3):
         cluster("start-node", str(node), env=script_env)  # a no-op for a running node
@@ -108,20 +110,33 @@ def run_load_with_consumer(env, tmp_path, key, scenario):
 def test_flokit_kafka_init_creates_replicated_topics_with_min_insync_replicas(kafka_cluster):
     bootstrap, _ = kafka_cluster
     topic = unique("init")
-    env = {**os.environ, "FLOKIT_KAFKA_BOOTSTRAP": bootstrap, "FLOKIT_TOPIC": topic, "FLOKIT_DLQ_TOPIC": topic + ".d",
-           "FLOKIT_REPLICATION_FACTOR": "3", "FLOKIT_KAFKA_MIN_INSYNC_REPLICAS": "2"}
-    done = subprocess.run([sys.executable, "-m", "deploy.cli", "kafka", "init"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "FLOKIT_KAFKA_BOOTSTRAP": bootstrap,
+        "FLOKIT_TOPIC": topic,
+        "FLOKIT_DLQ_TOPIC": topic + ".d",
+        "FLOKIT_REPLICATION_FACTOR": "3",
+        "FLOKIT_KAFKA_MIN_INSYNC_REPLICAS": "2",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "kafka", "init"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
+
         def min_insync(name: str) -> str | None:
             configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])["topic"][name]
             return configs.get("min.insync.replicas", {}).get("value")
 
         for name in (topic, topic + ".d"):
-            # A broker answering may not have the new topic's config yet: metadata reaches each asynchronously.
-            wait_until(lambda: min_insync(name) is not None, timeout=30, message=f"{name}'s config")
+            # The broker asked may not have the new topic's config yet: metadata reaches each in its time.
+            wait_until(lambda name=name: min_insync(name) is not None, timeout=30, message=f"{name}'s config")
             assert min_insync(name) == "2"
             assert all(len(p["replica_nodes"]) == 3 for p in partitions(bootstrap, name))
     finally:
@@ -144,8 +159,12 @@ def test_one_broker_sigkilled_under_load_then_restarted(pipeline, kafka_cluster,
         load.wait_for_acknowledged(acked_at_kill + 500, timeout=60)  # still taking events on two brokers
         cluster("start-node", str(victim), env=script_env)
         # It rejoins and catches up: back in every partition's in-sync replicas.
-        wait_until(lambda: all(victim in p["isr_nodes"] for p in partitions(bootstrap, settings.topic)),
-                   timeout=90, interval=1, message=f"node {victim} back in sync")
+        wait_until(
+            lambda: all(victim in p["isr_nodes"] for p in partitions(bootstrap, settings.topic)),
+            timeout=90,
+            interval=1,
+            message=f"node {victim} back in sync",
+        )
         load.wait_for_acknowledged(load.acknowledged_events() + 300, timeout=60)
 
     load, consumer = run_load_with_consumer(env, tmp_path, key, scenario)
@@ -157,7 +176,9 @@ def test_one_broker_sigkilled_under_load_then_restarted(pipeline, kafka_cluster,
     answers = load.answers()
     # A short burst of 503s while the killed node's partitions move, then only 200s on the two left.
     late = [a for a in answers if a.sent_at >= times["steady"] and a.status != 200]
-    assert not late, f"{len(late)} answers other than 200 15 s after the kill, e.g. {late[:3]}; {load.summary()}"
+    assert not late, (
+        f"{len(late)} answers other than 200 15 s after the kill, e.g. {late[:3]}; {load.summary()}"
+    )
     assert set(load.statuses()) <= {200, 503}, load.summary()
     assert code == 0, out[-3000:]  # the consumer went on through it, and stopped cleanly
     tally.assert_exact()
