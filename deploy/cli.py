@@ -125,7 +125,8 @@ def cmd_kafka_init(args, settings: Settings) -> int:
     from .queue.kafka_queue import create_topics
     partitions = args.partitions or settings.partitions
     created = create_topics(settings.kafka_bootstrap, {settings.topic: partitions, settings.dlq_topic: partitions},
-                            settings.replication_factor)
+                            settings.replication_factor,
+                            min_insync_replicas=settings.kafka_min_insync_replicas)
     for name in (settings.topic, settings.dlq_topic):
         print(f"{name}: {'created' if name in created else 'exists'}")
     return 0

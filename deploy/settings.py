@@ -28,6 +28,8 @@ class Settings:
     dlq_topic: str = field(default="flokit.events.dlq", metadata={"env": "FLOKIT_DLQ_TOPIC"})
     partitions: int = field(default=4, metadata={"env": "FLOKIT_PARTITIONS"})
     replication_factor: int = field(default=1, metadata={"env": "FLOKIT_REPLICATION_FACTOR"})
+    # min.insync.replicas of created topics: with acks=all, a write needs this many replicas in sync.
+    kafka_min_insync_replicas: int = field(default=1, metadata={"env": "FLOKIT_KAFKA_MIN_INSYNC_REPLICAS"})
     # 0: the front door already puts the events of concurrent requests into shared records
     # (ingest_api.enqueue), so waiting to fill a batch only added latency (bench/README.md).
     kafka_linger_ms: int = field(default=0, metadata={"env": "FLOKIT_KAFKA_LINGER_MS"})

@@ -172,8 +172,13 @@ class KafkaPublisher(Publisher):
                 self._producer = None
 
 
-def create_topics(bootstrap: str, topics: dict[str, int], replication_factor: int = 1) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+def create_topics(
+    bootstrap: str, topics: dict[str, int], replication_factor: int = 1, min_insync_replicas: int = 1
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created.
+
+    `min_insync_replicas`: with the producer's acks=all, how many replicas must hold a record before it is
+    acknowledged, so that a 200 survives the loss of all but one of them."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     created = []
     try:
@@ -182,7 +187,16 @@ def create_topics(bootstrap: str, topics: dict[str, int], replication_factor: in
             if name in existing:
                 continue
             try:
-                admin.create_topics([NewTopic(name, partitions, replication_factor)])
+                admin.create_topics(
+                    [
+                        NewTopic(
+                            name,
+                            partitions,
+                            replication_factor,
+                            topic_configs={"min.insync.replicas": str(min_insync_replicas)},
+                        )
+                    ]
+                )
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
