@@ -21,7 +21,7 @@ if _settings.api_body_min_bytes_per_second < 1 or min(_settings.api_head_timeout
     raise SystemExit("FLOKIT_API_HEAD_TIMEOUT_SECONDS and FLOKIT_API_BODY_TIMEOUT_SECONDS must be over 0,"
                      " FLOKIT_API_BODY_MIN_BYTES_PER_SECOND at least 1")
 
-wsgi_app = "ingest_api:create_app()"
+wsgi_app = "deploy.components:make_app()"
 bind = _settings.api_bind
 workers = _settings.api_workers
 worker_class = "deploy.gunicorn_worker.Worker"

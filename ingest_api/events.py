@@ -42,7 +42,7 @@ for _path, _batch in ROUTES.items():
 def ingest(ctx: FrontDoor, request: IngestRequest, batch: bool) -> JsonResponse:
     # Every wait of the request (the shared state's answers, the queue's) ends by then: it is answered within the
     # enqueue timeout, whatever those do. The body has arrived whole by now (deploy/http_handler.py).
-    deadline = time.monotonic() + ctx.settings.enqueue_timeout_seconds
+    deadline = time.monotonic() + ctx.config.enqueue_timeout_seconds
     now = ctx.clock()
     workspace, decision = auth.admit(request, ctx.admission, now, deadline)
     limit_headers = rate_limit.enforce(decision)
@@ -57,7 +57,7 @@ def ingest(ctx: FrontDoor, request: IngestRequest, batch: bool) -> JsonResponse:
 
 def _handle(ctx: FrontDoor, request: IngestRequest, workspace, batch: bool, now: float,
             deadline: float) -> JsonResponse:
-    document = parse_json(read_body(request, ctx.settings.max_body_bytes))
+    document = parse_json(read_body(request, ctx.config.max_body_bytes))
     try:
         items = validate_batch_shape(document) if batch else [document]
     except EventInvalid as exc:
