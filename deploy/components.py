@@ -78,8 +78,8 @@ def make_app(settings: Settings | None = None) -> Flask:
 def consumer_config(settings: Settings) -> ConsumerConfig:
     from consumer.config import ConsumerConfig
     return ConsumerConfig(batch_max_events=settings.batch_max_events,
-                          batch_max_seconds=settings.batch_max_seconds, writes=max(1, settings.consumer_writes),
-                          database=settings.clickhouse_database,
+                          batch_max_seconds=settings.batch_max_seconds,
+                          writes=max(1, settings.consumer_writes), database=settings.clickhouse_database,
                           topic=settings.topic, dead_letter_timeout_seconds=settings.enqueue_timeout_seconds)
 
 
