@@ -86,20 +86,22 @@ def cmd_keys_create(args, settings: Settings) -> int:
 
 
 def cmd_keys_list(args, settings: Settings) -> int:
+    from ingest_api.auth import display_key
     print(f"{'KEY':<22} {'WORKSPACE':<24} {'CREATED (UTC)':<20} STATUS")
     for info in _state(settings).list_keys():
         created = datetime.fromtimestamp(info.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{info.display:<22} {info.workspace:<24} {created:<20} {'revoked' if info.revoked else 'active'}")
+        status = "revoked" if info.revoked else "active"
+        print(f"{display_key(info.key_id):<22} {info.workspace:<24} {created:<20} {status}")
     return 0
 
 
 def cmd_keys_revoke(args, settings: Settings) -> int:
-    from ingest_api.state.base import key_id_of
+    from ingest_api.auth import display_key, key_id_of
     key_id = key_id_of(args.key)
     if not _state(settings).revoke_key(key_id):
         print(f"flokit: no key with id {key_id}", file=sys.stderr)
         return 1
-    print(f"revoked fk_{key_id}_…")
+    print(f"revoked {display_key(key_id)}")
     return 0
 
 

@@ -9,39 +9,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from flask import Flask
 
 from schemas.events import EventValidator
 from schemas.queue import Publisher
 
+from . import errors, events, health
 from .admission import Admission
 from .config import FrontDoorConfig
 from .enqueue import Enqueuer
+from .fast_routes import FastRoutes
+from .frontdoor import FrontDoor
 from .state.base import FrontDoorState
-
-
-@dataclass
-class FrontDoor:
-    """What the request handlers need, wired once per process."""
-
-    config: FrontDoorConfig
-    publisher: Publisher
-    state: FrontDoorState
-    clock: Callable[[], float]
-    validator: EventValidator
-    strict_validator: EventValidator
-    # the key check and rate-limit count of every request (state.admit_many, shared by concurrent requests)
-    admission: Admission
-    enqueuer: Enqueuer  # concurrent requests share queue records
 
 
 def create_app(config: FrontDoorConfig, *, publisher: Publisher, state: FrontDoorState,
                clock: Callable[[], float] = time.time) -> Flask:
-    from . import errors, events, health
-    from .fast_routes import FastRoutes
-
     app = Flask(__name__)
     app.extensions["flokit"] = FrontDoor(
         config=config,

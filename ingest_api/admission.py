@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections import deque
 
 from .coalesce import Coalescer, DeadlinePassed
-from .state.base import FrontDoorState, RateDecision, StateUnavailable, Workspace
+from .rate_limit import RateDecision
+from .state.base import FrontDoorState, StateUnavailable, Workspace
 
 GRANT_SECONDS = 1.0
 MAX_GRANT = 64

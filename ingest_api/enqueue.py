@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
-from schemas.queue import Publisher, QueueUnavailable, Record
 from schemas import envelope
+from schemas.queue import Publisher, QueueUnavailable, Record
 
 from .coalesce import Coalescer, DeadlinePassed
 from .errors import RETRY_AFTER_SECONDS, ServiceUnavailable

@@ -7,7 +7,6 @@ returned only after the queue acknowledged every accepted event.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from flask import Blueprint, current_app, request
 
@@ -16,12 +15,11 @@ from schemas.events import EventInvalid, validate_batch_shape
 
 from . import auth, idempotency, rate_limit
 from .body import parse_json, read_body
-from .errors import ApiError, BadRequest, JsonResponse, json_response
+from .errors import ApiError, BadRequest
+from .frontdoor import FrontDoor
 from .ids import new_event_ids
 from .request import IngestRequest
-
-if TYPE_CHECKING:
-    from . import FrontDoor
+from .response import JsonResponse, json_response
 
 bp = Blueprint("events", __name__)
 

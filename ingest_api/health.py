@@ -7,7 +7,8 @@ from importlib import resources
 from flask import Blueprint, Response, current_app
 
 from .coalesce import DeadlinePassed
-from .errors import RETRY_AFTER_SECONDS, json_response
+from .errors import RETRY_AFTER_SECONDS
+from .response import json_response
 from .state.base import FrontDoorState, StateUnavailable, StoreCall
 
 bp = Blueprint("health", __name__)

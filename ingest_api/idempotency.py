@@ -1,5 +1,8 @@
-"""Idempotency-Key: a retry within 24 h gets the original response back and
-enqueues nothing new (rules in state.base.decide_idempotency)."""
+"""Idempotency-Key: a retry within 24 h gets the original response back and enqueues nothing new.
+
+The rules (`decide_idempotency` and the records it keeps) are here, once; the stores run them inside their own
+atomic read-modify-write. `begin`, `finish` and `fail` are what a request does, through the store's callers.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,10 +13,17 @@ from functools import partial
 import orjson
 
 from .coalesce import DeadlinePassed
-from .errors import BadRequest, Conflict, JsonResponse, Unprocessable, state_unavailable
-from .state.base import FrontDoorState, StateUnavailable, StoreCall, StoredResponse
+from .errors import BadRequest, Conflict, Unprocessable, state_unavailable
+from .response import JsonResponse
+from .state.base import FrontDoorState, IdempotencyOutcome, StateUnavailable, StoreCall, StoredResponse
 
 log = logging.getLogger(__name__)
+
+# Idempotency records answer retries for this long after the first attempt.
+IDEMPOTENCY_WINDOW_SECONDS = 24 * 60 * 60
+# A "pending" record older than this belongs to a request that died mid-way
+# (process killed); a retry may then take it over, reusing its event ids.
+IDEMPOTENCY_STALE_SECONDS = 60.0
 
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -124,3 +134,32 @@ def _logged(done: str, update, *args) -> None:
         update(*args)
     except StateUnavailable as exc:
         log.warning("idempotency record not %s: %s", done, exc)
+
+
+# --- the rules, run by the stores ----------------------------------------------------------------------------
+
+def decide_idempotency(record: dict | None, fingerprint: str, event_ids: list[str],
+                       now: float) -> tuple[IdempotencyOutcome, dict | None]:
+    """The idempotency rules, given the stored record (or None).
+
+    Returns the outcome and the record to store (None: leave it as it is). The
+    stores run this inside their own atomic read-modify-write.
+    """
+    if record is None or now - record["created_at"] >= IDEMPOTENCY_WINDOW_SECONDS:
+        fresh = {"fp": fingerprint, "state": "pending", "ids": event_ids, "created_at": now, "started_at": now}
+        return IdempotencyOutcome("proceed", event_ids), fresh
+    if record["fp"] != fingerprint:
+        return IdempotencyOutcome("mismatch"), None
+    if record["state"] == "done":
+        return IdempotencyOutcome("replay", response=StoredResponse(record["status"], record["body"].encode())), None
+    if record["state"] == "failed" or now - record["started_at"] >= IDEMPOTENCY_STALE_SECONDS:
+        return IdempotencyOutcome("proceed", record["ids"]), {**record, "state": "pending", "started_at": now}
+    return IdempotencyOutcome("in_progress"), None
+
+
+def finished_record(record: dict, response: StoredResponse) -> dict:
+    return {**record, "state": "done", "status": response.status, "body": response.body.decode()}
+
+
+def failed_record(record: dict) -> dict:
+    return {**record, "state": "failed"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ingest_api.admission import GRANT_SECONDS, GRANT_SHARE, MAX_GRANT, Admission, grant_size
-from ingest_api.state.base import key_id_of
+from ingest_api.auth import key_id_of
 
 T0 = 1_800_000_000.0
 HIGH = GRANT_SHARE * MAX_GRANT  # the lowest limit with full grants

@@ -10,7 +10,7 @@ import pytest
 
 from deploy.components import frontdoor_config, make_publisher, make_state
 from ingest_api import create_app
-from ingest_api.state.base import IDEMPOTENCY_WINDOW_SECONDS
+from ingest_api.idempotency import IDEMPOTENCY_WINDOW_SECONDS
 
 from .services import ApiServer, api_server, read_events, unique
 

@@ -11,9 +11,11 @@ import pytest
 import redis
 
 from ingest_api import idempotency
-from ingest_api.errors import Conflict, JsonResponse, ServiceUnavailable, json_response
-from ingest_api.state.base import (IDEMPOTENCY_STALE_SECONDS, IDEMPOTENCY_WINDOW_SECONDS, StoredResponse,
-                                   key_id_of, split_key)
+from ingest_api.auth import display_key, key_id_of, split_key
+from ingest_api.errors import Conflict, ServiceUnavailable
+from ingest_api.idempotency import IDEMPOTENCY_STALE_SECONDS, IDEMPOTENCY_WINDOW_SECONDS
+from ingest_api.response import JsonResponse, json_response
+from ingest_api.state.base import StoredResponse
 from ingest_api.state.redis_state import RedisState
 from ingest_api.state.sqlite_state import SqliteState
 
@@ -33,11 +35,12 @@ def test_keys_are_issued_hashed_and_revocable(state):
     assert state.authenticate(key).name == "acme"
     [info] = state.list_keys()
     assert (info.key_id, info.workspace, info.revoked) == (key_id, "acme", False)
-    assert secret not in info.display and info.display == f"fk_{key_id}_…"
+    shown = display_key(info.key_id)
+    assert secret not in shown and shown == f"fk_{key_id}_…"
     assert state.authenticate(key[:-1] + ("A" if key[-1] != "A" else "B")) is None  # wrong secret
     assert state.authenticate("fk_000000000000_" + secret) is None  # unknown id
     assert state.authenticate("not-a-key") is None
-    assert state.revoke_key(key_id_of(info.display)) is True
+    assert state.revoke_key(key_id_of(shown)) is True
     assert state.authenticate(key) is None
     assert state.list_keys()[0].revoked is True
     assert state.revoke_key("ffffffffffff") is False

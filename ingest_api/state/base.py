@@ -1,31 +1,22 @@
-"""What every front-door process shares, behind one interface.
+"""What every front-door process shares, behind one interface, and the values it speaks in.
 
-Rules that do not depend on where the state lives (key format and hashing, the
-rate-limit arithmetic, the idempotency window) are here once; the Redis and
-SQLite implementations only store and update records atomically.
+The rules that do not depend on where the state lives are in the modules named for them (key format and
+hashing: ingest_api.auth; the rate-limit arithmetic: ingest_api.rate_limit; the idempotency window and
+outcomes: ingest_api.idempotency), once; the Redis and SQLite implementations only store and update records
+atomically, running those rules inside their own read-modify-write.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import math
-import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from ..coalesce import Coalescer
+from ..rate_limit import RateDecision
 
-# Idempotency records answer retries for this long after the first attempt.
-IDEMPOTENCY_WINDOW_SECONDS = 24 * 60 * 60
-# A "pending" record older than this belongs to a request that died mid-way
-# (process killed); a retry may then take it over, reusing its event ids.
-IDEMPOTENCY_STALE_SECONDS = 60.0
-RATE_WINDOW_SECONDS = 60.0
 # Calls a process makes to the store at once for requests' idempotency records (StoreCall).
 STORE_CALLERS = 8
-
-KEY_PREFIX = "fk_"
 
 
 class StateUnavailable(Exception):
@@ -45,19 +36,6 @@ class ApiKeyInfo:
     workspace: str
     created_at: float
     revoked: bool
-
-    @property
-    def display(self) -> str:
-        return f"{KEY_PREFIX}{self.key_id}_…"
-
-
-@dataclass(frozen=True, slots=True)
-class RateDecision:
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_seconds: int  # until the full quota is available again
-    retry_after: int  # whole seconds until the next request is allowed (0 when allowed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,111 +57,6 @@ class IdempotencyOutcome:
     kind: str
     event_ids: list[str] | None = None
     response: StoredResponse | None = None
-
-
-# --- API keys --------------------------------------------------------------
-
-
-def new_key() -> tuple[str, str, str]:
-    """A fresh API key as (plaintext, key_id, secret_hash).
-
-    The key id is public (it names the key in listings); only the SHA-256 of the
-    256-bit secret is stored. A fast hash is enough for random secrets of this
-    length: there is nothing to brute-force.
-    """
-    key_id = secrets.token_hex(6)
-    secret = secrets.token_urlsafe(32)
-    return f"{KEY_PREFIX}{key_id}_{secret}", key_id, hash_secret(secret)
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def split_key(token: str) -> tuple[str, str] | None:
-    """(key_id, secret) of a well-formed key, else None."""
-    if not token.startswith(KEY_PREFIX):
-        return None
-    key_id, sep, secret = token[len(KEY_PREFIX):].partition("_")
-    if not sep or len(key_id) != 12 or not secret:
-        return None
-    return key_id, secret
-
-
-def secret_matches(secret: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_secret(secret), stored_hash)
-
-
-def key_id_of(key_or_id: str) -> str:
-    """Accept a full key, its display form (`fk_<id>_…`) or a bare id."""
-    if key_or_id.startswith(KEY_PREFIX):
-        return key_or_id[len(KEY_PREFIX):].split("_", 1)[0]
-    return key_or_id
-
-
-# --- rate limit: GCRA ------------------------------------------------------
-
-
-def gcra(tat: float | None, now: float, limit: int) -> tuple[RateDecision, float | None]:
-    """One request against a `limit` per minute quota (generic cell rate algorithm).
-
-    `tat` is the stored theoretical arrival time. Up to `limit` requests may come
-    at once; after that one every 60/limit s. Unlike fixed windows there is no
-    double burst at a window boundary. Returns the decision and the new tat to
-    store (None when denied: nothing changes).
-    """
-    interval = RATE_WINDOW_SECONDS / limit
-    tat = now if tat is None or tat < now else tat
-    new_tat = tat + interval
-    allow_at = new_tat - RATE_WINDOW_SECONDS
-    if now < allow_at:
-        return RateDecision(False, limit, 0, math.ceil(tat - now), max(1, math.ceil(allow_at - now))), None
-    remaining = int((now - allow_at) / interval + 1e-9)
-    return RateDecision(True, limit, remaining, math.ceil(new_tat - now), 0), new_tat
-
-
-def gcra_run(tat: float | None, now: float, limit: int, count: int) -> tuple[list[RateDecision], float | None]:
-    """`count` requests at `now`, one after another: their decisions (the allowed ones first; a refused one
-    changes nothing, so every one after it is refused too) and the tat to store (None: none allowed)."""
-    decisions: list[RateDecision] = []
-    stored = None
-    while len(decisions) < count:
-        decision, new_tat = gcra(tat, now, limit)
-        if new_tat is None:
-            return decisions + [decision] * (count - len(decisions)), stored
-        decisions.append(decision)
-        tat = stored = new_tat
-    return decisions, stored
-
-
-# --- idempotency -----------------------------------------------------------
-
-
-def decide_idempotency(record: dict | None, fingerprint: str, event_ids: list[str],
-                       now: float) -> tuple[IdempotencyOutcome, dict | None]:
-    """The idempotency rules, given the stored record (or None).
-
-    Returns the outcome and the record to store (None: leave it as it is). The
-    stores run this inside their own atomic read-modify-write.
-    """
-    if record is None or now - record["created_at"] >= IDEMPOTENCY_WINDOW_SECONDS:
-        fresh = {"fp": fingerprint, "state": "pending", "ids": event_ids, "created_at": now, "started_at": now}
-        return IdempotencyOutcome("proceed", event_ids), fresh
-    if record["fp"] != fingerprint:
-        return IdempotencyOutcome("mismatch"), None
-    if record["state"] == "done":
-        return IdempotencyOutcome("replay", response=StoredResponse(record["status"], record["body"].encode())), None
-    if record["state"] == "failed" or now - record["started_at"] >= IDEMPOTENCY_STALE_SECONDS:
-        return IdempotencyOutcome("proceed", record["ids"]), {**record, "state": "pending", "started_at": now}
-    return IdempotencyOutcome("in_progress"), None
-
-
-def finished_record(record: dict, response: StoredResponse) -> dict:
-    return {**record, "state": "done", "status": response.status, "body": response.body.decode()}
-
-
-def failed_record(record: dict) -> dict:
-    return {**record, "state": "failed"}
 
 
 class StoreCall(NamedTuple):
@@ -241,7 +114,7 @@ class FrontDoorState(ABC):
     @abstractmethod
     def count_requests(self, workspace: str, limit: int, now: float, count: int) -> list[RateDecision]:
         """Count `count` requests of `workspace` at `now` against `limit` per minute, one after another,
-        atomically across processes (base.gcra_run)."""
+        atomically across processes (rate_limit.gcra_run)."""
 
     def hit_rate_limit(self, workspace: str, limit: int, now: float) -> RateDecision:
         """Count one request of `workspace` against `limit` per minute."""

@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Sequence
 
 import orjson
 import redis
 
-from .base import (IDEMPOTENCY_WINDOW_SECONDS, RATE_WINDOW_SECONDS, ApiKeyInfo, FrontDoorState,
-                   IdempotencyOutcome, RateDecision, StateUnavailable, StoredResponse, Workspace,
-                   decide_idempotency, failed_record, finished_record, gcra_run, hash_secret, new_key,
-                   secret_matches, split_key)
+from ..auth import hash_secret, new_key, secret_matches, split_key
+from ..idempotency import IDEMPOTENCY_WINDOW_SECONDS, decide_idempotency, failed_record, finished_record
+from ..rate_limit import RATE_WINDOW_SECONDS, RateDecision, gcra_run
+from .base import ApiKeyInfo, FrontDoorState, IdempotencyOutcome, StateUnavailable, StoredResponse, Workspace
 
 # GCRA's store step for `count` requests one after another, atomically; returns the
-# previous tat so that Python (base.gcra_run) computes the decisions with the same
+# previous tat so that Python (rate_limit.gcra_run) computes the decisions with the same
 # arithmetic as SQLite's.
 _GCRA_STEP = """
 local function gcra(rate_key, now, limit, window, count)
@@ -196,7 +196,7 @@ class RedisState(FrontDoorState):
         self._admission_used = now
         return self._admission
 
-    # idempotency: WATCH/MULTI so the rules stay in base.decide_idempotency
+    # idempotency: WATCH/MULTI so the rules stay in idempotency.decide_idempotency
     def idempotency_begin(self, workspace: str, key: str, fingerprint: str,
                           event_ids: list[str], now: float) -> IdempotencyOutcome:
         name = self._k("idem", workspace, key)
@@ -218,7 +218,7 @@ class RedisState(FrontDoorState):
 
     def _put(self, pipe, name: str, record: dict) -> None:
         # Redis expiry only collects garbage; the window itself is judged from
-        # created_at (base.decide_idempotency), so an injected clock governs it.
+        # created_at (idempotency.decide_idempotency), so an injected clock governs it.
         pipe.set(name, orjson.dumps(record), ex=IDEMPOTENCY_WINDOW_SECONDS + 3600)
 
     def _update(self, workspace: str, key: str, change) -> None:

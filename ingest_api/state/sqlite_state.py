@@ -10,9 +10,10 @@ from pathlib import Path
 
 import orjson
 
-from .base import (ApiKeyInfo, FrontDoorState, IdempotencyOutcome, RateDecision, StateUnavailable, StoredResponse,
-                   Workspace, decide_idempotency, failed_record, finished_record, gcra_run, new_key,
-                   secret_matches, split_key)
+from ..auth import new_key, secret_matches, split_key
+from ..idempotency import decide_idempotency, failed_record, finished_record
+from ..rate_limit import RateDecision, gcra_run
+from .base import ApiKeyInfo, FrontDoorState, IdempotencyOutcome, StateUnavailable, StoredResponse, Workspace
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workspaces (
