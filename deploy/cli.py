@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from ingest_api.state.base import FrontDoorState
+
+Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,26 +83,45 @@ def cmd_api(args, settings: Settings) -> int:
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(config)])
 
 
-def _state(settings: Settings):
+def _state(settings: Settings) -> FrontDoorState:
     from .components import make_state
     return make_state(settings)
 
 
+def _on_state(command: Command) -> Command:
+    """A command on the front door's state store: a store that does not answer is told in a line, not a
+    traceback. (The URL is not repeated: it may hold a password; Redis's message names the host.)"""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        from ingest_api.state.base import StateUnavailable
+        try:
+            return command(args, settings)
+        except StateUnavailable as exc:
+            where = "FLOKIT_REDIS_URL" if settings.redis_url else f"{settings.data_dir}/frontdoor.sqlite3"
+            print(f"flokit: the front door's state store ({where}) did not answer: {exc}", file=sys.stderr)
+            return 1
+    return run
+
+
+@_on_state
 def cmd_keys_create(args, settings: Settings) -> int:
     print(_state(settings).create_key(args.workspace))
     return 0
 
 
+@_on_state
 def cmd_keys_list(args, settings: Settings) -> int:
     from ingest_api.auth import display_key
+    infos = _state(settings).list_keys()
     print(f"{'KEY':<22} {'WORKSPACE':<24} {'CREATED (UTC)':<20} STATUS")
-    for info in _state(settings).list_keys():
+    for info in infos:
         created = datetime.fromtimestamp(info.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         status = "revoked" if info.revoked else "active"
         print(f"{display_key(info.key_id):<22} {info.workspace:<24} {created:<20} {status}")
     return 0
 
 
+@_on_state
 def cmd_keys_revoke(args, settings: Settings) -> int:
     from ingest_api.auth import display_key, key_id_of
     key_id = key_id_of(args.key)
@@ -105,6 +132,7 @@ def cmd_keys_revoke(args, settings: Settings) -> int:
     return 0
 
 
+@_on_state
 def cmd_workspace(args, settings: Settings) -> int:
     state = _state(settings)
     if args.name and (args.rate_limit is not None or args.events):

@@ -68,10 +68,10 @@ def _handle(ctx: FrontDoor, request: IngestRequest, workspace, batch: bool, now:
     key = idempotency.valid_key(key)
     begun = idempotency.begin(ctx.state, workspace.name, key, idempotency.fingerprint(request.path, document),
                               event_ids, now, deadline)
-    if isinstance(begun, JsonResponse):
-        return begun
+    if begun.replay is not None:
+        return begun.replay
     try:
-        response = _accept(ctx, workspace, batch, items, begun, now, deadline)
+        response = _accept(ctx, workspace, batch, items, begun.event_ids, now, deadline)
     except BadRequest as exc:
         # A final answer: a retry of the same body gets the same one.
         idempotency.finish(ctx.state, workspace.name, key, exc.response(), deadline)

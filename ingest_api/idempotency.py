@@ -8,16 +8,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import orjson
 
 from .coalesce import DeadlinePassed
 from .errors import BadRequest, Conflict, Unprocessable, state_unavailable
 from .response import JsonResponse
-from .state.base import FrontDoorState, IdempotencyOutcome, StateUnavailable, StoreCall, StoredResponse
+from .state.base import (FrontDoorState, IdempotencyOutcome, OutcomeKind, StateUnavailable, StoreCall,
+                         StoredResponse)
 
 log = logging.getLogger(__name__)
+
+# What a store keeps per key: fp, state (pending, done, failed), ids, created_at, started_at; status and body
+# once done. Only the functions below read or make one.
+IdempotencyRecord = dict[str, Any]
 
 # Idempotency records answer retries for this long after the first attempt.
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 60 * 60
@@ -78,33 +86,46 @@ def _canonical_deep(document: object) -> bytes:
     return b"".join(out)
 
 
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """What a request with an Idempotency-Key does next (`begin`): answer `replay` as it is, if there is one;
+    else go ahead with `event_ids` and end with `finish` or `fail`."""
+
+    event_ids: list[str]
+    replay: JsonResponse | None = None
+
+
 def begin(state: FrontDoorState, workspace: str, key: str, fp: str, event_ids: list[str], now: float,
-          deadline: float | None = None):
-    """The event ids to use, or a response to send as it is (a replay); state_unavailable if the store has not
-    answered by `deadline` (time.monotonic()). A record begun after that is released again (as by `fail`)."""
+          deadline: float | None = None) -> Begun:
+    """Claim `key` for this request: the event ids to use, or the response to replay; Conflict while the same
+    request is under way, Unprocessable for a key used with another body, state_unavailable if the store has
+    not answered by `deadline` (time.monotonic()). A record begun after that is released again (as by `fail`).
+    """
     call = StoreCall(partial(state.idempotency_begin, workspace, key, fp, event_ids, now),
                      undo=lambda outcome: _release(state, workspace, key, outcome))
     try:
-        outcome = state.calls.submit(call, deadline)
+        outcome: IdempotencyOutcome = state.calls.submit(call, deadline)
     except (StateUnavailable, DeadlinePassed) as exc:
         log.warning("idempotency record not read: %s", exc)
         raise state_unavailable() from exc
-    if outcome.kind == "proceed":
-        return outcome.event_ids
-    if outcome.kind == "replay":
+    if outcome.kind is OutcomeKind.PROCEED and outcome.event_ids is not None:
+        return Begun(outcome.event_ids)
+    if outcome.kind is OutcomeKind.REPLAY and outcome.response is not None:
         stored = outcome.response
-        return JsonResponse(stored.body, stored.status, {"Idempotent-Replayed": "true"})
-    if outcome.kind == "in_progress":
+        return Begun([], JsonResponse(stored.body, stored.status, {"Idempotent-Replayed": "true"}))
+    if outcome.kind is OutcomeKind.IN_PROGRESS:
         raise Conflict("idempotency_request_in_progress",
                        "a request with this Idempotency-Key is being processed; retry shortly",
                        headers={"Retry-After": "1"})
-    raise Unprocessable("idempotency_key_mismatch",
-                        "this Idempotency-Key was already used with a different request body within 24 hours;"
-                        " use a new key for a new request")
+    if outcome.kind is OutcomeKind.MISMATCH:
+        raise Unprocessable("idempotency_key_mismatch",
+                            "this Idempotency-Key was already used with a different request body within 24 hours;"
+                            " use a new key for a new request")
+    raise AssertionError(f"an idempotency outcome without what its kind needs: {outcome!r}")
 
 
-def _release(state: FrontDoorState, workspace: str, key: str, outcome) -> None:
-    if outcome.kind == "proceed":
+def _release(state: FrontDoorState, workspace: str, key: str, outcome: IdempotencyOutcome) -> None:
+    if outcome.kind is OutcomeKind.PROCEED:
         _logged("released", state.idempotency_fail, workspace, key)
 
 
@@ -129,7 +150,7 @@ def fail(state: FrontDoorState, workspace: str, key: str) -> None:
     state.calls.post(StoreCall(partial(_logged, "released", state.idempotency_fail, workspace, key)))
 
 
-def _logged(done: str, update, *args) -> None:
+def _logged(done: str, update: Callable[..., None], *args: Any) -> None:
     try:
         update(*args)
     except StateUnavailable as exc:
@@ -138,8 +159,8 @@ def _logged(done: str, update, *args) -> None:
 
 # --- the rules, run by the stores ----------------------------------------------------------------------------
 
-def decide_idempotency(record: dict | None, fingerprint: str, event_ids: list[str],
-                       now: float) -> tuple[IdempotencyOutcome, dict | None]:
+def decide_idempotency(record: IdempotencyRecord | None, fingerprint: str, event_ids: list[str],
+                       now: float) -> tuple[IdempotencyOutcome, IdempotencyRecord | None]:
     """The idempotency rules, given the stored record (or None).
 
     Returns the outcome and the record to store (None: leave it as it is). The
@@ -147,19 +168,19 @@ def decide_idempotency(record: dict | None, fingerprint: str, event_ids: list[st
     """
     if record is None or now - record["created_at"] >= IDEMPOTENCY_WINDOW_SECONDS:
         fresh = {"fp": fingerprint, "state": "pending", "ids": event_ids, "created_at": now, "started_at": now}
-        return IdempotencyOutcome("proceed", event_ids), fresh
+        return IdempotencyOutcome(OutcomeKind.PROCEED, event_ids), fresh
     if record["fp"] != fingerprint:
-        return IdempotencyOutcome("mismatch"), None
+        return IdempotencyOutcome(OutcomeKind.MISMATCH), None
     if record["state"] == "done":
-        return IdempotencyOutcome("replay", response=StoredResponse(record["status"], record["body"].encode())), None
+        return IdempotencyOutcome(OutcomeKind.REPLAY, response=StoredResponse(record["status"], record["body"].encode())), None
     if record["state"] == "failed" or now - record["started_at"] >= IDEMPOTENCY_STALE_SECONDS:
-        return IdempotencyOutcome("proceed", record["ids"]), {**record, "state": "pending", "started_at": now}
-    return IdempotencyOutcome("in_progress"), None
+        return IdempotencyOutcome(OutcomeKind.PROCEED, record["ids"]), {**record, "state": "pending", "started_at": now}
+    return IdempotencyOutcome(OutcomeKind.IN_PROGRESS), None
 
 
-def finished_record(record: dict, response: StoredResponse) -> dict:
+def finished_record(record: IdempotencyRecord, response: StoredResponse) -> IdempotencyRecord:
     return {**record, "state": "done", "status": response.status, "body": response.body.decode()}
 
 
-def failed_record(record: dict) -> dict:
+def failed_record(record: IdempotencyRecord) -> IdempotencyRecord:
     return {**record, "state": "failed"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, NamedTuple
 
 from ..coalesce import Coalescer
@@ -44,17 +45,24 @@ class StoredResponse:
     body: bytes
 
 
+class OutcomeKind(Enum):
+    """What to do with a request that carries an Idempotency-Key (IdempotencyOutcome.kind)."""
+
+    PROCEED = "proceed"  # handle it, with the outcome's event_ids
+    REPLAY = "replay"  # answer with the outcome's stored response
+    IN_PROGRESS = "in_progress"  # the same request is being handled right now
+    MISMATCH = "mismatch"  # the key was used for a different payload
+
+
 @dataclass(frozen=True, slots=True)
 class IdempotencyOutcome:
-    """What to do with a request that carries an Idempotency-Key.
+    """The store's answer to a request that carries an Idempotency-Key (ingest_api.idempotency decides it).
 
-    kind: "proceed" — handle it, using `event_ids` (fresh, or those of an
-    earlier attempt that did not finish, so consumers can dedupe its events);
-    "replay" — answer with `response`; "in_progress" — the same request is being
-    handled right now; "mismatch" — the key was used for a different payload.
+    PROCEED comes with `event_ids` (fresh, or those of an earlier attempt that did not finish, so consumers can
+    dedupe its events); REPLAY with `response`; the other kinds with neither.
     """
 
-    kind: str
+    kind: OutcomeKind
     event_ids: list[str] | None = None
     response: StoredResponse | None = None
 
@@ -69,19 +77,25 @@ class StoreCall(NamedTuple):
     undo: Callable[[Any], None] | None = None
 
 
-def _run_each(calls: list[StoreCall]) -> list:
+def _run_each(calls: list[StoreCall]) -> list[Any]:
     return [c.call() for c in calls]
 
 
-def _undo(call: StoreCall, result) -> None:
+def _undo(call: StoreCall, result: Any) -> None:
     if call.undo is not None:
         call.undo(result)
 
 
 class FrontDoorState(ABC):
-    """State shared by every front-door process (see the module docstring)."""
+    """State shared by every front-door process (see the module docstring).
 
-    def __init__(self):
+    Every method that reaches the store raises StateUnavailable when the store cannot be reached, does not
+    answer in time or is locked, and then has decided and recorded nothing it reports; any other exception is
+    a bug. Every read-modify-write (a rate-limit count, an idempotency record's begin, finish or fail) is
+    atomic across processes: no concurrent update is lost or overwritten by a stale copy.
+    """
+
+    def __init__(self) -> None:
         # Who runs the StoreCalls of this process's requests: one call each, STORE_CALLERS at once.
         self.calls: Coalescer[StoreCall, Any] = Coalescer(_run_each, "state", flushers=STORE_CALLERS, most=1,
                                                           on_abandoned=_undo)
@@ -110,34 +124,16 @@ class FrontDoorState(ABC):
     @abstractmethod
     def list_workspaces(self) -> list[Workspace]: ...
 
-    # limits
+    # admission: the key check and the rate-limit count of every request
     @abstractmethod
-    def count_requests(self, workspace: str, limit: int, now: float, count: int) -> list[RateDecision]:
-        """Count `count` requests of `workspace` at `now` against `limit` per minute, one after another,
-        atomically across processes (rate_limit.gcra_run)."""
-
-    def hit_rate_limit(self, workspace: str, limit: int, now: float) -> RateDecision:
-        """Count one request of `workspace` against `limit` per minute."""
-        return self.count_requests(workspace, limit, now, 1)[0]
-
-    def admit(self, token: str, default_limit: int, now: float) -> tuple[Workspace, RateDecision] | None:
-        """Every request's first step: authenticate `token`, then count the request
-        against its workspace's limit (`default_limit` if the workspace has none).
-        None for a key that is unknown, malformed or revoked (nothing counted)."""
-        admitted = self.admit_many([(token, now, 1)], default_limit)[0]
-        return None if admitted is None else (admitted[0], admitted[1][0])
-
     def admit_many(self, requests: Sequence[tuple[str, float, int]],
                    default_limit: int) -> list[tuple[Workspace, list[RateDecision]] | None]:
-        """For each (token, now, count), in order: `admit` called `count` times, as the
-        decisions of those requests. One method so that a networked store can admit
-        all the requests a worker holds at once in one round trip (ingest_api.admission)."""
-        admitted = []
-        for token, now, count in requests:
-            workspace = self.authenticate(token)
-            admitted.append(None if workspace is None else (workspace, self.count_requests(
-                workspace.name, workspace.rate_limit_per_minute or default_limit, now, count)))
-        return admitted
+        """For each (token, now, count), in order: authenticate the key, then count `count` requests of its
+        workspace at `now`, one after another, against the workspace's limit (`default_limit` if it has none),
+        atomically across processes (rate_limit.gcra_run): the workspace and those requests' decisions. None
+        for a key that is unknown, malformed or revoked (nothing counted). One call for many requests, so that
+        a networked store admits all the requests a worker holds at once in one round trip
+        (ingest_api.admission)."""
 
     # idempotency
     @abstractmethod
@@ -155,6 +151,7 @@ class FrontDoorState(ABC):
         retry proceed at once, with the same event ids."""
 
     def ping(self) -> bool:
+        """Whether the store answers (/readyz)."""
         return True
 
     def close(self) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 
 from ..auth import new_key, secret_matches, split_key
-from ..idempotency import decide_idempotency, failed_record, finished_record
+from ..idempotency import IdempotencyRecord, decide_idempotency, failed_record, finished_record
 from ..rate_limit import RateDecision, gcra_run
 from .base import ApiKeyInfo, FrontDoorState, IdempotencyOutcome, StateUnavailable, StoredResponse, Workspace
 
@@ -30,7 +31,7 @@ CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
 
 
 class SqliteState(FrontDoorState):
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         super().__init__()
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,12 +45,12 @@ class SqliteState(FrontDoorState):
         self._db.executescript(_SCHEMA)  # executescript manages its own transaction
 
     @contextmanager
-    def _read(self):
+    def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             yield self._db
 
     @contextmanager
-    def _tx(self):
+    def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so a
         read-modify-write cannot interleave with another process's."""
         with self._lock:
@@ -111,8 +112,17 @@ class SqliteState(FrontDoorState):
             rows = db.execute("SELECT name, rate_limit, strict_events FROM workspaces ORDER BY name").fetchall()
         return [Workspace(n, r, bool(s)) for n, r, s in rows]
 
-    # limits
-    def count_requests(self, workspace: str, limit: int, now: float, count: int) -> list[RateDecision]:
+    # admission
+    def admit_many(self, requests: Sequence[tuple[str, float, int]],
+                   default_limit: int) -> list[tuple[Workspace, list[RateDecision]] | None]:
+        admitted: list[tuple[Workspace, list[RateDecision]] | None] = []
+        for token, now, count in requests:
+            workspace = self.authenticate(token)
+            admitted.append(None if workspace is None else (workspace, self._count(
+                workspace.name, workspace.rate_limit_per_minute or default_limit, now, count)))
+        return admitted
+
+    def _count(self, workspace: str, limit: int, now: float, count: int) -> list[RateDecision]:
         with self._tx() as db:
             row = db.execute("SELECT tat FROM rate_limits WHERE workspace = ?", (workspace,)).fetchone()
             decisions, new_tat = gcra_run(row[0] if row else None, now, limit, count)
@@ -134,12 +144,12 @@ class SqliteState(FrontDoorState):
         return outcome
 
     @staticmethod
-    def _put(db: sqlite3.Connection, workspace: str, key: str, record: dict) -> None:
+    def _put(db: sqlite3.Connection, workspace: str, key: str, record: IdempotencyRecord) -> None:
         db.execute("INSERT INTO idempotency (workspace, key, record, created_at) VALUES (?, ?, ?, ?)"
                    " ON CONFLICT (workspace, key) DO UPDATE SET record = excluded.record, created_at = excluded.created_at",
                    (workspace, key, orjson.dumps(record), record["created_at"]))
 
-    def _update(self, workspace: str, key: str, change) -> None:
+    def _update(self, workspace: str, key: str, change: Callable[[IdempotencyRecord], IdempotencyRecord]) -> None:
         with self._tx() as db:
             row = db.execute("SELECT record FROM idempotency WHERE workspace = ? AND key = ?", (workspace, key)).fetchone()
             if row:
