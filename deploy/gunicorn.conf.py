@@ -20,6 +20,8 @@ if _settings.api_body_min_bytes_per_second < 1 or min(_settings.api_head_timeout
                                                      _settings.api_body_timeout_seconds) <= 0:
     raise SystemExit("FLOKIT_API_HEAD_TIMEOUT_SECONDS and FLOKIT_API_BODY_TIMEOUT_SECONDS must be over 0,"
                      " FLOKIT_API_BODY_MIN_BYTES_PER_SECOND at least 1")
+if _settings.api_http_parser not in ("httptools", "pywsgi"):
+    raise SystemExit(f"FLOKIT_HTTP_PARSER={_settings.api_http_parser!r} is neither httptools nor pywsgi")
 
 wsgi_app = "deploy.components:make_app()"
 bind = _settings.api_bind

@@ -56,6 +56,14 @@ class Settings:
     api_head_timeout_seconds: float = field(default=20.0, metadata={"env": "FLOKIT_API_HEAD_TIMEOUT_SECONDS"})
     api_body_timeout_seconds: float = field(default=20.0, metadata={"env": "FLOKIT_API_BODY_TIMEOUT_SECONDS"})
     api_body_min_bytes_per_second: int = field(default=500, metadata={"env": "FLOKIT_API_BODY_MIN_BYTES_PER_SECOND"})
+    # The front door's two replacements of library internals (deploy/gunicorn_worker.py), each off = gevent and
+    # gunicorn as they ship; on by default only where the bench measured it worth it (bench/README.md).
+    # httptools: HTTP parsed by deploy/http_handler.py, with the deadlines above, the idle keep-alive timeout
+    # and JSON errors for what cannot be parsed; pywsgi: gevent's own handler (none of those).
+    api_http_parser: str = field(default="httptools", metadata={"env": "FLOKIT_HTTP_PARSER"})
+    # On: connections spread over the workers, and room made at the connection limit (gevent's private accept
+    # step overridden). Off: gevent's own accept loop.
+    api_connection_balance: bool = field(default=True, metadata={"env": "FLOKIT_CONNECTION_BALANCE"})
 
     # Consumer.
     consumer_group: str = field(default="flokit-consumers", metadata={"env": "FLOKIT_CONSUMER_GROUP"})

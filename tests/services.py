@@ -59,14 +59,20 @@ def unique(prefix: str) -> str:
     return name
 
 
+# The positions of the front door's two switches (deploy/gunicorn_worker.py) that every ApiServer of this test
+# run takes: the environment's (.ci/run's second pass sets the stock ones: pywsgi, off), else the defaults.
+HTTP_PARSER = os.environ.get("FLOKIT_HTTP_PARSER", "httptools")
+CONNECTION_BALANCE = os.environ.get("FLOKIT_CONNECTION_BALANCE", "on")
+
+
 class ApiServer:
     """`flokit api` (gunicorn with deploy/gunicorn.conf.py) in a subprocess."""
 
     def __init__(self, env: dict[str, str], workers: int = 2):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "FLOKIT_API_BIND": f"127.0.0.1:{self.port}",
-                    "FLOKIT_API_WORKERS": str(workers)}
+        self.env = {**os.environ, "FLOKIT_HTTP_PARSER": HTTP_PARSER, "FLOKIT_CONNECTION_BALANCE": CONNECTION_BALANCE,
+                    **env, "FLOKIT_API_BIND": f"127.0.0.1:{self.port}", "FLOKIT_API_WORKERS": str(workers)}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "ApiServer":

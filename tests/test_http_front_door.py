@@ -45,6 +45,8 @@ def _responses(raw: bytes) -> list[tuple[bytes, bytes]]:
 
 # --- a valid request followed by bytes that cannot be parsed ---
 
+# The httptools handler's: pywsgi's answers garbage with a 400 of its own shape and keeps the connection open.
+@pytest.mark.httptools_only
 def test_a_valid_request_before_garbage_is_answered_then_the_400(server):
     # The client reads the first answer as its request's: a 400 there would be final and the request lost.
     received = _exchange(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nBAD\x01 / HTTP/1.1\r\n\r\n")
@@ -67,6 +69,8 @@ def test_a_valid_event_before_garbage_is_enqueued_and_answered_200(server, works
     assert [e["event_id"] for e in read_events(kafka_bootstrap, topic) if e["_workspace"] == workspace] == [event_id]
 
 
+# The httptools handler's: pywsgi's closes the connection without saying so in a Connection header.
+@pytest.mark.httptools_only
 def test_what_follows_a_connection_close_request_is_ignored(server):
     received = _exchange(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
                                  b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

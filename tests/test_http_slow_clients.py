@@ -14,10 +14,11 @@ import time
 import gevent
 import gevent.event
 import orjson
+import pytest
 from gevent import socket as gsocket
 from gevent.pool import Pool
 
-from deploy.gunicorn_worker import _Server
+from deploy.gunicorn_worker import _BalancedServer
 from deploy.http_handler import HttptoolsHandler
 
 from .services import api_server
@@ -35,7 +36,7 @@ def test_at_the_connection_limit_the_connection_waiting_longest_gives_way():
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [environ["PATH_INFO"].encode()]
 
-    server_class = type("Server", (_Server,), {"idle_seconds": 5.0, "max_body_bytes": 1000, "head_timeout": 20.0,
+    server_class = type("Server", (_BalancedServer,), {"idle_seconds": 5.0, "max_body_bytes": 1000, "head_timeout": 20.0,
                                               "body_timeout": 20.0, "body_min_bytes_per_second": 500})
     server = server_class(("127.0.0.1", 0), app, spawn=Pool(3), handler_class=HttptoolsHandler)
     server.log = _Log()
@@ -134,6 +135,9 @@ def _healthz_seconds(port: int) -> float:
     return time.monotonic() - started
 
 
+# Both switches': the head deadline (httptools) and the room made at the connection limit (balance).
+@pytest.mark.httptools_only
+@pytest.mark.balance_only
 def test_healthz_stays_fast_with_2000_slow_clients_connected(production_env):
     # The default limits: 2 workers of FLOKIT_API_CONNECTIONS (1000) each. Before, 2,000 slow clients held every
     # connection a worker may have; a worker then stops accepting, and a new client waited in the listen queue
