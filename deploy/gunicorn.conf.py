@@ -13,13 +13,18 @@ redis-py's sockets become cooperative too. HTTP is parsed by httptools
 No preload: the app (its Kafka producer, its state connections) is built in
 each worker after the fork.
 """
+
 from deploy.settings import Settings
 
 _settings = Settings.from_env()
-if _settings.api_body_min_bytes_per_second < 1 or min(_settings.api_head_timeout_seconds,
-                                                     _settings.api_body_timeout_seconds) <= 0:
-    raise SystemExit("FLOKIT_API_HEAD_TIMEOUT_SECONDS and FLOKIT_API_BODY_TIMEOUT_SECONDS must be over 0,"
-                     " FLOKIT_API_BODY_MIN_BYTES_PER_SECOND at least 1")
+if (
+    _settings.api_body_min_bytes_per_second < 1
+    or min(_settings.api_head_timeout_seconds, _settings.api_body_timeout_seconds) <= 0
+):
+    raise SystemExit(
+        "FLOKIT_API_HEAD_TIMEOUT_SECONDS and FLOKIT_API_BODY_TIMEOUT_SECONDS must be over 0,"
+        " FLOKIT_API_BODY_MIN_BYTES_PER_SECOND at least 1"
+    )
 if _settings.api_http_parser not in ("httptools", "pywsgi"):
     raise SystemExit(f"FLOKIT_HTTP_PARSER={_settings.api_http_parser!r} is neither httptools nor pywsgi")
 

@@ -18,6 +18,7 @@ In both positions a worker accepts one connection per wake-up (`max_accept`, as 
 does with several workers) and freezes what it built at start out of the garbage collector's sight
 (`Worker.load_wsgi`).
 """
+
 from __future__ import annotations
 
 import gc
@@ -35,7 +36,9 @@ class _Server(PyWSGIServer):
     max_accept = 1  # one connection per wake-up (Worker.init_process says why)
     # set per worker (Worker.init_process); read by the httptools handler
     idle_seconds: float  # gunicorn's keepalive: an idle connection is closed after it
-    max_body_bytes: int  # the front door's body limit: what the handler buffers at most (+1) before the app runs
+    max_body_bytes: (
+        int  # the front door's body limit: what the handler buffers at most (+1) before the app runs
+    )
     head_timeout: float  # deadlines of a request's arrival (deploy/http_handler.py)
     body_timeout: float
     body_min_bytes_per_second: int
@@ -60,14 +63,14 @@ class _BalancedServer(_Server):
             self._timer.start(self._start_accepting_if_started)
             return
         if self.full():
-            # At its connection limit (gunicorn's worker_connections) gevent stops accepting until a connection
-            # ends; new clients then wait in the listen queue for as long as the ones held take, and slow clients
-            # (a byte of head a second: slowloris) kept them all, coming back as soon as a deadline closed one.
-            # So the connection that has waited longest for its client gives way: its slot is free a moment later
-            # and gevent accepts then. (With several workers each may give one way for the same new connection;
-            # the one that does not get it has a free slot for the next.) Requests being run never give way: with
-            # only those, new clients wait, which is the limit doing its job. Only the httptools handler waits
-            # in `waiting`: with pywsgi's, nothing gives way.
+            # At its connection limit (gunicorn's worker_connections) gevent stops accepting until a
+            # connection ends; new clients then wait in the listen queue for as long as the ones held take,
+            # and slow clients (a byte of head a second: slowloris) kept them all, coming back as soon as a
+            # deadline closed one. So the connection that has waited longest for its client gives way: its
+            # slot is free a moment later and gevent accepts then. (With several workers each may give one way
+            # for the same new connection; the one that does not get it has a free slot for the next.)
+            # Requests being run never give way: with only those, new clients wait, which is the limit doing
+            # its job. Only the httptools handler waits in `waiting`: with pywsgi's, nothing gives way.
             self.waiting.give_way()
         super()._do_read()
 
@@ -104,12 +107,15 @@ class Worker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
         attributes: dict[str, Any] = {
             "idle_seconds": self.cfg.keepalive,
             "max_body_bytes": settings.max_body_bytes,
-            "head_timeout": settings.api_head_timeout_seconds, "body_timeout": settings.api_body_timeout_seconds,
-            "body_min_bytes_per_second": settings.api_body_min_bytes_per_second}
+            "head_timeout": settings.api_head_timeout_seconds,
+            "body_timeout": settings.api_body_timeout_seconds,
+            "body_min_bytes_per_second": settings.api_body_min_bytes_per_second,
+        }
         if settings.api_connection_balance:
             attributes["balance"] = ConnectionBalance(self.age) if self.cfg.workers > 1 else None
-        self.server_class = type("Server", (_BalancedServer if settings.api_connection_balance else _Server,),
-                                 attributes)
+        self.server_class = type(
+            "Server", (_BalancedServer if settings.api_connection_balance else _Server,), attributes
+        )
         super().init_process()
 
     def load_wsgi(self) -> None:

@@ -39,6 +39,7 @@ What the handler promises, each one tested (tests/test_http_handler.py):
   app that raises gets a 500 in the API's error shape;
 - gunicorn's access log, when it is on.
 """
+
 from __future__ import annotations
 
 import socket
@@ -73,8 +74,18 @@ class _CutShort(BytesIO):
 
 
 class _Request:
-    __slots__ = ("url", "headers", "head_bytes", "body", "body_bytes", "method", "version", "keep_alive",
-                 "head_since", "body_since")
+    __slots__ = (
+        "url",
+        "headers",
+        "head_bytes",
+        "body",
+        "body_bytes",
+        "method",
+        "version",
+        "keep_alive",
+        "head_since",
+        "body_since",
+    )
 
     def __init__(self):
         self.method = None  # set once the head is complete
@@ -92,9 +103,9 @@ class WaitingConnections(OrderedDict):
     """A server's connections waiting for their clients (for a request, or the rest of one), longest first.
 
     A worker at its connection limit would stop accepting until one of its connections ends, and clients that
-    send slowly or not at all would keep every new one out, however short the deadlines (they come back). So the
-    worker makes room instead (deploy/gunicorn_worker.py): the connection that has waited longest gives way.
-    Connections whose request is being run are not here.
+    send slowly or not at all would keep every new one out, however short the deadlines (they come back). So
+    the worker makes room instead (deploy/gunicorn_worker.py): the connection that has waited longest gives
+    way. Connections whose request is being run are not here.
     """
 
     def give_way(self) -> bool:
@@ -106,16 +117,27 @@ class WaitingConnections(OrderedDict):
         return True
 
 
-def _error(status: bytes, code: str, message: str) -> bytes:  # a response after which the connection is closed
+def _error(
+    status: bytes, code: str, message: str
+) -> bytes:  # a response after which the connection is closed
     body = orjson.dumps({"error": code, "message": message})
-    return (b"HTTP/1.1 " + status + b"\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    return (
+        b"HTTP/1.1 " + status + b"\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
 
 
-_INTERNAL_ERROR = (b"500 Internal Server Error", "internal_error", "an unexpected error occurred; it has been logged")
+_INTERNAL_ERROR = (
+    b"500 Internal Server Error",
+    "internal_error",
+    "an unexpected error occurred; it has been logged",
+)
 _TIMEOUT = (b"408 Request Timeout", "request_timeout")
-_GAVE_WAY = _error(*_TIMEOUT, "the server is at its connection limit and this request was the one waiting longest for"
-                   " its bytes; send it again")
+_GAVE_WAY = _error(
+    *_TIMEOUT,
+    "the server is at its connection limit and this request was the one waiting longest for"
+    " its bytes; send it again",
+)
 _date_second = 0
 _date = b""
 
@@ -168,8 +190,9 @@ class HttptoolsHandler:
         request.method = parser.get_method()
         request.version = parser.get_http_version()
         request.keep_alive = parser.should_keep_alive()
-        if request.version == "1.1" and any(name.lower() == b"expect" and value.lower() == b"100-continue"
-                                            for name, value in request.headers):
+        if request.version == "1.1" and any(
+            name.lower() == b"expect" and value.lower() == b"100-continue" for name, value in request.headers
+        ):
             self.socket.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # the client waits for it before the body
 
     def on_body(self, body: bytes):
@@ -189,8 +212,8 @@ class HttptoolsHandler:
         sock = self.socket
         server = self.server
         idle = server.idle_seconds
-        # The wait for a request's first bytes: the idle timeout, or with none (one request per connection) the
-        # head's deadline. Within a request its deadlines bound the wait instead.
+        # The wait for a request's first bytes: the idle timeout, or with none (one request per connection)
+        # the head's deadline. Within a request its deadlines bound the wait instead.
         between_requests = idle if idle > 0 else server.head_timeout
         timeout = between_requests
         sock.settimeout(timeout)
@@ -231,18 +254,29 @@ class HttptoolsHandler:
                     self._parser.feed_data(data)
                 except httptools.HttpParserUpgrade:
                     if self._complete:
-                        self._complete.pop()  # llhttp completes the upgrade request, then stops: it is not run
-                    refusal = _error(b"400 Bad Request", "invalid_http", "protocol upgrades are not supported")
+                        # llhttp completes the upgrade request, then stops: it is not run
+                        self._complete.pop()
+                    refusal = _error(
+                        b"400 Bad Request", "invalid_http", "protocol upgrades are not supported"
+                    )
                 except httptools.HttpParserError as exc:
                     cause = exc.__context__ if isinstance(exc.__context__, _RequestTooLarge) else exc
-                    status = b"431 Request Header Fields Too Large" if cause is not exc else b"400 Bad Request"
-                    refusal = _error(status, "invalid_http", f"the request is not valid HTTP/1.1: {cause}"[:300])
-                # The requests that came whole before bytes that could not be parsed are answered first, in order:
-                # a client reads the first answer as its first request's. One that closes the connection (llhttp
-                # refuses what follows it) ends it there, without the refusal.
+                    status = (
+                        b"431 Request Header Fields Too Large" if cause is not exc else b"400 Bad Request"
+                    )
+                    refusal = _error(
+                        status, "invalid_http", f"the request is not valid HTTP/1.1: {cause}"[:300]
+                    )
+                # The requests that came whole before bytes that could not be parsed are answered first, in
+                # order: a client reads the first answer as its first request's. One that closes the
+                # connection (llhttp refuses what follows it) ends it there, without the refusal.
                 if self._complete:
-                    waiting.pop(self, None)  # not while its requests run: it waits for nothing from its client
-                    if timeout != between_requests:  # the answers' sends get the usual bound, not a deadline's rest
+                    waiting.pop(
+                        self, None
+                    )  # not while its requests run: it waits for nothing from its client
+                    if (
+                        timeout != between_requests
+                    ):  # the answers' sends get the usual bound, not a deadline's rest
                         sock.settimeout(between_requests)
                         timeout = between_requests
                     while self._complete:
@@ -262,9 +296,9 @@ class HttptoolsHandler:
                 pass
 
     def give_way(self) -> None:
-        """Make room for a new connection (WaitingConnections): called from the event loop, so it must not wait.
-        Ending the reads wakes the handler's recv with an OSError (gevent cancels the wait) or an end of stream;
-        the handler then answers a request that had begun with a 408 and closes the connection."""
+        """Make room for a new connection (WaitingConnections): called from the event loop, so it must not
+        wait. Ending the reads wakes the handler's recv with an OSError (gevent cancels the wait) or an end of
+        stream; the handler then answers a request that had begun with a 408 and closes the connection."""
         self._given_way = True
         try:
             self.socket.shutdown(socket.SHUT_RD)
@@ -281,15 +315,22 @@ class HttptoolsHandler:
             return request.head_since + server.head_timeout - now
         if not request.body_since:
             request.body_since = now
-        return request.body_since + server.body_timeout + request.body_bytes / server.body_min_bytes_per_second - now
+        return (
+            request.body_since
+            + server.body_timeout
+            + request.body_bytes / server.body_min_bytes_per_second
+            - now
+        )
 
     def _timed_out(self, request: _Request) -> bytes:
         server = self.server
         if request.method is None:
             message = f"the request's line and headers did not all arrive within {server.head_timeout:g} s"
         else:
-            message = (f"the request's body came too slowly: it has {server.body_timeout:g} s, and one more for each"
-                       f" {server.body_min_bytes_per_second:g} bytes received")
+            message = (
+                f"the request's body came too slowly: it has {server.body_timeout:g} s, and one more for each"
+                f" {server.body_min_bytes_per_second:g} bytes received"
+            )
         return _error(*_TIMEOUT, message)
 
     def _environ(self, request: _Request, cut_short: bool = False) -> dict:
@@ -330,7 +371,8 @@ class HttptoolsHandler:
         started: list = []
 
         def start_response(status, headers, exc_info=None):
-            # Nothing is sent before the app returns, so a second call (with exc_info) simply replaces the first.
+            # Nothing is sent before the app returns, so a second call (with exc_info) simply replaces the
+            # first.
             started[:] = [status, headers]
 
         log = self.server.log
@@ -350,9 +392,12 @@ class HttptoolsHandler:
             return False
         self.socket.sendall(head + body if request.method != b"HEAD" else head)
         if started_at:
-            log.access(GeventResponse(started[0], started[1], len(body)),
-                       [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers], environ,
-                       timedelta(seconds=time.monotonic() - started_at))
+            log.access(
+                GeventResponse(started[0], started[1], len(body)),
+                [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers],
+                environ,
+                timedelta(seconds=time.monotonic() - started_at),
+            )
         return keep_alive
 
     def _head(self, request: _Request, status: str, headers, body_length: int) -> tuple[bytes, bool]:

@@ -5,12 +5,13 @@ ClickHouse engine behind `flokit warehouse`); setting FLOKIT_KAFKA_BOOTSTRAP,
 FLOKIT_REDIS_URL or FLOKIT_CLICKHOUSE_URL switches that part to the production
 service. The README's configuration table is this file, in prose.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
 
 
 def _cpu_count() -> int:
@@ -50,14 +51,17 @@ class Settings:
     rate_limit_per_minute: int = field(default=100, metadata={"env": "FLOKIT_RATE_LIMIT_PER_MINUTE"})
     enqueue_timeout_seconds: float = field(default=5.0, metadata={"env": "FLOKIT_ENQUEUE_TIMEOUT_SECONDS"})
     max_body_bytes: int = field(default=8 * 1024 * 1024, metadata={"env": "FLOKIT_MAX_BODY_BYTES"})
-    # Deadlines of a request's arrival (deploy/http_handler.py), so a client sending slowly cannot hold a connection:
-    # the whole head from its first bytes; the body from the head's end, one second more per so many bytes
-    # received, so a slow upload that keeps going is never cut (Apache's mod_reqtimeout's defaults: 20 s, 500 B/s).
+    # Deadlines of a request's arrival (deploy/http_handler.py), so a client sending slowly cannot hold a
+    # connection: the whole head from its first bytes; the body from the head's end, one second more per so
+    # many bytes received, so a slow upload that keeps going is never cut (Apache's mod_reqtimeout's defaults:
+    # 20 s, 500 B/s).
     api_head_timeout_seconds: float = field(default=20.0, metadata={"env": "FLOKIT_API_HEAD_TIMEOUT_SECONDS"})
     api_body_timeout_seconds: float = field(default=20.0, metadata={"env": "FLOKIT_API_BODY_TIMEOUT_SECONDS"})
-    api_body_min_bytes_per_second: int = field(default=500, metadata={"env": "FLOKIT_API_BODY_MIN_BYTES_PER_SECOND"})
-    # The front door's two replacements of library internals (deploy/gunicorn_worker.py), each off = gevent and
-    # gunicorn as they ship; on by default only where the bench measured it worth it (bench/README.md).
+    api_body_min_bytes_per_second: int = field(
+        default=500, metadata={"env": "FLOKIT_API_BODY_MIN_BYTES_PER_SECOND"}
+    )
+    # The front door's two replacements of library internals (deploy/gunicorn_worker.py), each off = gevent
+    # and gunicorn as they ship; on by default only where the bench measured it worth it (bench/README.md).
     # httptools: HTTP parsed by deploy/http_handler.py, with the deadlines above, the idle keep-alive timeout
     # and JSON errors for what cannot be parsed; pywsgi: gevent's own handler (none of those).
     api_http_parser: str = field(default="httptools", metadata={"env": "FLOKIT_HTTP_PARSER"})
@@ -83,7 +87,7 @@ class Settings:
     malloc_pin: bool = field(default=True, metadata={"env": "FLOKIT_MALLOC_PIN"})
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
         environ = os.environ if environ is None else environ
         values = {}
         for f in fields(cls):
@@ -93,7 +97,7 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes) -> Settings:
         return replace(self, **changes)
 
     @property

@@ -5,6 +5,7 @@ it publishes to and the shared state it admits requests with. The deployment pic
 (deploy/components.py) in each gunicorn worker after the fork, so queue producers and state connections are
 never shared across processes.
 """
+
 from __future__ import annotations
 
 import time
@@ -24,8 +25,13 @@ from .frontdoor import FrontDoor
 from .state.base import FrontDoorState
 
 
-def create_app(config: FrontDoorConfig, *, publisher: Publisher, state: FrontDoorState,
-               clock: Callable[[], float] = time.time) -> Flask:
+def create_app(
+    config: FrontDoorConfig,
+    *,
+    publisher: Publisher,
+    state: FrontDoorState,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
     app = Flask(__name__)
     app.extensions["flokit"] = FrontDoor(
         config=config,

@@ -6,6 +6,7 @@ A key is `fk_<key id>_<secret>`: the key id is public (it names the key in listi
 256-bit secret is stored. A fast hash is enough for random secrets of this length: there is nothing to
 brute-force.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,6 +30,7 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flokit"'}
 
 # --- API keys ----------------------------------------------------------------------------------------------
 
+
 def new_key() -> tuple[str, str, str]:
     """A fresh API key as (plaintext, key_id, secret_hash)."""
     key_id = secrets.token_hex(KEY_ID_LENGTH // 2)
@@ -44,7 +46,7 @@ def split_key(token: str) -> tuple[str, str] | None:
     """(key_id, secret) of a well-formed key, else None."""
     if not token.startswith(KEY_PREFIX):
         return None
-    key_id, sep, secret = token[len(KEY_PREFIX):].partition("_")
+    key_id, sep, secret = token[len(KEY_PREFIX) :].partition("_")
     if not sep or len(key_id) != KEY_ID_LENGTH or not secret:
         return None
     return key_id, secret
@@ -57,7 +59,7 @@ def secret_matches(secret: str, stored_hash: str) -> bool:
 def key_id_of(key_or_id: str) -> str:
     """Accept a full key, its display form (`fk_<id>_…`) or a bare id."""
     if key_or_id.startswith(KEY_PREFIX):
-        return key_or_id[len(KEY_PREFIX):].split("_", 1)[0]
+        return key_or_id[len(KEY_PREFIX) :].split("_", 1)[0]
     return key_or_id
 
 
@@ -68,18 +70,22 @@ def display_key(key_id: str) -> str:
 
 # --- a request's Authorization -----------------------------------------------------------------------------
 
-def admit(request: IngestRequest, admission: Admission, now: float,
-          deadline: float | None = None) -> tuple[Workspace, RateDecision]:
-    """The caller's workspace and this request's rate-limit decision, or Unauthorized (state_unavailable if the
-    shared state did not answer by `deadline`)."""
+
+def admit(
+    request: IngestRequest, admission: Admission, now: float, deadline: float | None = None
+) -> tuple[Workspace, RateDecision]:
+    """The caller's workspace and this request's rate-limit decision, or Unauthorized (state_unavailable if
+    the shared state did not answer by `deadline`)."""
     header = request.header("Authorization", "") or ""
     scheme, _, token = header.strip().partition(" ")
     if not header:
-        raise Unauthorized("missing_api_key", "send your API key as 'Authorization: Bearer <key>'",
-                           headers=_CHALLENGE)
+        raise Unauthorized(
+            "missing_api_key", "send your API key as 'Authorization: Bearer <key>'", headers=_CHALLENGE
+        )
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("invalid_api_key", "the Authorization header must be 'Bearer <key>'",
-                           headers=_CHALLENGE)
+        raise Unauthorized(
+            "invalid_api_key", "the Authorization header must be 'Bearer <key>'", headers=_CHALLENGE
+        )
     try:
         admitted = admission.admit(token.strip(), now, deadline)
     except StateUnavailable as exc:

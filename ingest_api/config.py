@@ -2,6 +2,7 @@
 
 The deployment builds it from its settings (deploy/components.py); ingest_api never reads the environment
 itself, so it can be built and tested with any values."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

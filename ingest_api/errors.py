@@ -1,6 +1,7 @@
 """Every error the API returns, as one hierarchy mapped to HTTP statuses in one
 place. The body is always {"error": <stable code>, "message": <what to fix>}
 (ingest_api/response.py makes it a response)."""
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,14 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     status = 500
 
-    def __init__(self, code: str, message: str, *, headers: dict[str, str] | None = None,
-                 extra: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
@@ -26,7 +33,9 @@ class ApiError(Exception):
         self.extra = extra or {}
 
     def response(self) -> JsonResponse:
-        return json_response({"error": self.code, "message": self.message, **self.extra}, self.status, self.headers)
+        return json_response(
+            {"error": self.code, "message": self.message, **self.extra}, self.status, self.headers
+        )
 
 
 class BadRequest(ApiError):
@@ -61,15 +70,19 @@ class ServiceUnavailable(ApiError):
     status = 503
 
 
-# What every 503 tells the client to wait before retrying (a dependency is down: the queue or the shared state).
+# What every 503 tells the client to wait before retrying (a dependency is down: the queue or the shared
+# state).
 RETRY_AFTER_SECONDS = 5
 
 
 def state_unavailable() -> ServiceUnavailable:
     """The answer when the shared state (state.base.StateUnavailable) cannot admit or record a request."""
-    return ServiceUnavailable("state_unavailable", "the front door's shared state (API keys, rate limits, idempotency"
-                              " records) did not answer; nothing was accepted, retry later",
-                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return ServiceUnavailable(
+        "state_unavailable",
+        "the front door's shared state (API keys, rate limits, idempotency"
+        " records) did not answer; nothing was accepted, retry later",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def error_response(exc: Exception) -> JsonResponse:
@@ -82,9 +95,13 @@ def error_response(exc: Exception) -> JsonResponse:
         # The headers the exception defines go along (a 405's Allow, which RFC 9110 requires; a 401's
         # WWW-Authenticate, …), all but its Content-Type: the body is ours.
         headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
-        return json_response({"error": code, "message": exc.description or exc.name}, exc.code or 500, headers)
+        return json_response(
+            {"error": code, "message": exc.description or exc.name}, exc.code or 500, headers
+        )
     log.error("unhandled error", exc_info=exc)
-    return json_response({"error": "internal_error", "message": "an unexpected error occurred; it has been logged"}, 500)
+    return json_response(
+        {"error": "internal_error", "message": "an unexpected error occurred; it has been logged"}, 500
+    )
 
 
 def register(app: Flask) -> None:

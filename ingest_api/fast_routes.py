@@ -8,21 +8,29 @@ IngestRequest, and any exception becomes the same error response Flask's
 handlers give (errors.error_response). Every other method and path goes to
 Flask.
 """
+
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from flask import Flask
 
 from . import events
 from .errors import error_response
+from .frontdoor import FrontDoor
 from .request import IngestRequest
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 
 class FastRoutes:
     def __init__(self, app: Flask):
         self._flask = app.wsgi_app
-        self._ctx = app.extensions["flokit"]
+        self._ctx: FrontDoor = app.extensions["flokit"]
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         batch = events.ROUTES.get(environ.get("PATH_INFO", ""))
         if batch is None or environ.get("REQUEST_METHOD") != "POST":
             return self._flask(environ, start_response)

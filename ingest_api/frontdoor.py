@@ -1,4 +1,5 @@
 """What the request handlers share: the parts of one front-door process, wired once by create_app."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -4,6 +4,7 @@ The count itself is kept by the shared state, taken with the key lookup (FrontDo
 ingest_api.admission), so a limit holds across every front-door process; the stores run `gcra_run` on the
 stored theoretical arrival time inside their own atomic update.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,9 @@ def gcra(tat: float | None, now: float, limit: int) -> tuple[RateDecision, float
     return RateDecision(True, limit, remaining, math.ceil(new_tat - now), 0), new_tat
 
 
-def gcra_run(tat: float | None, now: float, limit: int, count: int) -> tuple[list[RateDecision], float | None]:
+def gcra_run(
+    tat: float | None, now: float, limit: int, count: int
+) -> tuple[list[RateDecision], float | None]:
     """`count` requests at `now`, one after another: their decisions (the allowed ones first; a refused one
     changes nothing, so every one after it is refused too) and the tat to store (None: none allowed)."""
     decisions: list[RateDecision] = []
@@ -57,16 +60,21 @@ def gcra_run(tat: float | None, now: float, limit: int, count: int) -> tuple[lis
 
 def headers_for(decision: RateDecision) -> dict[str, str]:
     # The widely deployed trio from the IETF RateLimit-header drafts.
-    return {"RateLimit-Limit": str(decision.limit), "RateLimit-Remaining": str(decision.remaining),
-            "RateLimit-Reset": str(decision.reset_seconds)}
+    return {
+        "RateLimit-Limit": str(decision.limit),
+        "RateLimit-Remaining": str(decision.remaining),
+        "RateLimit-Reset": str(decision.reset_seconds),
+    }
 
 
 def enforce(decision: RateDecision) -> dict[str, str]:
     """The headers to send on the response, or RateLimited."""
     headers = headers_for(decision)
     if not decision.allowed:
-        raise RateLimited("rate_limited",
-                          f"more than {decision.limit} requests per minute for this workspace; "
-                          f"retry in {decision.retry_after} s",
-                          headers={**headers, "Retry-After": str(decision.retry_after)})
+        raise RateLimited(
+            "rate_limited",
+            f"more than {decision.limit} requests per minute for this workspace; "
+            f"retry in {decision.retry_after} s",
+            headers={**headers, "Retry-After": str(decision.retry_after)},
+        )
     return headers

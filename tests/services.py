@@ -75,7 +75,7 @@ class ApiServer:
                     **env, "FLOKIT_API_BIND": f"127.0.0.1:{self.port}", "FLOKIT_API_WORKERS": str(workers)}
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "ApiServer":
+    def start(self) -> ApiServer:
         self.proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "api"], env=self.env, cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60

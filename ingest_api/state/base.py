@@ -5,6 +5,7 @@ hashing: ingest_api.auth; the rate-limit arithmetic: ingest_api.rate_limit; the 
 outcomes: ingest_api.idempotency), once; the Redis and SQLite implementations only store and update records
 atomically, running those rules inside their own read-modify-write.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -58,8 +59,8 @@ class OutcomeKind(Enum):
 class IdempotencyOutcome:
     """The store's answer to a request that carries an Idempotency-Key (ingest_api.idempotency decides it).
 
-    PROCEED comes with `event_ids` (fresh, or those of an earlier attempt that did not finish, so consumers can
-    dedupe its events); REPLAY with `response`; the other kinds with neither.
+    PROCEED comes with `event_ids` (fresh, or those of an earlier attempt that did not finish, so consumers
+    can dedupe its events); REPLAY with `response`; the other kinds with neither.
     """
 
     kind: OutcomeKind
@@ -68,7 +69,8 @@ class IdempotencyOutcome:
 
 
 class StoreCall(NamedTuple):
-    """A call to the store made for a request, run by one of the store's callers (FrontDoorState.calls), so that
+    """A call to the store made for a request, run by one of the store's callers (FrontDoorState.calls), so
+    that
     the request waits for it no longer than it may: neither Redis (a 5 s socket timeout) nor SQLite (a 10 s
     busy timeout) bounds a call by what is left of a request's time. `undo(result)` runs if the call succeeds
     after its request stopped waiting (Coalescer.submit's deadline)."""
@@ -97,8 +99,9 @@ class FrontDoorState(ABC):
 
     def __init__(self) -> None:
         # Who runs the StoreCalls of this process's requests: one call each, STORE_CALLERS at once.
-        self.calls: Coalescer[StoreCall, Any] = Coalescer(_run_each, "state", flushers=STORE_CALLERS, most=1,
-                                                          on_abandoned=_undo)
+        self.calls: Coalescer[StoreCall, Any] = Coalescer(
+            _run_each, "state", flushers=STORE_CALLERS, most=1, on_abandoned=_undo
+        )
 
     # keys and workspaces
     @abstractmethod
@@ -117,8 +120,9 @@ class FrontDoorState(ABC):
         """The workspace a live key belongs to, else None (unknown, malformed or revoked)."""
 
     @abstractmethod
-    def configure_workspace(self, name: str, *, rate_limit_per_minute: int | None = None,
-                            strict_events: bool | None = None) -> Workspace:
+    def configure_workspace(
+        self, name: str, *, rate_limit_per_minute: int | None = None, strict_events: bool | None = None
+    ) -> Workspace:
         """Create or update a workspace's settings; None leaves a setting as it is."""
 
     @abstractmethod
@@ -126,8 +130,9 @@ class FrontDoorState(ABC):
 
     # admission: the key check and the rate-limit count of every request
     @abstractmethod
-    def admit_many(self, requests: Sequence[tuple[str, float, int]],
-                   default_limit: int) -> list[tuple[Workspace, list[RateDecision]] | None]:
+    def admit_many(
+        self, requests: Sequence[tuple[str, float, int]], default_limit: int
+    ) -> list[tuple[Workspace, list[RateDecision]] | None]:
         """For each (token, now, count), in order: authenticate the key, then count `count` requests of its
         workspace at `now`, one after another, against the workspace's limit (`default_limit` if it has none),
         atomically across processes (rate_limit.gcra_run): the workspace and those requests' decisions. None
@@ -137,8 +142,9 @@ class FrontDoorState(ABC):
 
     # idempotency
     @abstractmethod
-    def idempotency_begin(self, workspace: str, key: str, fingerprint: str,
-                          event_ids: list[str], now: float) -> IdempotencyOutcome:
+    def idempotency_begin(
+        self, workspace: str, key: str, fingerprint: str, event_ids: list[str], now: float
+    ) -> IdempotencyOutcome:
         """Claim `key` for a request; atomically, so concurrent duplicates cannot both proceed."""
 
     @abstractmethod
@@ -154,5 +160,5 @@ class FrontDoorState(ABC):
         """Whether the store answers (/readyz)."""
         return True
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a store holding nothing open has nothing to close
         pass

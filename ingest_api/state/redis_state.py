@@ -1,4 +1,5 @@
 """Front-door state in Redis (production): shared by every process on every host."""
+
 from __future__ import annotations
 
 import time
@@ -8,10 +9,16 @@ from typing import TypeVar
 
 import orjson
 import redis
+from redis.typing import EncodableT, FieldT
 
 from ..auth import hash_secret, new_key, secret_matches, split_key
-from ..idempotency import (IDEMPOTENCY_WINDOW_SECONDS, IdempotencyRecord, decide_idempotency, failed_record,
-                           finished_record)
+from ..idempotency import (
+    IDEMPOTENCY_WINDOW_SECONDS,
+    IdempotencyRecord,
+    decide_idempotency,
+    failed_record,
+    finished_record,
+)
 from ..rate_limit import RATE_WINDOW_SECONDS, RateDecision, gcra_run
 from .base import ApiKeyInfo, FrontDoorState, IdempotencyOutcome, StateUnavailable, StoredResponse, Workspace
 
@@ -45,7 +52,9 @@ end
 # own limit or '', strict, previous tat or ''}.
 # It derives the workspace's keys from the key record, so it needs a standalone
 # Redis (or a primary with replicas), not Redis Cluster.
-_ADMIT_MANY = _GCRA_STEP + """
+_ADMIT_MANY = (
+    _GCRA_STEP
+    + """
 local ns, default_limit, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 for i, key_record in ipairs(KEYS) do
@@ -63,14 +72,20 @@ for i, key_record in ipairs(KEYS) do
 end
 return out
 """
+)
 
 
 ADMISSION_RECHECK_SECONDS = 1.0
 T = TypeVar("T")
 
 
+def _text(value: bytes | str) -> str:
+    """A value read from Redis (bytes: the client does not decode responses) as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 @contextmanager
-def _reachable():
+def _reachable() -> Iterator[None]:
     """Redis unreachable or too slow (socket_timeout) is StateUnavailable; any other error is a bug."""
     try:
         yield
@@ -79,9 +94,11 @@ def _reachable():
 
 
 class RedisState(FrontDoorState):
-    def __init__(self, url: str, namespace: str = "flokit"):
+    def __init__(self, url: str, namespace: str = "flokit") -> None:
         super().__init__()
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+        )
         self._ns = namespace
         self._admit_many = self._redis.register_script(_ADMIT_MANY)
         self._admission: redis.Redis | None = None  # admit_many's own connection, made on first use
@@ -97,8 +114,15 @@ class RedisState(FrontDoorState):
             pipe = self._redis.pipeline()
             pipe.hsetnx(self._k("workspace", workspace), "name", workspace)
             pipe.sadd(self._k("workspaces"), workspace)
-            pipe.hset(self._k("key", key_id), mapping={"workspace": workspace, "hash": secret_hash,
-                                                       "created_at": repr(time.time()), "revoked": "0"})
+            pipe.hset(
+                self._k("key", key_id),
+                mapping={
+                    "workspace": workspace,
+                    "hash": secret_hash,
+                    "created_at": repr(time.time()),
+                    "revoked": "0",
+                },
+            )
             pipe.sadd(self._k("keys"), key_id)
             pipe.execute()
         return plaintext
@@ -106,11 +130,17 @@ class RedisState(FrontDoorState):
     def list_keys(self) -> list[ApiKeyInfo]:
         infos = []
         with _reachable():
-            for key_id in sorted(k.decode() for k in self._redis.smembers(self._k("keys"))):
+            for key_id in sorted(_text(k) for k in self._redis.smembers(self._k("keys"))):
                 rec = self._redis.hgetall(self._k("key", key_id))
                 if rec:
-                    infos.append(ApiKeyInfo(key_id, rec[b"workspace"].decode(), float(rec[b"created_at"]),
-                                            rec[b"revoked"] == b"1"))
+                    infos.append(
+                        ApiKeyInfo(
+                            key_id,
+                            _text(rec[b"workspace"]),
+                            float(rec[b"created_at"]),
+                            rec[b"revoked"] == b"1",
+                        )
+                    )
         return sorted(infos, key=lambda i: i.created_at)
 
     def revoke_key(self, key_id: str) -> bool:
@@ -126,19 +156,23 @@ class RedisState(FrontDoorState):
             return None
         key_id, secret = parts
         with _reachable():
-            workspace, secret_hash, revoked = self._redis.hmget(self._k("key", key_id), "workspace", "hash",
-                                                                "revoked")
-            if secret_hash is None or not secret_matches(secret, secret_hash.decode()) or revoked == b"1":
+            workspace, secret_hash, revoked = self._redis.hmget(
+                self._k("key", key_id), "workspace", "hash", "revoked"
+            )
+            if secret_hash is None or not secret_matches(secret, _text(secret_hash)) or revoked == b"1":
                 return None
-            return self._workspace(workspace.decode())
+            if workspace is None:  # a key record always names its workspace
+                return None
+            return self._workspace(_text(workspace))
 
     def _workspace(self, name: str) -> Workspace:
         limit, strict = self._redis.hmget(self._k("workspace", name), "rate_limit", "strict_events")
         return Workspace(name, int(limit) if limit else None, strict == b"1")
 
-    def configure_workspace(self, name: str, *, rate_limit_per_minute: int | None = None,
-                            strict_events: bool | None = None) -> Workspace:
-        fields = {"name": name}
+    def configure_workspace(
+        self, name: str, *, rate_limit_per_minute: int | None = None, strict_events: bool | None = None
+    ) -> Workspace:
+        fields: dict[FieldT, EncodableT] = {"name": name}
         if rate_limit_per_minute is not None:
             fields["rate_limit"] = str(rate_limit_per_minute)
         if strict_events is not None:
@@ -150,12 +184,16 @@ class RedisState(FrontDoorState):
 
     def list_workspaces(self) -> list[Workspace]:
         with _reachable():
-            return [self._workspace(n.decode()) for n in sorted(self._redis.smembers(self._k("workspaces")))]
+            names = sorted(_text(n) for n in self._redis.smembers(self._k("workspaces")))
+            return [self._workspace(name) for name in names]
 
     # admission
-    def admit_many(self, requests: Sequence[tuple[str, float, int]],
-                   default_limit: int) -> list[tuple[Workspace, list[RateDecision]] | None]:
-        keys, args, asked = [], [self._ns, default_limit, RATE_WINDOW_SECONDS], []
+    def admit_many(
+        self, requests: Sequence[tuple[str, float, int]], default_limit: int
+    ) -> list[tuple[Workspace, list[RateDecision]] | None]:
+        keys: list[str] = []
+        args: list[str | int | float] = [self._ns, default_limit, RATE_WINDOW_SECONDS]
+        asked: list[bool] = []
         for token, now, count in requests:
             parts = split_key(token)
             asked.append(parts is not None)
@@ -163,17 +201,20 @@ class RedisState(FrontDoorState):
                 keys.append(self._k("key", parts[0]))
                 args += [hash_secret(parts[1]), repr(now), count]
         with _reachable():
-            found = iter(self._admit_many(keys=keys, args=args, client=self._admission_client()) if keys else ())
-        admitted = []
-        for (token, now, count), was_asked in zip(requests, asked):
-            result = next(found) if was_asked else 0
-            if not result:
+            found = iter(
+                self._admit_many(keys=keys, args=args, client=self._admission_client()) if keys else ()
+            )
+        admitted: list[tuple[Workspace, list[RateDecision]] | None] = []
+        for (_, now, count), was_asked in zip(requests, asked, strict=True):
+            result: list[bytes] | int = next(found) if was_asked else 0
+            if isinstance(result, int):  # 0: an unknown or revoked key, or a wrong secret
                 admitted.append(None)
                 continue
             name, own_limit, strict, prev = result
-            workspace = Workspace(name.decode(), int(own_limit) if own_limit else None, strict == b"1")
-            decisions, _ = gcra_run(float(prev) if prev else None, now, workspace.rate_limit_per_minute or default_limit,
-                                    count)
+            workspace = Workspace(_text(name), int(own_limit) if own_limit else None, strict == b"1")
+            decisions, _ = gcra_run(
+                float(prev) if prev else None, now, workspace.rate_limit_per_minute or default_limit, count
+            )
             admitted.append((workspace, decisions))
         return admitted
 
@@ -187,34 +228,45 @@ class RedisState(FrontDoorState):
         # Redis is down.
         now = time.monotonic()
         if self._admission is None:
-            self._admission = self._redis.client()
+            self._admission = self._redis.client()  # type: ignore[no-untyped-call]
         elif now - self._admission_used > ADMISSION_RECHECK_SECONDS:
             connection = self._admission.connection
-            try:
-                stale = connection.can_read()
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                stale = True
-            if stale:
-                connection.disconnect()  # the next command connects again
+            if connection is not None:  # None: not connected yet
+                try:
+                    stale = connection.can_read()
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    stale = True
+                if stale:
+                    connection.disconnect()  # type: ignore[no-untyped-call]  # the next command connects again
         self._admission_used = now
         return self._admission
 
     # idempotency: each a read-modify-write under WATCH/MULTI (the rules stay in ingest_api.idempotency)
-    def idempotency_begin(self, workspace: str, key: str, fingerprint: str,
-                          event_ids: list[str], now: float) -> IdempotencyOutcome:
+    def idempotency_begin(
+        self, workspace: str, key: str, fingerprint: str, event_ids: list[str], now: float
+    ) -> IdempotencyOutcome:
         return self._read_modify_write(
-            workspace, key, lambda record: decide_idempotency(record, fingerprint, event_ids, now))
+            workspace, key, lambda record: decide_idempotency(record, fingerprint, event_ids, now)
+        )
 
     def idempotency_finish(self, workspace: str, key: str, response: StoredResponse) -> None:
-        self._read_modify_write(workspace, key, lambda record: (
-            None, None if record is None else finished_record(record, response)))
+        self._read_modify_write(
+            workspace,
+            key,
+            lambda record: (None, None if record is None else finished_record(record, response)),
+        )
 
     def idempotency_fail(self, workspace: str, key: str) -> None:
-        self._read_modify_write(workspace, key, lambda record: (
-            None, None if record is None else failed_record(record)))
+        self._read_modify_write(
+            workspace, key, lambda record: (None, None if record is None else failed_record(record))
+        )
 
-    def _read_modify_write(self, workspace: str, key: str,
-                           change: Callable[[IdempotencyRecord | None], tuple[T, IdempotencyRecord | None]]) -> T:
+    def _read_modify_write(
+        self,
+        workspace: str,
+        key: str,
+        change: Callable[[IdempotencyRecord | None], tuple[T, IdempotencyRecord | None]],
+    ) -> T:
         """`change(stored record)` gives a result and the record to store (None: none). The record is watched
         from its read to the write: if anyone wrote it meanwhile (another process's begin), the write is not
         made and `change` runs again on what is stored now, as SQLite's transaction would have it."""
@@ -222,7 +274,7 @@ class RedisState(FrontDoorState):
         with _reachable(), self._redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(name)
+                    pipe.watch(name)  # type: ignore[no-untyped-call]
                     raw = pipe.get(name)
                     result, record = change(orjson.loads(raw) if raw else None)
                     if record is None:
