@@ -2,13 +2,12 @@
 
 gevent workers, one process per core: each worker serves many requests at once
 on greenlets, so the time one request waits for Redis or for Kafka's
-acknowledgement goes to the others. Measured against gthread (8 threads) on the
-single-event endpoint: 1,470 against 800-900 requests/s with the same CPU
-(bench/README.md) — threads spent their time in GIL hand-offs (~15 futex calls
-a request), greenlets switch in user space. The worker monkey-patches the
+acknowledgement goes to the others. Against gthread workers they served more
+requests with the same CPU (bench/README.md): threads spent their time in GIL
+hand-offs, greenlets switch in user space. The worker monkey-patches the
 standard library before the app is imported, so kafka-python's I/O thread and
-redis-py's sockets become cooperative too. HTTP is parsed by httptools
-(deploy/gunicorn_worker.py says why).
+redis-py's sockets become cooperative too. How HTTP is parsed and connections
+accepted: deploy/gunicorn_worker.py.
 
 No preload: the app (its Kafka producer, its state connections) is built in
 each worker after the fork.

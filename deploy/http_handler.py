@@ -4,9 +4,9 @@ gevent's pywsgi server keeps accepting connections, building the base environ an
 running the WSGI app; what it hands each connection to is this handler instead of
 its own. pywsgi reads a request line by line in Python (and its headers through
 the email package); httptools is llhttp, Node.js's parser, in C (the one uvicorn
-uses). At saturation on the single-event endpoint, interleaved: 6,540-7,519
-against 5,946-6,527 requests/s, 0.22-0.25 against 0.26-0.28 ms of worker CPU
-per request (bench/README.md).
+uses), for less worker CPU per request (bench/README.md). It is used with
+FLOKIT_HTTP_PARSER=httptools (deploy/gunicorn_worker.py); pywsgi's own
+handler otherwise.
 
 What the handler promises, each one tested (tests/test_http_handler.py):
 - keep-alive as HTTP/1.0 and 1.1 define it (llhttp decides), pipelined requests

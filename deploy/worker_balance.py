@@ -2,8 +2,8 @@
 
 Every worker waits on the same listening socket, and whichever is awake when connections arrive accepts
 them. A client that opens its keep-alive connections at once (a back end's pool, a load balancer, wrk)
-often had them all land on one worker, which then did all the work while the other idled: 8 of 8
-connections on one worker in two of three scratch runs, 165-207 of 256 in others (bench/README.md).
+often had them all land on one worker, which then did all the work while the other idled
+(bench/README.md). Used with FLOKIT_CONNECTION_BALANCE=on (deploy/gunicorn_worker.py).
 
 Each worker publishes how many connections it holds in a small table shared by all of them: an anonymous
 shared mapping made when this module is imported, which gunicorn does in its master (to load the worker

@@ -18,9 +18,9 @@ from .errors import RETRY_AFTER_SECONDS, ServiceUnavailable
 log = logging.getLogger(__name__)
 
 # Publishes in flight at once per worker. A publish waits for the queue's acknowledgement (Kafka's round
-# trip, 1-2 ms); whatever arrives meanwhile goes out together in the next one (group commit). One at a time
-# groups more than four did below saturation, for the same CPU: open loop at 1,800 and 3,000 requests/s, p50
-# 13.6-16.8 against 18.7-26.5 ms; 1,000-event batches 75,600-77,400 events/s either way (bench/README.md).
+# trip); whatever arrives meanwhile goes out together in the next one (group commit). One at a time groups
+# more than several did, for the same CPU: lower latency below saturation, the same batch throughput
+# (bench/README.md).
 PUBLISHERS = 1
 
 

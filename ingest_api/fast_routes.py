@@ -1,7 +1,7 @@
 """The two ingest routes as plain WSGI, in front of the Flask app.
 
 Flask's per-request machinery (request and app contexts, URL matching,
-before/after hooks, response finalising) was about 14 % of a single-event
+before/after hooks, response finalising) was a large share of a single-event
 request's CPU (bench/README.md). POST /v1/events and POST /v1/batch/events
 skip it: the same handler (events.ingest) gets the environ as an
 IngestRequest, and any exception becomes the same error response Flask's

@@ -1,7 +1,7 @@
 """What the ingest handlers read of a request, straight from the WSGI environ.
 
 Werkzeug's Request builds header views, parses the content type and wraps the
-input stream lazily, behind cached properties: about 7 % of a single-event
+input stream lazily, behind cached properties: a measurable share of a single-event
 request's CPU (bench/README.md) for the five things the handlers ask. This reads
 them from the environ, with Werkzeug's own functions where parsing is involved.
 """
