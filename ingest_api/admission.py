@@ -3,9 +3,9 @@
 Every request needs the shared state's answer (FrontDoorState.admit_many: the key, its workspace, the
 rate-limit count), and the requests a worker holds at once share one call (a Coalescer). That call is a round
 trip to Redis on every request's path, before the queue's, and for a busy producer it was a large part of what
-a request waited for (bench/README.md). So for a workspace with a high limit, a worker counts a few of the key's
-next requests in the same call (a grant) and admits them from it without a round trip, asking for the next
-grant in the background once a quarter of the current one is left.
+a request waited for (bench/README.md). So for a workspace with a high limit, a worker counts a few of the
+key's next requests in the same call (a grant) and admits them from it without a round trip, asking for the
+next grant in the background once a quarter of the current one is left.
 
 A grant is counted in the shared state when it is taken, so a limit holds across every process as before. For
 the workspaces that get grants (limits of GRANT_SHARE requests a minute and more; the default 100 gets none,

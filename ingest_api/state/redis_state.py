@@ -221,8 +221,8 @@ class RedisState(FrontDoorState):
     def _admission_client(self) -> redis.Redis:
         # Every request's admission goes through here (once per flush of the front door's admission
         # coalescer), so it keeps a connection of its own instead of taking one from the pool per call: the
-        # pool's checkout polls the socket for a closed connection or stray data first, a measurable share of a
-        # worker's CPU (bench/README.md). That check is made here only after an idle second, which is when
+        # pool's checkout polls the socket for a closed connection or stray data first, a measurable share of
+        # a worker's CPU (bench/README.md). That check is made here only after an idle second, which is when
         # Redis may have closed the connection (a restart, its idle timeout) with nobody noticing; a command
         # is never retried, since Redis may have run it. Made on first use, so the front door starts while
         # Redis is down.
