@@ -103,13 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args, Settings.from_env()) or 0
 
 
-def cmd_dev(args, settings: Settings) -> int:
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from .dev import run
 
     return run(settings)
 
 
-def cmd_api(args, settings: Settings) -> int:
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     config = Path(__file__).with_name("gunicorn.conf.py")
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(config)])
 
@@ -139,13 +139,13 @@ def _on_state(command: Command) -> Command:
 
 
 @_on_state
-def cmd_keys_create(args, settings: Settings) -> int:
+def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     print(_state(settings).create_key(args.workspace))
     return 0
 
 
 @_on_state
-def cmd_keys_list(args, settings: Settings) -> int:
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     from ingest_api.auth import display_key
 
     infos = _state(settings).list_keys()
@@ -158,7 +158,7 @@ def cmd_keys_list(args, settings: Settings) -> int:
 
 
 @_on_state
-def cmd_keys_revoke(args, settings: Settings) -> int:
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     from ingest_api.auth import display_key, key_id_of
 
     key_id = key_id_of(args.key)
@@ -170,7 +170,7 @@ def cmd_keys_revoke(args, settings: Settings) -> int:
 
 
 @_on_state
-def cmd_workspace(args, settings: Settings) -> int:
+def cmd_workspace(args: argparse.Namespace, settings: Settings) -> int:
     state = _state(settings)
     if args.name and (args.rate_limit is not None or args.events):
         if args.rate_limit is not None and args.rate_limit < 1:
@@ -188,7 +188,7 @@ def cmd_workspace(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_kafka_init(args, settings: Settings) -> int:
+def cmd_kafka_init(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.kafka_bootstrap:
         print("flokit: set FLOKIT_KAFKA_BOOTSTRAP to the Kafka brokers", file=sys.stderr)
         return 2
@@ -205,7 +205,7 @@ def cmd_kafka_init(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_queue_forget_group(args, settings: Settings) -> int:
+def cmd_queue_forget_group(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.embedded_queue:
         print(
             "flokit: FLOKIT_KAFKA_BOOTSTRAP is set; on Kafka an unused consumer group's offsets expire by "
@@ -233,26 +233,26 @@ def cmd_queue_forget_group(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_consumer(args, settings: Settings) -> int:
+def cmd_consumer(args: argparse.Namespace, settings: Settings) -> int:
     from .consumer_main import main as run_consumer
 
     return run_consumer(settings)
 
 
-def cmd_warehouse(args, settings: Settings) -> int:
+def cmd_warehouse(args: argparse.Namespace, settings: Settings) -> int:
     from .warehouse_server import serve
 
     serve(settings)
     return 0
 
 
-def cmd_migrate(args, settings: Settings) -> int:
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from .clickhouse import migrate_main
 
     return migrate_main(settings, print_only=args.print_sql)
 
 
-def cmd_sql(args, settings: Settings) -> int:
+def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
     from .sql_cli import run
 
     return run(args, settings)

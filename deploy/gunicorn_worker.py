@@ -22,7 +22,7 @@ does with several workers) and freezes what it built at start out of the garbage
 from __future__ import annotations
 
 import gc
-from typing import Any
+from typing import Any, cast
 
 import gevent
 from gunicorn.workers.ggevent import GeventWorker, PyWSGIHandler, PyWSGIServer
@@ -32,7 +32,7 @@ from deploy.settings import Settings
 from deploy.worker_balance import RETRY_SECONDS, ConnectionBalance
 
 
-class _Server(PyWSGIServer):
+class _Server(PyWSGIServer):  # type: ignore[misc]  # gunicorn is untyped
     max_accept = 1  # one connection per wake-up (Worker.init_process says why)
     # set per worker (Worker.init_process); read by the httptools handler
     idle_seconds: float  # gunicorn's keepalive: an idle connection is closed after it
@@ -92,8 +92,8 @@ class _BalancedServer(_Server):
 
 
 class Worker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
-    server_class = _BalancedServer
-    wsgi_handler = HttptoolsHandler
+    server_class: type[_Server] = _BalancedServer
+    wsgi_handler: type = HttptoolsHandler
 
     def init_process(self) -> None:
         # max_accept 1, as gunicorn's own gevent worker sets with several workers: gevent's default takes up
@@ -113,9 +113,8 @@ class Worker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
         }
         if settings.api_connection_balance:
             attributes["balance"] = ConnectionBalance(self.age) if self.cfg.workers > 1 else None
-        self.server_class = type(
-            "Server", (_BalancedServer if settings.api_connection_balance else _Server,), attributes
-        )
+        base = _BalancedServer if settings.api_connection_balance else _Server
+        self.server_class = cast(type[_Server], type("Server", (base,), attributes))
         super().init_process()
 
     def load_wsgi(self) -> None:

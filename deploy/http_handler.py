@@ -48,6 +48,7 @@ from collections import OrderedDict, deque
 from datetime import timedelta
 from email.utils import formatdate
 from io import BytesIO
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -66,7 +67,7 @@ class _CutShort(BytesIO):
     """The body of a request whose client stopped sending before its end: reading past what came is an
     OSError, as reading the socket would have been (ingest_api.body answers it with a 400)."""
 
-    def read(self, size=-1):
+    def read(self, size: int | None = -1) -> bytes:
         data = super().read(size)
         if size is None or size < 0 or len(data) < size:
             raise OSError("the client closed the connection before the end of the body")
@@ -87,8 +88,10 @@ class _Request:
         "body_since",
     )
 
-    def __init__(self):
-        self.method = None  # set once the head is complete
+    def __init__(self) -> None:
+        self.method: bytes | None = None  # set once the head is complete, with the two below
+        self.version = "1.1"
+        self.keep_alive = False
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
@@ -99,7 +102,7 @@ class _Request:
         self.head_since = self.body_since = 0.0
 
 
-class WaitingConnections(OrderedDict):
+class WaitingConnections(OrderedDict["HttptoolsHandler", None]):
     """A server's connections waiting for their clients (for a request, or the rest of one), longest first.
 
     A worker at its connection limit would stop accepting until one of its connections ends, and clients that
@@ -154,7 +157,7 @@ def _http_date() -> bytes:
 class HttptoolsHandler:
     """One connection: pywsgi's handler interface (`handler_class(sock, address, server).handle()`)."""
 
-    def __init__(self, sock, address, server):
+    def __init__(self, sock: socket.socket, address: tuple[str, int], server: Any) -> None:
         self.socket = sock
         self.client_address = address
         self.server = server
@@ -166,18 +169,20 @@ class HttptoolsHandler:
 
     # --- httptools callbacks -------------------------------------------------------------------------------
 
-    def on_message_begin(self):
+    def on_message_begin(self) -> None:
         self._current = _Request()
 
-    def on_url(self, url: bytes):
+    def on_url(self, url: bytes) -> None:
         request = self._current
+        assert request is not None  # the parser calls it between on_message_begin and on_message_complete
         request.url += url
         request.head_bytes += len(url)
         if request.head_bytes > MAX_HEAD_BYTES:
             raise _RequestTooLarge("the request line and headers are over 64 KiB")
 
-    def on_header(self, name: bytes, value: bytes):
+    def on_header(self, name: bytes, value: bytes) -> None:
         request = self._current
+        assert request is not None
         request.headers.append((name, value))
         request.head_bytes += len(name) + len(value) + 4
         if len(request.headers) > MAX_HEADERS:
@@ -185,8 +190,9 @@ class HttptoolsHandler:
         if request.head_bytes > MAX_HEAD_BYTES:
             raise _RequestTooLarge("the request line and headers are over 64 KiB")
 
-    def on_headers_complete(self):
+    def on_headers_complete(self) -> None:
         request, parser = self._current, self._parser
+        assert request is not None
         request.method = parser.get_method()
         request.version = parser.get_http_version()
         request.keep_alive = parser.should_keep_alive()
@@ -195,20 +201,22 @@ class HttptoolsHandler:
         ):
             self.socket.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # the client waits for it before the body
 
-    def on_body(self, body: bytes):
+    def on_body(self, body: bytes) -> None:
         request = self._current
+        assert request is not None
         room = self._max_body - request.body_bytes
         if room > 0:
             request.body.append(body if len(body) <= room else body[:room])
         request.body_bytes += len(body)
 
-    def on_message_complete(self):
+    def on_message_complete(self) -> None:
+        assert self._current is not None
         self._complete.append(self._current)
         self._current = None
 
     # --- the connection ------------------------------------------------------------------------------------
 
-    def handle(self):
+    def handle(self) -> None:
         sock = self.socket
         server = self.server
         idle = server.idle_seconds
@@ -271,12 +279,11 @@ class HttptoolsHandler:
                 # order: a client reads the first answer as its first request's. One that closes the
                 # connection (llhttp refuses what follows it) ends it there, without the refusal.
                 if self._complete:
-                    waiting.pop(
-                        self, None
-                    )  # not while its requests run: it waits for nothing from its client
+                    # Not waiting while its requests run: it waits for nothing from its client.
+                    waiting.pop(self, None)
                     if (
                         timeout != between_requests
-                    ):  # the answers' sends get the usual bound, not a deadline's rest
+                    ):  # the answers' sends: the usual bound, not a deadline's rest
                         sock.settimeout(between_requests)
                         timeout = between_requests
                     while self._complete:
@@ -312,15 +319,17 @@ class HttptoolsHandler:
         if request.method is None:
             if not request.head_since:
                 request.head_since = now
-            return request.head_since + server.head_timeout - now
+            head_left: float = request.head_since + server.head_timeout - now
+            return head_left
         if not request.body_since:
             request.body_since = now
-        return (
+        body_left: float = (
             request.body_since
             + server.body_timeout
             + request.body_bytes / server.body_min_bytes_per_second
             - now
         )
+        return body_left
 
     def _timed_out(self, request: _Request) -> bytes:
         server = self.server
@@ -333,8 +342,9 @@ class HttptoolsHandler:
             )
         return _error(*_TIMEOUT, message)
 
-    def _environ(self, request: _Request, cut_short: bool = False) -> dict:
-        environ = self.server.get_environ()
+    def _environ(self, request: _Request, cut_short: bool = False) -> dict[str, Any]:
+        assert request.method is not None  # its head is complete
+        environ: dict[str, Any] = self.server.get_environ()
         environ["REQUEST_METHOD"] = request.method.decode("latin-1")
         path, _, query = request.url.partition(b"?")
         environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
@@ -344,11 +354,11 @@ class HttptoolsHandler:
         environ["REMOTE_ADDR"] = str(self.client_address[0])
         environ["REMOTE_PORT"] = str(self.client_address[1])
         chunked = False
-        for name, value in request.headers:
+        for name, raw_value in request.headers:
             if b"_" in name:  # as pywsgi: HTTP_X_A would not tell X-A from X_A
                 continue
             key = name.decode("latin-1").upper().replace("-", "_")
-            value = value.decode("latin-1").strip()
+            value = raw_value.decode("latin-1").strip()
             if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
                 environ.setdefault(key, value)
                 continue
@@ -368,9 +378,9 @@ class HttptoolsHandler:
 
     def _respond(self, request: _Request, cut_short: bool = False) -> bool:
         """Run the app for `request` and send its answer; whether the connection stays open."""
-        started: list = []
+        started: list[Any] = []
 
-        def start_response(status, headers, exc_info=None):
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
             # Nothing is sent before the app returns, so a second call (with exc_info) simply replaces the
             # first.
             started[:] = [status, headers]
@@ -385,7 +395,8 @@ class HttptoolsHandler:
             finally:
                 if hasattr(result, "close"):
                     result.close()
-            head, keep_alive = self._head(request, *started, len(body))
+            status, headers = started  # a ValueError if the app never called start_response: a 500
+            head, keep_alive = self._head(request, status, headers, len(body))
         except Exception:
             log.exception("Error handling request %s", request.url[:200])
             self.socket.sendall(_error(*_INTERNAL_ERROR))
@@ -400,7 +411,9 @@ class HttptoolsHandler:
             )
         return keep_alive
 
-    def _head(self, request: _Request, status: str, headers, body_length: int) -> tuple[bytes, bool]:
+    def _head(
+        self, request: _Request, status: str, headers: list[tuple[str, str]], body_length: int
+    ) -> tuple[bytes, bool]:
         """The response's status line and headers, and whether the connection stays open after it."""
         head = bytearray(b"HTTP/1.1 ")
         head += status.encode("latin-1")

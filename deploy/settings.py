@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 
 def _cpu_count() -> int:
@@ -87,17 +88,17 @@ class Settings:
     malloc_pin: bool = field(default=True, metadata={"env": "FLOKIT_MALLOC_PIN"})
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         environ = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(f.metadata["env"], "")
             if raw:
-                values[f.name] = _parse(_TYPES[f.type], raw, f.metadata["env"])
+                values[f.name] = _parse(_TYPES[str(f.type)], raw, f.metadata["env"])
         values.update(overrides)
         return cls(**values)
 
-    def with_(self, **changes) -> Settings:
+    def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
     @property
@@ -118,11 +119,11 @@ class Settings:
         return self.clickhouse_url or f"http://{self.warehouse_bind}"
 
 
-_TYPES = {"int": int, "float": float, "str": str, "Path": Path, "bool": bool}
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "Path": Path, "bool": bool}
 _ON, _OFF = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
 
 
-def _parse(kind: type, raw: str, name: str):
+def _parse(kind: type, raw: str, name: str) -> Any:
     if kind is bool:
         if raw.strip().lower() in _ON + _OFF:
             return raw.strip().lower() in _ON
