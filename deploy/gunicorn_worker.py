@@ -7,12 +7,12 @@ worker replace library internals, each behind a switch whose off position is the
 - FLOKIT_HTTP_PARSER=httptools (default) serves each connection with deploy/http_handler.py (llhttp, in C)
   instead of pywsgi's own handler (`pywsgi`: gunicorn's PyWSGIHandler, gevent's WSGIHandler with gunicorn's
   access log). Only the httptools handler has the request deadlines, the idle keep-alive timeout, the JSON
-  400/431 for what cannot be parsed, and the room it makes at the connection limit (below).
-- FLOKIT_CONNECTION_BALANCE=on (default) overrides gevent's private accept step (`_BalancedServer._do_read`):
-  a worker over its share of the connections leaves the next one to the others (deploy/worker_balance.py),
-  and at its connection limit it makes room for a new connection by closing the one that has waited longest
-  for its client (with the httptools handler), so slow clients cannot keep new ones out. Off: gevent's own
-  accept loop, which stops accepting at the limit until a connection ends.
+  400/431 for what cannot be parsed, and the room it makes at the connection limit, so slow clients cannot
+  keep new ones out: the worker's pool holds one connection more than gunicorn's worker_connections, and the
+  handler of the connection that takes it closes the one that has waited longest for its client.
+- FLOKIT_CONNECTION_BALANCE=on overrides gevent's private accept step (`_BalancedServer._do_read`): a worker
+  over its share of the connections leaves the next one to the others (deploy/worker_balance.py). Off: gevent's
+  own accept loop.
 
 In both positions a worker accepts one connection per wake-up (`max_accept`, as gunicorn's own gevent worker
 does with several workers) and freezes what it built at start out of the garbage collector's sight
@@ -62,16 +62,6 @@ class _BalancedServer(_Server):
             self._timer = self.loop.timer(RETRY_SECONDS)
             self._timer.start(self._start_accepting_if_started)
             return
-        if self.full():
-            # At its connection limit (gunicorn's worker_connections) gevent stops accepting until a
-            # connection ends; new clients then wait in the listen queue for as long as the ones held take,
-            # and slow clients (a byte of head a second: slowloris) kept them all, coming back as soon as a
-            # deadline closed one. So the connection that has waited longest for its client gives way: its
-            # slot is free a moment later and gevent accepts then. (With several workers each may give one way
-            # for the same new connection; the one that does not get it has a free slot for the next.)
-            # Requests being run never give way: with only those, new clients wait, which is the limit doing
-            # its job. Only the httptools handler waits in `waiting`: with pywsgi's, nothing gives way.
-            self.waiting.give_way()
         super()._do_read()
 
     def start(self) -> None:
@@ -97,14 +87,15 @@ class Worker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
 
     def init_process(self) -> None:
         # max_accept 1, as gunicorn's own gevent worker sets with several workers: gevent's default takes up
-        # to 100 waiting connections per wake-up, so a burst of new clients all landed on one worker. That
-        # was not enough (a client opening its connections at once still often pinned one worker): with the
-        # balance on, each worker also keeps its share of the connections (deploy/worker_balance.py). With one
-        # worker too: gevent stops watching for connections when a wake-up's accepts fill the worker, and at
-        # the limit each new connection must wake _do_read, which makes room for it.
+        # to 100 waiting connections per wake-up, so a burst of new clients all landed on one worker. (With
+        # the balance on, each worker also keeps its share of the connections: deploy/worker_balance.py.)
         settings = Settings.from_env()
-        self.wsgi_handler = HttptoolsHandler if settings.api_http_parser == "httptools" else PyWSGIHandler
+        httptools = settings.api_http_parser == "httptools"
+        self.wsgi_handler = HttptoolsHandler if httptools else PyWSGIHandler
+        if httptools:  # room for the connection whose handler makes room (deploy/http_handler.py)
+            self.worker_connections = self.cfg.worker_connections + 1
         attributes: dict[str, Any] = {
+            "connection_limit": self.cfg.worker_connections,
             "idle_seconds": self.cfg.keepalive,
             "max_body_bytes": settings.max_body_bytes,
             "head_timeout": settings.api_head_timeout_seconds,

@@ -19,10 +19,10 @@ What the handler promises, each one tested (tests/test_http_handler.py):
   `server.body_min_bytes_per_second` received (a slow upload that keeps going
   is not cut); past one, a 408 in the API's error shape, and the connection is
   closed;
-- at the worker's connection limit, the connection that has waited longest for
-  its client (an idle one, or a request on its way) gives way to a new one
-  (`WaitingConnections`, used by deploy/gunicorn_worker.py): a 408 if a request
-  had begun, then it is closed;
+- at the worker's connection limit (`server.connection_limit`; the worker's pool
+  holds one connection more), the connection that has waited longest for its
+  client (an idle one, or a request on its way) gives way to the new one
+  (`WaitingConnections`): a 408 if a request had begun, then it is closed;
 - request bodies by Content-Length or chunked, `Expect: 100-continue` answered;
   the body is read whole before the app runs, up to `server.max_body_bytes` + 1
   bytes (the app refuses larger ones with a 413; the rest is read and dropped);
@@ -107,8 +107,11 @@ class WaitingConnections(OrderedDict["HttptoolsHandler", None]):
 
     A worker at its connection limit would stop accepting until one of its connections ends, and clients that
     send slowly or not at all would keep every new one out, however short the deadlines (they come back). So
-    the worker makes room instead (deploy/gunicorn_worker.py): the connection that has waited longest gives
-    way. Connections whose request is being run are not here.
+    the worker's pool holds one connection more than the limit (deploy/gunicorn_worker.py), and the handler of
+    the connection that takes it makes room: the connection that has waited longest gives way, and gevent
+    accepts the next one once it has gone. Connections whose request is being run are not here: with only
+    those, the connection over the limit stays until one ends, and gevent stops accepting meanwhile, which is
+    the limit doing its job.
     """
 
     def give_way(self) -> bool:
@@ -226,6 +229,9 @@ class HttptoolsHandler:
         timeout = between_requests
         sock.settimeout(timeout)
         waiting = server.waiting
+        pool = server.pool
+        if pool is not None and len(pool) > server.connection_limit:  # this connection is the one over it
+            waiting.give_way()
         waiting[self] = None
         try:
             while True:
@@ -303,8 +309,8 @@ class HttptoolsHandler:
                 pass
 
     def give_way(self) -> None:
-        """Make room for a new connection (WaitingConnections): called from the event loop, so it must not
-        wait. Ending the reads wakes the handler's recv with an OSError (gevent cancels the wait) or an end of
+        """Make room for a new connection (WaitingConnections): called from the new connection's handler, it
+        does not wait. Ending the reads wakes the handler's recv with an OSError (gevent cancels the wait) or an end of
         stream; the handler then answers a request that had begun with a 408 and closes the connection."""
         self._given_way = True
         try:
