@@ -66,7 +66,7 @@ class Settings:
     # httptools: HTTP parsed by deploy/http_handler.py, with the deadlines above, the idle keep-alive timeout
     # and JSON errors for what cannot be parsed; pywsgi: gevent's own handler (none of those).
     api_http_parser: str = field(default="httptools", metadata={"env": "FLOKIT_HTTP_PARSER"})
-    # On: connections spread over the workers, and room made at the connection limit (gevent's private accept
+    # On: each worker keeps its share of the connections (deploy/worker_balance.py; gevent's private accept
     # step overridden). Off: gevent's own accept loop.
     api_connection_balance: bool = field(default=True, metadata={"env": "FLOKIT_CONNECTION_BALANCE"})
 
