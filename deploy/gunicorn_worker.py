@@ -10,7 +10,7 @@ worker replace library internals, each behind a switch whose off position is the
   400/431 for what cannot be parsed, and the room it makes at the connection limit, so slow clients cannot
   keep new ones out: the worker's pool holds one connection more than gunicorn's worker_connections, and the
   handler of the connection that takes it closes the one that has waited longest for its client.
-- FLOKIT_CONNECTION_BALANCE=on overrides gevent's private accept step (`_BalancedServer._do_read`): a worker
+- FLOKIT_CONNECTION_BALANCE=on (default off) overrides gevent's private accept step (`_BalancedServer._do_read`): a worker
   over its share of the connections leaves the next one to the others (deploy/worker_balance.py). Off: gevent's
   own accept loop.
 

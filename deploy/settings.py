@@ -67,8 +67,9 @@ class Settings:
     # and JSON errors for what cannot be parsed; pywsgi: gevent's own handler (none of those).
     api_http_parser: str = field(default="httptools", metadata={"env": "FLOKIT_HTTP_PARSER"})
     # On: each worker keeps its share of the connections (deploy/worker_balance.py; gevent's private accept
-    # step overridden). Off: gevent's own accept loop.
-    api_connection_balance: bool = field(default=True, metadata={"env": "FLOKIT_CONNECTION_BALANCE"})
+    # step overridden). Off (default): gevent's own accept loop, one connection per wake-up, which measured no
+    # worse.
+    api_connection_balance: bool = field(default=False, metadata={"env": "FLOKIT_CONNECTION_BALANCE"})
 
     # Consumer.
     consumer_group: str = field(default="flokit-consumers", metadata={"env": "FLOKIT_CONSUMER_GROUP"})
