@@ -10,9 +10,9 @@ worker replace library internals, each behind a switch whose off position is the
   400/431 for what cannot be parsed, and the room it makes at the connection limit, so slow clients cannot
   keep new ones out: the worker's pool holds one connection more than gunicorn's worker_connections, and the
   handler of the connection that takes it closes the one that has waited longest for its client.
-- FLOKIT_CONNECTION_BALANCE=on (default off) overrides gevent's private accept step (`_BalancedServer._do_read`): a worker
-  over its share of the connections leaves the next one to the others (deploy/worker_balance.py). Off: gevent's
-  own accept loop.
+- FLOKIT_CONNECTION_BALANCE=on (default off) overrides gevent's private accept step
+  (`_BalancedServer._do_read`): a worker over its share of the connections leaves the next one to the others
+  (deploy/worker_balance.py). Off: gevent's own accept loop.
 
 In both positions a worker accepts one connection per wake-up (`max_accept`, as gunicorn's own gevent worker
 does with several workers) and freezes what it built at start out of the garbage collector's sight
