@@ -310,8 +310,8 @@ class HttptoolsHandler:
 
     def give_way(self) -> None:
         """Make room for a new connection (WaitingConnections): called from the new connection's handler, it
-        does not wait. Ending the reads wakes the handler's recv with an OSError (gevent cancels the wait) or an end of
-        stream; the handler then answers a request that had begun with a 408 and closes the connection."""
+        does not wait. Ending the reads wakes this handler's recv with an OSError (gevent cancels the wait)
+        or an end of stream; it then answers a request that had begun with a 408 and closes the connection."""
         self._given_way = True
         try:
             self.socket.shutdown(socket.SHUT_RD)
