@@ -2,26 +2,32 @@
 
 gevent workers, one process per core: each worker serves many requests at once
 on greenlets, so the time one request waits for Redis or for Kafka's
-acknowledgement goes to the others. Measured against gthread (8 threads) on the
-single-event endpoint: 1,470 against 800-900 requests/s with the same CPU
-(bench/README.md) — threads spent their time in GIL hand-offs (~15 futex calls
-a request), greenlets switch in user space. The worker monkey-patches the
+acknowledgement goes to the others. Against gthread workers they served more
+requests with the same CPU (bench/README.md): threads spent their time in GIL
+hand-offs, greenlets switch in user space. The worker monkey-patches the
 standard library before the app is imported, so kafka-python's I/O thread and
-redis-py's sockets become cooperative too. HTTP is parsed by httptools
-(deploy/gunicorn_worker.py says why).
+redis-py's sockets become cooperative too. How HTTP is parsed and connections
+accepted: deploy/gunicorn_worker.py.
 
 No preload: the app (its Kafka producer, its state connections) is built in
 each worker after the fork.
 """
+
 from deploy.settings import Settings
 
 _settings = Settings.from_env()
-if _settings.api_body_min_bytes_per_second < 1 or min(_settings.api_head_timeout_seconds,
-                                                     _settings.api_body_timeout_seconds) <= 0:
-    raise SystemExit("FLOKIT_API_HEAD_TIMEOUT_SECONDS and FLOKIT_API_BODY_TIMEOUT_SECONDS must be over 0,"
-                     " FLOKIT_API_BODY_MIN_BYTES_PER_SECOND at least 1")
+if (
+    _settings.api_body_min_bytes_per_second < 1
+    or min(_settings.api_head_timeout_seconds, _settings.api_body_timeout_seconds) <= 0
+):
+    raise SystemExit(
+        "FLOKIT_API_HEAD_TIMEOUT_SECONDS and FLOKIT_API_BODY_TIMEOUT_SECONDS must be over 0,"
+        " FLOKIT_API_BODY_MIN_BYTES_PER_SECOND at least 1"
+    )
+if _settings.api_http_parser not in ("httptools", "pywsgi"):
+    raise SystemExit(f"FLOKIT_HTTP_PARSER={_settings.api_http_parser!r} is neither httptools nor pywsgi")
 
-wsgi_app = "ingest_api:create_app()"
+wsgi_app = "deploy.components:make_app()"
 bind = _settings.api_bind
 workers = _settings.api_workers
 worker_class = "deploy.gunicorn_worker.Worker"

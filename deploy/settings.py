@@ -5,12 +5,14 @@ ClickHouse engine behind `flokit warehouse`); setting FLOKIT_KAFKA_BOOTSTRAP,
 FLOKIT_REDIS_URL or FLOKIT_CLICKHOUSE_URL switches that part to the production
 service. The README's configuration table is this file, in prose.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 
 def _cpu_count() -> int:
@@ -52,12 +54,24 @@ class Settings:
     rate_limit_per_minute: int = field(default=100, metadata={"env": "FLOKIT_RATE_LIMIT_PER_MINUTE"})
     enqueue_timeout_seconds: float = field(default=5.0, metadata={"env": "FLOKIT_ENQUEUE_TIMEOUT_SECONDS"})
     max_body_bytes: int = field(default=8 * 1024 * 1024, metadata={"env": "FLOKIT_MAX_BODY_BYTES"})
-    # Deadlines of a request's arrival (deploy/http_handler.py), so a client sending slowly cannot hold a connection:
-    # the whole head from its first bytes; the body from the head's end, one second more per so many bytes
-    # received, so a slow upload that keeps going is never cut (Apache's mod_reqtimeout's defaults: 20 s, 500 B/s).
+    # Deadlines of a request's arrival (deploy/http_handler.py), so a client sending slowly cannot hold a
+    # connection: the whole head from its first bytes; the body from the head's end, one second more per so
+    # many bytes received, so a slow upload that keeps going is never cut (Apache's mod_reqtimeout's defaults:
+    # 20 s, 500 B/s).
     api_head_timeout_seconds: float = field(default=20.0, metadata={"env": "FLOKIT_API_HEAD_TIMEOUT_SECONDS"})
     api_body_timeout_seconds: float = field(default=20.0, metadata={"env": "FLOKIT_API_BODY_TIMEOUT_SECONDS"})
-    api_body_min_bytes_per_second: int = field(default=500, metadata={"env": "FLOKIT_API_BODY_MIN_BYTES_PER_SECOND"})
+    api_body_min_bytes_per_second: int = field(
+        default=500, metadata={"env": "FLOKIT_API_BODY_MIN_BYTES_PER_SECOND"}
+    )
+    # The front door's two replacements of library internals (deploy/gunicorn_worker.py), each off = gevent
+    # and gunicorn as they ship; on by default only where the bench measured it worth it (bench/README.md).
+    # httptools: HTTP parsed by deploy/http_handler.py, with the deadlines above, the idle keep-alive timeout
+    # and JSON errors for what cannot be parsed; pywsgi: gevent's own handler (none of those).
+    api_http_parser: str = field(default="httptools", metadata={"env": "FLOKIT_HTTP_PARSER"})
+    # On: each worker keeps its share of the connections (deploy/worker_balance.py; gevent's private accept
+    # step overridden). Off (default): gevent's own accept loop, one connection per wake-up, which measured no
+    # worse.
+    api_connection_balance: bool = field(default=False, metadata={"env": "FLOKIT_CONNECTION_BALANCE"})
 
     # Consumer.
     consumer_group: str = field(default="flokit-consumers", metadata={"env": "FLOKIT_CONSUMER_GROUP"})
@@ -77,17 +91,17 @@ class Settings:
     malloc_pin: bool = field(default=True, metadata={"env": "FLOKIT_MALLOC_PIN"})
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         environ = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(f.metadata["env"], "")
             if raw:
-                values[f.name] = _parse(_TYPES[f.type], raw, f.metadata["env"])
+                values[f.name] = _parse(_TYPES[str(f.type)], raw, f.metadata["env"])
         values.update(overrides)
         return cls(**values)
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
     @property
@@ -108,11 +122,11 @@ class Settings:
         return self.clickhouse_url or f"http://{self.warehouse_bind}"
 
 
-_TYPES = {"int": int, "float": float, "str": str, "Path": Path, "bool": bool}
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "Path": Path, "bool": bool}
 _ON, _OFF = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
 
 
-def _parse(kind: type, raw: str, name: str):
+def _parse(kind: type, raw: str, name: str) -> Any:
     if kind is bool:
         if raw.strip().lower() in _ON + _OFF:
             return raw.strip().lower() in _ON

@@ -1,71 +1,50 @@
 """The HTTP front door: the FloKit events API on Flask (run by gunicorn).
 
-`create_app()` builds the app; gunicorn calls it in each worker after the fork
-(`deploy/gunicorn.conf.py`), so queue producers and state connections are
+`create_app(config, publisher=…, state=…)` builds the app from what it is given: its configuration, the queue
+it publishes to and the shared state it admits requests with. The deployment picks and builds those
+(deploy/components.py) in each gunicorn worker after the fork, so queue producers and state connections are
 never shared across processes.
 """
+
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable
-
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from flask import Flask
 
-from deploy.settings import Settings
+from schemas.events import EventValidator
+from schemas.queue import Publisher
 
-if TYPE_CHECKING:
-    from schemas.queue import Publisher
-    from schemas.events import EventValidator
-
-    from .admission import Admission
-    from .enqueue import Enqueuer
-    from .state.base import FrontDoorState
-
-
-@dataclass
-class FrontDoor:
-    """What the request handlers need, wired once per process."""
-
-    settings: Settings
-    publisher: Publisher
-    state: FrontDoorState
-    clock: Callable[[], float]
-    validator: EventValidator
-    strict_validator: EventValidator
-    # the key check and rate-limit count of every request (state.admit_many, shared by concurrent requests)
-    admission: Admission
-    enqueuer: Enqueuer  # concurrent requests share queue records
+from . import errors, events, health
+from .admission import Admission
+from .config import FrontDoorConfig
+from .enqueue import Enqueuer
+from .fast_routes import FastRoutes
+from .frontdoor import FrontDoor
+from .state.base import FrontDoorState
 
 
-def create_app(settings: Settings | None = None, *, publisher: Publisher | None = None,
-               state: FrontDoorState | None = None, clock: Callable[[], float] = time.time) -> Flask:
-    from deploy import components
-    from schemas.events import EventValidator
-
-    from . import errors, events, health
-    from .admission import Admission
-    from .enqueue import Enqueuer
-    from .fast_routes import FastRoutes
-
-    settings = settings or Settings.from_env()
-    state = state or components.make_state(settings)
-    publisher = publisher or components.make_publisher(settings)
+def create_app(
+    config: FrontDoorConfig,
+    *,
+    publisher: Publisher,
+    state: FrontDoorState,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
     app = Flask(__name__)
     app.extensions["flokit"] = FrontDoor(
-        settings=settings,
+        config=config,
         publisher=publisher,
         state=state,
         clock=clock,
         validator=EventValidator(strict_events=False, clock=clock),
         strict_validator=EventValidator(strict_events=True, clock=clock),
-        admission=Admission(state, settings.rate_limit_per_minute),
-        enqueuer=Enqueuer(publisher, settings.enqueue_timeout_seconds),
+        admission=Admission(state, config.rate_limit_per_minute),
+        enqueuer=Enqueuer(publisher, config.enqueue_timeout_seconds),
     )
     errors.register(app)
     app.register_blueprint(events.bp)
     app.register_blueprint(health.bp)
-    app.wsgi_app = FastRoutes(app)
+    app.wsgi_app = FastRoutes(app)  # type: ignore[method-assign]  # Flask's documented way to wrap it
     return app

@@ -2,10 +2,10 @@
 
 Every request needs the shared state's answer (FrontDoorState.admit_many: the key, its workspace, the
 rate-limit count), and the requests a worker holds at once share one call (a Coalescer). That call is a round
-trip to Redis on every request's path, before the queue's, and for a busy producer it was about half of what a
-request waited for (bench/README.md). So for a workspace with a high limit, a worker counts a few of the key's
-next requests in the same call (a grant) and admits them from it without a round trip, asking for the next
-grant in the background once a quarter of the current one is left.
+trip to Redis on every request's path, before the queue's, and for a busy producer it was a large part of what
+a request waited for (bench/README.md). So for a workspace with a high limit, a worker counts a few of the
+key's next requests in the same call (a grant) and admits them from it without a round trip, asking for the
+next grant in the background once a quarter of the current one is left.
 
 A grant is counted in the shared state when it is taken, so a limit holds across every process as before. For
 the workspaces that get grants (limits of GRANT_SHARE requests a minute and more; the default 100 gets none,
@@ -17,12 +17,17 @@ its requests are counted as they come):
   GRANT_SECONDS, within milliseconds for a key in steady use;
 - RateLimit-Remaining and RateLimit-Reset are those of the moment the grant was taken.
 """
+
 from __future__ import annotations
 
 from collections import deque
 
 from .coalesce import Coalescer, DeadlinePassed
-from .state.base import FrontDoorState, RateDecision, StateUnavailable, Workspace
+from .rate_limit import RateDecision
+from .state.base import FrontDoorState, StateUnavailable, Workspace
+
+# A request admitted: its key's workspace and its rate-limit decision.
+Admitted = tuple[Workspace, RateDecision]
 
 GRANT_SECONDS = 1.0
 MAX_GRANT = 64
@@ -51,9 +56,13 @@ class Admission:
         self._state = state
         self._default_limit = default_limit
         self._grants: dict[str, _Grant] = {}  # by API key; only keys that were admitted
-        self._calls = Coalescer(self._admit_many, "admission")
+        self._calls: Coalescer[tuple[str, float, bool], Admitted | None] = Coalescer(
+            self._admit_many, "admission"
+        )
 
-    def admit(self, token: str, now: float, deadline: float | None = None) -> tuple[Workspace, RateDecision] | None:
+    def admit(
+        self, token: str, now: float, deadline: float | None = None
+    ) -> tuple[Workspace, RateDecision] | None:
         """The key's workspace and this request's rate-limit decision; None for an unknown, malformed or
         revoked key (nothing counted). StateUnavailable if the store did not answer by `deadline`
         (time.monotonic()); a request admitted from a grant does not wait for the store."""
@@ -73,10 +82,10 @@ class Admission:
         except DeadlinePassed as exc:
             raise StateUnavailable(str(exc)) from exc
 
-    def _admit_many(self, items: list[tuple[str, float, bool]]) -> list:
+    def _admit_many(self, items: list[tuple[str, float, bool]]) -> list[Admitted | None]:
         # One entry per key: its waiting requests first, then its next grant.
         keys: dict[str, tuple[float, list[int]]] = {}
-        refills = set()
+        refills: set[str] = set()
         for index, (token, now, waits) in enumerate(items):
             latest, waiting = keys.get(token, (now, []))
             if waits:
@@ -84,24 +93,24 @@ class Admission:
             else:
                 refills.add(token)
             keys[token] = (max(latest, now), waiting)
-        entries = []
+        entries: list[tuple[str, float, int]] = []
         for token, (now, waiting) in keys.items():
             grant = self._grants.get(token)
             count = len(waiting) + (grant.size if grant is not None else 0)
             if count:
                 entries.append((token, now, count))
-        results: list = [None] * len(items)
+        results: list[Admitted | None] = [None] * len(items)
         try:
             answers = self._state.admit_many(entries, self._default_limit)
-            for (token, now, _), answer in zip(entries, answers):
+            for (token, now, _), answer in zip(entries, answers, strict=True):
                 if answer is None:
                     self._grants.pop(token, None)  # unknown or revoked: a grant it had ends now
                     continue
                 workspace, decisions = answer
                 waiting = keys[token][1]
-                for index, decision in zip(waiting, decisions):
+                for index, decision in zip(waiting, decisions, strict=False):  # then the grant's
                     results[index] = (workspace, decision)
-                self._keep(token, workspace, decisions[len(waiting):], now)
+                self._keep(token, workspace, decisions[len(waiting) :], now)
         finally:
             for token in refills:
                 if (grant := self._grants.get(token)) is not None:

@@ -6,9 +6,11 @@ several gzip members (concatenated gzip files), decoded one after the other as
 `gzip -d` does, the cap counting them all; anything else after the gzip data is
 refused, never ignored.
 """
+
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 import orjson
 
@@ -19,8 +21,10 @@ from .request import IngestRequest
 def read_body(request: IngestRequest, max_bytes: int) -> bytes:
     mimetype, params = request.media_type()
     if mimetype != "application/json":
-        raise UnsupportedMediaType("unsupported_media_type",
-                                   f"Content-Type must be application/json, not {request.content_type or 'missing'!r}")
+        raise UnsupportedMediaType(
+            "unsupported_media_type",
+            f"Content-Type must be application/json, not {request.content_type or 'missing'!r}",
+        )
     charset = params.get("charset", "utf-8").lower()
     if charset not in ("utf-8", "utf8"):
         raise UnsupportedMediaType("unsupported_media_type", f"the body must be UTF-8, not {charset}")
@@ -30,15 +34,19 @@ def read_body(request: IngestRequest, max_bytes: int) -> bytes:
     try:
         raw = request.stream.read(max_bytes + 1)
     except OSError:  # the server's reader: the connection ended (or broke) before Content-Length bytes came
-        raise BadRequest("invalid_body", "the body ended before its Content-Length; send the whole body") from None
+        raise BadRequest(
+            "invalid_body", "the body ended before its Content-Length; send the whole body"
+        ) from None
     if len(raw) > max_bytes:
         raise _too_large(max_bytes)
     encoding = request.header("Content-Encoding", "identity").strip().lower()
     if encoding in ("gzip", "x-gzip"):
         return _gunzip(raw, max_bytes)
     if encoding != "identity":
-        raise UnsupportedMediaType("unsupported_content_encoding",
-                                   f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding")
+        raise UnsupportedMediaType(
+            "unsupported_content_encoding",
+            f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding",
+        )
     return raw
 
 
@@ -59,7 +67,7 @@ def _gunzip(raw: bytes, max_bytes: int) -> bytes:
         while not inflater.eof:
             if position == len(raw):
                 raise BadRequest("invalid_body", "the gzip body is truncated")
-            piece = body[position:position + _GZIP_SLICE]
+            piece = body[position : position + _GZIP_SLICE]
             try:
                 chunk = inflater.decompress(piece, max_bytes - size + 1)
             except zlib.error as exc:
@@ -71,20 +79,28 @@ def _gunzip(raw: bytes, max_bytes: int) -> bytes:
             position += len(piece) - len(inflater.unused_data)
         if position == len(raw):
             return b"".join(out)
-        if body[position:position + 2] != b"\x1f\x8b":  # not the start of another member
+        if raw[position : position + 2] != b"\x1f\x8b":  # not the start of another member
             extra = len(raw) - position
-            raise BadRequest("invalid_body", f"the body has {extra} byte{'s' * (extra != 1)} after the gzip data;"
-                                             " send only gzip data (several gzip members are read in order)")
-    raise BadRequest("invalid_body", f"the body has more than {MAX_GZIP_MEMBERS} gzip members;"
-                                     " compress it as one gzip stream")
+            raise BadRequest(
+                "invalid_body",
+                f"the body has {extra} byte{'s' * (extra != 1)} after the gzip data;"
+                " send only gzip data (several gzip members are read in order)",
+            )
+    raise BadRequest(
+        "invalid_body",
+        f"the body has more than {MAX_GZIP_MEMBERS} gzip members; compress it as one gzip stream",
+    )
 
 
 def _too_large(max_bytes: int, when: str = "") -> PayloadTooLarge:
-    return PayloadTooLarge("payload_too_large", f"the body is larger than {max_bytes} bytes{' ' + when if when else ''};"
-                                                " send fewer events per request")
+    return PayloadTooLarge(
+        "payload_too_large",
+        f"the body is larger than {max_bytes} bytes{' ' + when if when else ''};"
+        " send fewer events per request",
+    )
 
 
-def parse_json(raw: bytes):
+def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise BadRequest("invalid_json", "the request body is empty; send a JSON object")
     try:

@@ -20,13 +20,15 @@ Flushers are threads started on first use, in the process that uses them
 greenlets and the waits below are cooperative; elsewhere (tests, the Flask
 test client) they are plain threads.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
-from typing import Callable, Generic, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -39,18 +41,20 @@ class DeadlinePassed(Exception):
     flush, so nothing of it was done; else a flush holds it and may still do it."""
 
     def __init__(self, name: str, withdrawn: bool):
-        super().__init__(f"{name}: the deadline passed {'before' if withdrawn else 'during'} the item's flush")
+        super().__init__(
+            f"{name}: the deadline passed {'before' if withdrawn else 'during'} the item's flush"
+        )
         self.withdrawn = withdrawn
 
 
-class _Slot:
+class _Slot(Generic[T, R]):
     __slots__ = ("item", "deadline", "done", "result", "error", "taken", "withdrawn", "abandoned")
 
-    def __init__(self, item, deadline: float | None):
+    def __init__(self, item: T, deadline: float | None):
         self.item = item
         self.deadline = deadline
         self.done = threading.Event()
-        self.result = None
+        self.result: R | None = None  # set once its flush succeeded
         self.error: BaseException | None = None
         self.taken = False  # a flush holds it (set, like the two below, under the Coalescer's lock)
         self.withdrawn = False  # its caller's deadline passed before that: no flush will see it
@@ -66,25 +70,34 @@ class Coalescer(Generic[T, R]):
     several flushers, a pool of callers. `on_abandoned(item, result)` runs on the flusher
     for an item whose flush succeeded after its caller's deadline had passed."""
 
-    def __init__(self, flush: Callable[[list[T]], Sequence[R]], name: str, flushers: int = 1, *,
-                 most: int | None = None, on_abandoned: Callable[[T, R], None] | None = None):
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Sequence[R]],
+        name: str,
+        flushers: int = 1,
+        *,
+        most: int | None = None,
+        on_abandoned: Callable[[T, R], None] | None = None,
+    ):
         self._flush = flush
         self._name = name
         self._flushers = flushers
         self._most = most
         self._on_abandoned = on_abandoned
         self._cond = threading.Condition()
-        self._pending: list[_Slot] = []
+        self._pending: list[_Slot[T, R]] = []
         self._pid: int | None = None
 
     def submit(self, item: T, deadline: float | None = None) -> R:
-        """`item`'s result, or DeadlinePassed once `deadline` passes (the item withdrawn if no flush has it)."""
+        """`item`'s result, or DeadlinePassed once `deadline` passes (the item withdrawn if no flush has
+        it)."""
         return self.wait(self.post(item, deadline), deadline, withdraw=True)
 
-    def post(self, item: T, deadline: float | None = None) -> _Slot:
-        """Hand `item` to the next flush without waiting for it (`submit` waits). A flusher drops an item whose
+    def post(self, item: T, deadline: float | None = None) -> _Slot[T, R]:
+        """Hand `item` to the next flush without waiting for it (`submit` waits). A flusher drops an item
+        whose
         deadline has passed instead of flushing it."""
-        slot = _Slot(item, deadline)
+        slot: _Slot[T, R] = _Slot(item, deadline)
         with self._cond:
             if self._pid != os.getpid():  # first use in this process
                 self._pid = os.getpid()
@@ -94,7 +107,7 @@ class Coalescer(Generic[T, R]):
             self._cond.notify()
         return slot
 
-    def wait(self, slot: _Slot, deadline: float | None, *, withdraw: bool = False) -> R:
+    def wait(self, slot: _Slot[T, R], deadline: float | None, *, withdraw: bool = False) -> R:
         """The result of a posted item, waited for until `deadline` at most (then DeadlinePassed; with
         `withdraw`, an item no flush holds yet is withdrawn, else it stays for the next flush)."""
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -108,15 +121,16 @@ class Coalescer(Generic[T, R]):
                     raise DeadlinePassed(self._name, withdrawn=False)
         if slot.error is not None:
             raise slot.error
-        return slot.result
+        return cast(R, slot.result)  # done without an error: its flush set it
 
-    def _take(self) -> list[_Slot]:
+    def _take(self) -> list[_Slot[T, R]]:
         with self._cond:
             while True:
                 while not self._pending:
                     self._cond.wait()
                 now = time.monotonic()
-                taken, kept = [], []
+                taken: list[_Slot[T, R]] = []
+                kept: list[_Slot[T, R]] = []
                 for slot in self._pending:
                     if slot.withdrawn:
                         continue
@@ -142,7 +156,7 @@ class Coalescer(Generic[T, R]):
                 results = self._flush([slot.item for slot in slots])
                 if len(results) != len(slots):
                     raise RuntimeError(f"{self._name}: {len(results)} results for {len(slots)} items")
-                for slot, result in zip(slots, results):
+                for slot, result in zip(slots, results, strict=True):
                     slot.result = result
             except Exception as exc:  # the callers answer for it (a 503, a 500): the flusher lives on
                 for slot in slots:
@@ -154,6 +168,6 @@ class Coalescer(Generic[T, R]):
             if self._on_abandoned is not None:
                 for slot in abandoned:
                     try:
-                        self._on_abandoned(slot.item, slot.result)
+                        self._on_abandoned(slot.item, cast(R, slot.result))
                     except Exception:  # the flusher lives on
                         log.exception("%s: undoing an abandoned item failed", self._name)

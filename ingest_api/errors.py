@@ -1,14 +1,16 @@
 """Every error the API returns, as one hierarchy mapped to HTTP statuses in one
-place. The body is always {"error": <stable code>, "message": <what to fix>}."""
+place. The body is always {"error": <stable code>, "message": <what to fix>}
+(ingest_api/response.py makes it a response)."""
+
 from __future__ import annotations
 
-import functools
 import logging
+from typing import Any
 
-import orjson
 from flask import Flask
 from werkzeug.exceptions import HTTPException
-from werkzeug.http import HTTP_STATUS_CODES
+
+from .response import JsonResponse, json_response
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +18,14 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     status = 500
 
-    def __init__(self, code: str, message: str, *, headers: dict[str, str] | None = None,
-                 extra: dict | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
@@ -25,7 +33,9 @@ class ApiError(Exception):
         self.extra = extra or {}
 
     def response(self) -> JsonResponse:
-        return json_response({"error": self.code, "message": self.message, **self.extra}, self.status, self.headers)
+        return json_response(
+            {"error": self.code, "message": self.message, **self.extra}, self.status, self.headers
+        )
 
 
 class BadRequest(ApiError):
@@ -60,46 +70,19 @@ class ServiceUnavailable(ApiError):
     status = 503
 
 
-# What every 503 tells the client to wait before retrying (a dependency is down: the queue or the shared state).
+# What every 503 tells the client to wait before retrying (a dependency is down: the queue or the shared
+# state).
 RETRY_AFTER_SECONDS = 5
 
 
 def state_unavailable() -> ServiceUnavailable:
     """The answer when the shared state (state.base.StateUnavailable) cannot admit or record a request."""
-    return ServiceUnavailable("state_unavailable", "the front door's shared state (API keys, rate limits, idempotency"
-                              " records) did not answer; nothing was accepted, retry later",
-                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-
-
-class JsonResponse:
-    """A JSON answer as a plain WSGI app: every answer of the API is one. Werkzeug's Response, with all it can
-    do, was ~6 % of a single-event request's CPU (bench/README.md). Flask takes it from views and error handlers
-    as it takes any WSGI app."""
-
-    __slots__ = ("status_code", "body", "headers")
-
-    def __init__(self, body: bytes, status: int = 200, headers: dict[str, str] | None = None):
-        self.status_code = status
-        self.body = body
-        self.headers = dict(headers) if headers else {}
-
-    def get_data(self) -> bytes:
-        return self.body
-
-    def __call__(self, environ, start_response):
-        start_response(_status_line(self.status_code),
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(self.body))),
-                        *self.headers.items()])
-        return [self.body]
-
-
-@functools.cache
-def _status_line(status: int) -> str:
-    return f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN').upper()}"  # as Werkzeug's Response writes it
-
-
-def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
-    return JsonResponse(orjson.dumps(body), status, headers)
+    return ServiceUnavailable(
+        "state_unavailable",
+        "the front door's shared state (API keys, rate limits, idempotency"
+        " records) did not answer; nothing was accepted, retry later",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def error_response(exc: Exception) -> JsonResponse:
@@ -112,9 +95,13 @@ def error_response(exc: Exception) -> JsonResponse:
         # The headers the exception defines go along (a 405's Allow, which RFC 9110 requires; a 401's
         # WWW-Authenticate, …), all but its Content-Type: the body is ours.
         headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
-        return json_response({"error": code, "message": exc.description or exc.name}, exc.code or 500, headers)
+        return json_response(
+            {"error": code, "message": exc.description or exc.name}, exc.code or 500, headers
+        )
     log.error("unhandled error", exc_info=exc)
-    return json_response({"error": "internal_error", "message": "an unexpected error occurred; it has been logged"}, 500)
+    return json_response(
+        {"error": "internal_error", "message": "an unexpected error occurred; it has been logged"}, 500
+    )
 
 
 def register(app: Flask) -> None:

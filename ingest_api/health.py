@@ -1,4 +1,5 @@
 """Liveness, readiness and the API's own description."""
+
 from __future__ import annotations
 
 import time
@@ -7,7 +8,9 @@ from importlib import resources
 from flask import Blueprint, Response, current_app
 
 from .coalesce import DeadlinePassed
-from .errors import RETRY_AFTER_SECONDS, json_response
+from .errors import RETRY_AFTER_SECONDS
+from .frontdoor import FrontDoor
+from .response import JsonResponse, json_response
 from .state.base import FrontDoorState, StateUnavailable, StoreCall
 
 bp = Blueprint("health", __name__)
@@ -16,7 +19,7 @@ _OPENAPI = resources.files("schemas").joinpath("openapi.json")
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> JsonResponse:
     return json_response({"status": "ok"})
 
 
@@ -25,25 +28,33 @@ READY_TIMEOUT_SECONDS = 2.0
 
 
 @bp.get("/readyz")
-def readyz():
-    ctx = current_app.extensions["flokit"]
+def readyz() -> JsonResponse:
+    ctx: FrontDoor = current_app.extensions["flokit"]
     if not ctx.publisher.ready(timeout=READY_TIMEOUT_SECONDS):
-        return json_response({"error": "queue_unavailable", "message": "the event queue is not taking events"}, 503,
-                             {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return json_response(
+            {"error": "queue_unavailable", "message": "the event queue is not taking events"},
+            503,
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     if not _state_answers(ctx.state):
-        return json_response({"error": "state_unavailable", "message": "the shared state store is not reachable"}, 503,
-                             {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return json_response(
+            {"error": "state_unavailable", "message": "the shared state store is not reachable"},
+            503,
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     return json_response({"status": "ok"})
 
 
 @bp.get("/v1/openapi.json")
-def openapi():
+def openapi() -> Response:
     return Response(_OPENAPI.read_bytes(), mimetype="application/json")
 
 
 def _state_answers(state: FrontDoorState) -> bool:
-    # On one of the store's callers, so that a store that does not answer (Redis frozen) costs READY_TIMEOUT_SECONDS.
+    # On one of the store's callers, so that a store that does not answer (Redis frozen) costs
+    # READY_TIMEOUT_SECONDS.
     try:
-        return state.calls.submit(StoreCall(state.ping), time.monotonic() + READY_TIMEOUT_SECONDS)
+        answered: bool = state.calls.submit(StoreCall(state.ping), time.monotonic() + READY_TIMEOUT_SECONDS)
+        return answered
     except (DeadlinePassed, StateUnavailable):
         return False

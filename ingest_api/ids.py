@@ -2,6 +2,7 @@
 
 Ids of one request share the time and a random base and count up from it, so
 they sort in request order as well as by time."""
+
 from __future__ import annotations
 
 import secrets

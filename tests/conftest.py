@@ -13,10 +13,33 @@ from deploy.settings import Settings
 from ingest_api.state.redis_state import RedisState
 from ingest_api.state.sqlite_state import SqliteState
 
-from .services import delete_issued_topics, run_script, unique
+from .services import SWITCHES, delete_issued_topics, run_script, unique
 
 KAFKA_PORT = os.environ.get("KAFKA_PORT", "19092")
 REDIS_PORT = os.environ.get("REDIS_PORT", "16379")
+
+
+# Tests of a property that only one position of a front-door switch provides (deploy/gunicorn_worker.py) say so
+# with one of these marks and run their front door in that position (tests/services.py: HTTPTOOLS, BALANCE_ON).
+# A run that asks for the other position (.ci/run's second pass) skips them, saying why: they would only repeat.
+ONLY_IN = {
+    "httptools_only": ("FLOKIT_HTTP_PARSER", "httptools"),
+    "balance_only": ("FLOKIT_CONNECTION_BALANCE", "on"),
+}
+
+
+def pytest_configure(config):
+    for mark, (variable, position) in ONLY_IN.items():
+        config.addinivalue_line("markers", f"{mark}: a property only {variable}={position} provides")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for mark, (variable, position) in ONLY_IN.items():
+            asked = SWITCHES.get(variable)
+            if item.get_closest_marker(mark) and asked is not None and asked.lower() != position:
+                item.add_marker(pytest.mark.skip(
+                    reason=f"a property only {variable}={position} provides; this run asks for {asked}"))
 
 
 @pytest.fixture(scope="session")

@@ -220,15 +220,15 @@ def test_an_unexpected_error_on_the_ingest_path_is_a_logged_json_500(tmp_path, c
     """A bug cannot be produced for real: a state store that raises stands in for one. The ingest routes
     skip Flask (ingest_api.fast_routes) and must still answer in the API's shape."""
     from deploy.queue.local_log import LocalLogPublisher
-    from deploy.settings import Settings
     from ingest_api import create_app
+    from ingest_api.config import FrontDoorConfig
     from ingest_api.state.sqlite_state import SqliteState
 
     class BrokenState(SqliteState):
         def admit_many(self, requests, default_limit):
             raise RuntimeError("a bug")
 
-    app = create_app(Settings(data_dir=tmp_path), publisher=LocalLogPublisher(tmp_path / "q.sqlite3", 4, 5),
+    app = create_app(FrontDoorConfig(), publisher=LocalLogPublisher(tmp_path / "q.sqlite3", 4, 5),
                      state=BrokenState(tmp_path / "state.sqlite3"))
     resp = app.test_client().post("/v1/events", json=GOOD, headers={"Authorization": "Bearer fk_x_y"})
     assert resp.status_code == 500
@@ -240,12 +240,12 @@ def test_the_shared_state_not_answering_is_a_503_not_a_500(tmp_path):
     """Redis down, for real: nothing listens on port 1. The key check (and an Idempotency-Key's record) cannot
     be made, so nothing is accepted, and the client is told to retry, not that the server failed."""
     from deploy.queue.local_log import LocalLogPublisher, LocalLogSubscriber
-    from deploy.settings import Settings
     from ingest_api import create_app
+    from ingest_api.config import FrontDoorConfig
     from ingest_api.state.redis_state import RedisState
 
     queue = LocalLogPublisher(tmp_path / "q.sqlite3", 4, 5)
-    app = create_app(Settings(data_dir=tmp_path), publisher=queue, state=RedisState("redis://127.0.0.1:1/0"))
+    app = create_app(FrontDoorConfig(), publisher=queue, state=RedisState("redis://127.0.0.1:1/0"))
     key = "fk_0123456789ab_" + "s" * 43
     for headers in ({}, {"Idempotency-Key": "k1"}):
         resp = app.test_client().post("/v1/events", json=GOOD, headers={"Authorization": f"Bearer {key}", **headers})
@@ -264,14 +264,14 @@ def test_an_ingest_request_leaves_no_garbage_cycle(tmp_path):
     from werkzeug.test import EnvironBuilder
 
     from deploy.queue.local_log import LocalLogPublisher
-    from deploy.settings import Settings
     from ingest_api import create_app
+    from ingest_api.config import FrontDoorConfig
     from ingest_api.state.sqlite_state import SqliteState
 
     state = SqliteState(tmp_path / "state.sqlite3")
     state.configure_workspace("w", rate_limit_per_minute=10**9)
     key = state.create_key("w")
-    app = create_app(Settings(data_dir=tmp_path), publisher=LocalLogPublisher(tmp_path / "q.sqlite3", 4, 5),
+    app = create_app(FrontDoorConfig(), publisher=LocalLogPublisher(tmp_path / "q.sqlite3", 4, 5),
                      state=state)
     body = orjson.dumps(GOOD)
 

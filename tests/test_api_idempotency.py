@@ -8,8 +8,9 @@ import threading
 import orjson
 import pytest
 
+from deploy.components import frontdoor_config, make_publisher, make_state
 from ingest_api import create_app
-from ingest_api.state.base import IDEMPOTENCY_WINDOW_SECONDS
+from ingest_api.idempotency import IDEMPOTENCY_WINDOW_SECONDS
 
 from .services import ApiServer, api_server, read_events, unique
 
@@ -123,7 +124,8 @@ def test_concurrent_duplicates_across_processes_enqueue_once(server, production_
 def test_the_window_is_24_hours(settings_for, redis_state, kafka_bootstrap, topic):
     """In-process app on the same real Redis and Kafka, with an injected clock."""
     now = [1_900_000_000.0]
-    app = create_app(settings_for, clock=lambda: now[0])
+    app = create_app(frontdoor_config(settings_for), publisher=make_publisher(settings_for),
+                     state=make_state(settings_for), clock=lambda: now[0])
     workspace = unique("ws")
     key = redis_state.create_key(workspace)
     client = app.test_client()

@@ -100,3 +100,15 @@ def test_queue_forget_group_lets_the_local_log_shrink(tmp_path):
     assert again.returncode == 1 and "no consumer group" in again.stderr
     kafka = flokit("queue", "forget-group", "retired", env={**env, "FLOKIT_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
     assert kafka.returncode == 2
+
+
+@pytest.mark.parametrize("command", [("keys", "create", "acme"), ("keys", "list"), ("keys", "revoke", "fk_x"),
+                                     ("workspace",), ("workspace", "acme", "--rate-limit", "5")])
+def test_a_state_store_that_does_not_answer_is_a_clear_message_not_a_traceback(tmp_path, command):
+    from .services import free_port
+
+    port = free_port()  # Redis down, for real: nothing listens there
+    out = flokit(*command, env={"FLOKIT_DATA_DIR": str(tmp_path), "FLOKIT_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("flokit: the front door's state store (FLOKIT_REDIS_URL) did not answer")
+    assert f"127.0.0.1:{port}" in out.stderr and out.stdout == ""

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import orjson
+import pytest
 
-from .services import api_server
+from .services import BALANCE_ON, HTTPTOOLS, api_server
 
 EVENT = orjson.dumps({"event": "paywall_viewed", "user_id": "usr_1", "timestamp": "2024-03-15T14:22:00Z"})
 
@@ -35,9 +36,11 @@ def _connect(server) -> socket.socket:
     return socket.create_connection((url.hostname, url.port), timeout=10)
 
 
+# The httptools handler's: pywsgi's keeps an idle connection open until the client closes it.
+@pytest.mark.httptools_only
 def test_an_idle_keep_alive_connection_is_closed_after_keepalive_seconds(production_env, workspace_key):
     key = workspace_key(rate_limit_per_minute=100_000)[1]
-    with api_server({**production_env, "FLOKIT_API_KEEPALIVE_SECONDS": "1"}) as server:
+    with api_server({**production_env, **HTTPTOOLS, "FLOKIT_API_KEEPALIVE_SECONDS": "1"}) as server:
         with _connect(server) as sock:
             for _ in range(2):  # kept alive between requests sent back to back
                 sock.sendall(_request(key))
@@ -47,9 +50,11 @@ def test_an_idle_keep_alive_connection_is_closed_after_keepalive_seconds(product
             assert 0.5 < time.monotonic() - started < 5
 
 
+# The httptools handler's: pywsgi's keeps every HTTP/1.1 connection alive, whatever gunicorn's keepalive.
+@pytest.mark.httptools_only
 def test_keepalive_0_serves_one_request_per_connection(production_env, workspace_key):
     key = workspace_key(rate_limit_per_minute=100_000)[1]
-    with api_server({**production_env, "FLOKIT_API_KEEPALIVE_SECONDS": "0"}) as server:
+    with api_server({**production_env, **HTTPTOOLS, "FLOKIT_API_KEEPALIVE_SECONDS": "0"}) as server:
         for _ in range(2):
             with _connect(server) as sock:
                 sock.sendall(_request(key))
@@ -59,6 +64,8 @@ def test_keepalive_0_serves_one_request_per_connection(production_env, workspace
 
 # --- connections spread over the workers (deploy/worker_balance.py) ---
 
+# The connection balance's: without it gevent's accept loop often gave one worker every connection.
+@pytest.mark.balance_only
 def test_connections_opened_at_once_are_spread_over_the_workers(production_env, workspace_key):
     # 24 keep-alive connections opened back to back, before any request, as a client's pool (or wrk) does.
     # Without the balance one worker often took all of them (8 of 8 in two of three scratch runs).
@@ -67,7 +74,7 @@ def test_connections_opened_at_once_are_spread_over_the_workers(production_env, 
     from collections import Counter
 
     key = workspace_key(rate_limit_per_minute=100_000)[1]
-    with api_server(production_env, workers=2) as server:
+    with api_server({**production_env, **BALANCE_ON}, workers=2) as server:
         deadline = time.monotonic() + 30
         while len(_children(server.proc.pid)) < 2:  # both workers booted, not just the first
             assert time.monotonic() < deadline, "gunicorn did not start two workers"

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import requests
 
 from ingest_api.admission import GRANT_SHARE
-from ingest_api.state.base import StoredResponse
+from ingest_api.state.base import OutcomeKind, StoredResponse
 from ingest_api.state.redis_state import RedisState
 
 from .conftest import REDIS_PORT
@@ -112,6 +112,6 @@ def test_a_redis_restart_keeps_keys_and_idempotency_records(redis_url):
     try:
         assert state.authenticate(key).name == "acme"
         replay = state.idempotency_begin("acme", "k", "fp", ["evt_2"], time.time())
-        assert replay.kind == "replay" and replay.response == StoredResponse(200, b'{"status":"ok"}')
+        assert replay.kind is OutcomeKind.REPLAY and replay.response == StoredResponse(200, b'{"status":"ok"}')
     finally:
         state.close()

@@ -1,18 +1,21 @@
 """Front-door state in one SQLite file (embedded mode): shared by every
 gunicorn worker on the machine through SQLite's own locking, no server needed."""
+
 from __future__ import annotations
 
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 
-from .base import (ApiKeyInfo, FrontDoorState, IdempotencyOutcome, RateDecision, StateUnavailable, StoredResponse,
-                   Workspace, decide_idempotency, failed_record, finished_record, gcra_run, new_key,
-                   secret_matches, split_key)
+from ..auth import new_key, secret_matches, split_key
+from ..idempotency import IdempotencyRecord, decide_idempotency, failed_record, finished_record
+from ..rate_limit import RateDecision, gcra_run
+from .base import ApiKeyInfo, FrontDoorState, IdempotencyOutcome, StateUnavailable, StoredResponse, Workspace
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workspaces (
@@ -29,7 +32,7 @@ CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
 
 
 class SqliteState(FrontDoorState):
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         super().__init__()
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,12 +46,12 @@ class SqliteState(FrontDoorState):
         self._db.executescript(_SCHEMA)  # executescript manages its own transaction
 
     @contextmanager
-    def _read(self):
+    def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             yield self._db
 
     @contextmanager
-    def _tx(self):
+    def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so a
         read-modify-write cannot interleave with another process's."""
         with self._lock:
@@ -68,13 +71,17 @@ class SqliteState(FrontDoorState):
         plaintext, key_id, secret_hash = new_key()
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO workspaces (name) VALUES (?)", (workspace,))
-            db.execute("INSERT INTO api_keys (key_id, workspace, secret_hash, created_at) VALUES (?, ?, ?, ?)",
-                       (key_id, workspace, secret_hash, time.time()))
+            db.execute(
+                "INSERT INTO api_keys (key_id, workspace, secret_hash, created_at) VALUES (?, ?, ?, ?)",
+                (key_id, workspace, secret_hash, time.time()),
+            )
         return plaintext
 
     def list_keys(self) -> list[ApiKeyInfo]:
         with self._read() as db:
-            rows = db.execute("SELECT key_id, workspace, created_at, revoked FROM api_keys ORDER BY created_at").fetchall()
+            rows = db.execute(
+                "SELECT key_id, workspace, created_at, revoked FROM api_keys ORDER BY created_at"
+            ).fetchall()
         return [ApiKeyInfo(k, w, c, bool(r)) for k, w, c, r in rows]
 
     def revoke_key(self, key_id: str) -> bool:
@@ -89,43 +96,78 @@ class SqliteState(FrontDoorState):
         with self._read() as db:
             row = db.execute(
                 "SELECT k.secret_hash, k.revoked, w.name, w.rate_limit, w.strict_events FROM api_keys k"
-                " JOIN workspaces w ON w.name = k.workspace WHERE k.key_id = ?", (key_id,)).fetchone()
+                " JOIN workspaces w ON w.name = k.workspace WHERE k.key_id = ?",
+                (key_id,),
+            ).fetchone()
         if row is None or not secret_matches(secret, row[0]) or row[1]:
             return None
         return Workspace(row[2], row[3], bool(row[4]))
 
-    def configure_workspace(self, name: str, *, rate_limit_per_minute: int | None = None,
-                            strict_events: bool | None = None) -> Workspace:
+    def configure_workspace(
+        self, name: str, *, rate_limit_per_minute: int | None = None, strict_events: bool | None = None
+    ) -> Workspace:
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO workspaces (name) VALUES (?)", (name,))
             if rate_limit_per_minute is not None:
-                db.execute("UPDATE workspaces SET rate_limit = ? WHERE name = ?", (rate_limit_per_minute, name))
+                db.execute(
+                    "UPDATE workspaces SET rate_limit = ? WHERE name = ?", (rate_limit_per_minute, name)
+                )
             if strict_events is not None:
-                db.execute("UPDATE workspaces SET strict_events = ? WHERE name = ?", (int(strict_events), name))
-            row = db.execute("SELECT rate_limit, strict_events FROM workspaces WHERE name = ?", (name,)).fetchone()
+                db.execute(
+                    "UPDATE workspaces SET strict_events = ? WHERE name = ?", (int(strict_events), name)
+                )
+            row = db.execute(
+                "SELECT rate_limit, strict_events FROM workspaces WHERE name = ?", (name,)
+            ).fetchone()
         return Workspace(name, row[0], bool(row[1]))
 
     def list_workspaces(self) -> list[Workspace]:
         with self._read() as db:
-            rows = db.execute("SELECT name, rate_limit, strict_events FROM workspaces ORDER BY name").fetchall()
+            rows = db.execute(
+                "SELECT name, rate_limit, strict_events FROM workspaces ORDER BY name"
+            ).fetchall()
         return [Workspace(n, r, bool(s)) for n, r, s in rows]
 
-    # limits
-    def count_requests(self, workspace: str, limit: int, now: float, count: int) -> list[RateDecision]:
+    # admission
+    def admit_many(
+        self, requests: Sequence[tuple[str, float, int]], default_limit: int
+    ) -> list[tuple[Workspace, list[RateDecision]] | None]:
+        admitted: list[tuple[Workspace, list[RateDecision]] | None] = []
+        for token, now, count in requests:
+            workspace = self.authenticate(token)
+            admitted.append(
+                None
+                if workspace is None
+                else (
+                    workspace,
+                    self._count(workspace.name, workspace.rate_limit_per_minute or default_limit, now, count),
+                )
+            )
+        return admitted
+
+    def _count(self, workspace: str, limit: int, now: float, count: int) -> list[RateDecision]:
         with self._tx() as db:
             row = db.execute("SELECT tat FROM rate_limits WHERE workspace = ?", (workspace,)).fetchone()
             decisions, new_tat = gcra_run(row[0] if row else None, now, limit, count)
             if new_tat is not None:
-                db.execute("INSERT INTO rate_limits (workspace, tat) VALUES (?, ?)"
-                           " ON CONFLICT (workspace) DO UPDATE SET tat = excluded.tat", (workspace, new_tat))
+                db.execute(
+                    "INSERT INTO rate_limits (workspace, tat) VALUES (?, ?)"
+                    " ON CONFLICT (workspace) DO UPDATE SET tat = excluded.tat",
+                    (workspace, new_tat),
+                )
         return decisions
 
     # idempotency
-    def idempotency_begin(self, workspace: str, key: str, fingerprint: str,
-                          event_ids: list[str], now: float) -> IdempotencyOutcome:
+    def idempotency_begin(
+        self, workspace: str, key: str, fingerprint: str, event_ids: list[str], now: float
+    ) -> IdempotencyOutcome:
         with self._tx() as db:
-            row = db.execute("SELECT record FROM idempotency WHERE workspace = ? AND key = ?", (workspace, key)).fetchone()
-            outcome, record = decide_idempotency(orjson.loads(row[0]) if row else None, fingerprint, event_ids, now)
+            row = db.execute(
+                "SELECT record FROM idempotency WHERE workspace = ? AND key = ?", (workspace, key)
+            ).fetchone()
+            outcome, record = decide_idempotency(
+                orjson.loads(row[0]) if row else None, fingerprint, event_ids, now
+            )
             if record is not None:
                 self._put(db, workspace, key, record)
                 # Keep the table small: records past the window answer nothing.
@@ -133,14 +175,21 @@ class SqliteState(FrontDoorState):
         return outcome
 
     @staticmethod
-    def _put(db: sqlite3.Connection, workspace: str, key: str, record: dict) -> None:
-        db.execute("INSERT INTO idempotency (workspace, key, record, created_at) VALUES (?, ?, ?, ?)"
-                   " ON CONFLICT (workspace, key) DO UPDATE SET record = excluded.record, created_at = excluded.created_at",
-                   (workspace, key, orjson.dumps(record), record["created_at"]))
+    def _put(db: sqlite3.Connection, workspace: str, key: str, record: IdempotencyRecord) -> None:
+        db.execute(
+            "INSERT INTO idempotency (workspace, key, record, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (workspace, key)"
+            " DO UPDATE SET record = excluded.record, created_at = excluded.created_at",
+            (workspace, key, orjson.dumps(record), record["created_at"]),
+        )
 
-    def _update(self, workspace: str, key: str, change) -> None:
+    def _update(
+        self, workspace: str, key: str, change: Callable[[IdempotencyRecord], IdempotencyRecord]
+    ) -> None:
         with self._tx() as db:
-            row = db.execute("SELECT record FROM idempotency WHERE workspace = ? AND key = ?", (workspace, key)).fetchone()
+            row = db.execute(
+                "SELECT record FROM idempotency WHERE workspace = ? AND key = ?", (workspace, key)
+            ).fetchone()
             if row:
                 self._put(db, workspace, key, change(orjson.loads(row[0])))
 
