@@ -855,6 +855,7 @@ class Run:
         if getattr(self, "key", None):
             try:
                 from ingest_api.auth import key_id_of
+
                 self.state.revoke_key(key_id_of(self.key))
             except Exception:  # noqa: BLE001
                 pass

@@ -317,6 +317,7 @@ def main(argv=None) -> int:
                 pass
         if state is not None and key:
             from ingest_api.auth import key_id_of
+
             state.revoke_key(key_id_of(key))
         if topics:
             from kafka.admin import KafkaAdminClient

@@ -27,6 +27,7 @@ its 30 s graceful timeout, and the consumer retried its batch against the
 warehouse already gone for ~15 s, while a new `flokit dev` on the same data
 dir may already be starting.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,14 @@ class Guard:
         lifeline, self._lifeline = os.pipe()  # the write end is not inherited: only this process holds it
         self.log_path = log_dir / "guard.log"
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "deploy.dev"], env=env, stdin=lifeline,
-                                         stdout=log, stderr=subprocess.STDOUT, process_group=0)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "deploy.dev"],
+                env=env,
+                stdin=lifeline,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+            )
         os.close(lifeline)
 
     @property
@@ -71,7 +78,8 @@ class Guard:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def release(self) -> None:
-        """After the parts stopped: the guard ends whatever is left of the group (nothing, normally) and exits."""
+        """After the parts stopped: the guard ends whatever is left of the group (nothing, normally) and
+        exits."""
         os.close(self._lifeline)
         self.proc.wait(GUARD_GRACE_SECONDS + 10)
 
@@ -114,8 +122,14 @@ class Part:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", *args], env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT, process_group=group)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            process_group=group,
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -126,7 +140,10 @@ class Part:
             try:
                 self.proc.wait(STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
-                print(f"flokit dev: {self.name} did not stop in {STOP_TIMEOUT_SECONDS} s; killing it", file=sys.stderr)
+                print(
+                    f"flokit dev: {self.name} did not stop in {STOP_TIMEOUT_SECONDS} s; killing it",
+                    file=sys.stderr,
+                )
                 self.proc.kill()  # what it leaves behind (gunicorn's workers) the guard ends
                 self.proc.wait()
         self._log.close()
@@ -197,7 +214,7 @@ Send an event:
     }}'
 
 Then look at it:  flokit sql "SELECT event, user_id, timestamp FROM events_resolved ORDER BY timestamp"
-Logs: {settings.data_dir.resolve() / 'logs'}/.  Ctrl-C stops everything, in order, losing nothing.
+Logs: {settings.data_dir.resolve() / "logs"}/.  Ctrl-C stops everything, in order, losing nothing.
 """
 
 
@@ -219,9 +236,12 @@ def run(settings: Settings) -> int:
             _wait_until(lambda: _answers(settings.warehouse_url + "/ping"), parts[-1], "answering")
         if not settings.embedded_queue:
             from .queue.kafka_queue import create_topics
-            create_topics(settings.kafka_bootstrap, {settings.topic: settings.partitions,
-                                                     settings.dlq_topic: settings.partitions},
-                          settings.replication_factor)
+
+            create_topics(
+                settings.kafka_bootstrap,
+                {settings.topic: settings.partitions, settings.dlq_topic: settings.partitions},
+                settings.replication_factor,
+            )
         applied = migrate(settings)
         if applied:
             print(f"flokit dev: applied migrations {', '.join(applied)}")
@@ -231,7 +251,8 @@ def run(settings: Settings) -> int:
         _wait_until(lambda: _answers(f"http://{settings.api_bind}/readyz"), parts[-1], "ready")
         print(banner(settings, key), flush=True)
         while not stopping:
-            dead = next((p for p in [guard_process, *parts] if not p.alive()), None)
+            watched: list[Guard | Part] = [guard_process, *parts]
+            dead = next((p for p in watched if not p.alive()), None)
             if dead:
                 raise RuntimeError(f"{dead.name} exited unexpectedly:\n{dead.tail()}")
             time.sleep(0.2)

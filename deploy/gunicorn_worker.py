@@ -32,7 +32,7 @@ from deploy.settings import Settings
 from deploy.worker_balance import RETRY_SECONDS, ConnectionBalance
 
 
-class _Server(PyWSGIServer):  # type: ignore[misc]  # gunicorn is untyped
+class _Server(PyWSGIServer):
     max_accept = 1  # one connection per wake-up (Worker.init_process says why)
     # set per worker (Worker.init_process); read by the httptools handler
     idle_seconds: float  # gunicorn's keepalive: an idle connection is closed after it
@@ -81,7 +81,7 @@ class _BalancedServer(_Server):
         super().close()
 
 
-class Worker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
+class Worker(GeventWorker):
     server_class: type[_Server] = _BalancedServer
     wsgi_handler: type = HttptoolsHandler
 

@@ -1,5 +1,6 @@
 """Session-wide real services: a Kafka broker and Redis, started through the
 scripts in deploy/ (a broker or Redis already running on the same port is reused)."""
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,10 @@ KAFKA_PORT = os.environ.get("KAFKA_PORT", "19092")
 REDIS_PORT = os.environ.get("REDIS_PORT", "16379")
 
 
-# Tests of a property that only one position of a front-door switch provides (deploy/gunicorn_worker.py) say so
-# with one of these marks and run their front door in that position (tests/services.py: HTTPTOOLS, BALANCE_ON).
-# A run that asks for the other position (.ci/run's second pass) skips them, saying why: they would only repeat.
+# Tests of a property that only one position of a front-door switch provides (deploy/gunicorn_worker.py) say
+# so with one of these marks and run their front door in that position (tests/services.py: HTTPTOOLS,
+# BALANCE_ON). A run that asks for the other position (.ci/run's second pass) skips them, saying why: they
+# would only repeat.
 ONLY_IN = {
     "httptools_only": ("FLOKIT_HTTP_PARSER", "httptools"),
     "balance_only": ("FLOKIT_CONNECTION_BALANCE", "on"),
@@ -38,8 +40,11 @@ def pytest_collection_modifyitems(config, items):
         for mark, (variable, position) in ONLY_IN.items():
             asked = SWITCHES.get(variable)
             if item.get_closest_marker(mark) and asked is not None and asked.lower() != position:
-                item.add_marker(pytest.mark.skip(
-                    reason=f"a property only {variable}={position} provides; this run asks for {asked}"))
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason=f"a property only {variable}={position} provides; this run asks for {asked}"
+                    )
+                )
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +59,7 @@ def kafka_bootstrap() -> str:
     try:
         delete_issued_topics(bootstrap)
     except KafkaError as exc:
-        warnings.warn(f"could not delete this session's topics: {exc}")
+        warnings.warn(f"could not delete this session's topics: {exc}", stacklevel=2)
     if os.environ.get("FLOKIT_KEEP_SERVICES") != "1":
         run_script("kafka.sh", "stop", KAFKA_PORT=KAFKA_PORT)
 
@@ -107,11 +112,13 @@ def state_store(request, tmp_path):
 @pytest.fixture(scope="module")
 def workspace_key(redis_state):
     """A new workspace and a key for it: (workspace, key)."""
+
     def make(**settings):
         workspace = unique("ws")
         if settings:
             redis_state.configure_workspace(workspace, **settings)
         return workspace, redis_state.create_key(workspace)
+
     return make
 
 

@@ -1,4 +1,5 @@
 """`flokit dev` as a subprocess: start it, read what it prints, kill its whole tree."""
+
 from __future__ import annotations
 
 import os
@@ -32,15 +33,32 @@ def descendants(pid: int) -> list[int]:
 
 
 class DevProcess:
-    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], *, api_port: int | None = None,
-                 warehouse_port: int | None = None):
+    def __init__(
+        self,
+        command: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        *,
+        api_port: int | None = None,
+        warehouse_port: int | None = None,
+    ):
         """`api_port`, `warehouse_port`: default free ones (pass an earlier run's to start again on them)."""
         self.api_port, self.warehouse_port = api_port or free_port(), warehouse_port or free_port()
-        self.env = {**env, "FLOKIT_API_BIND": f"127.0.0.1:{self.api_port}",
-                    "FLOKIT_WAREHOUSE_BIND": f"127.0.0.1:{self.warehouse_port}"}
+        self.env = {
+            **env,
+            "FLOKIT_API_BIND": f"127.0.0.1:{self.api_port}",
+            "FLOKIT_WAREHOUSE_BIND": f"127.0.0.1:{self.warehouse_port}",
+        }
         self.url = f"http://127.0.0.1:{self.api_port}"
-        self.proc = subprocess.Popen(command, cwd=cwd, env=self.env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.output: list[str] = []
 
     def wait_ready(self, timeout: float = 180) -> str:
@@ -76,7 +94,9 @@ class DevProcess:
         self.proc.wait(30)
         for pid in pids:  # reap-free wait: the grandchildren are not ours
             deadline = time.monotonic() + 30
-            while Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) and time.monotonic() < deadline:
+            while (
+                Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
 
 

@@ -56,7 +56,8 @@ class Answer:
 
 @dataclass
 class Request:
-    """One logical request: its key, its events and every attempt until it was acknowledged (or the run ended)."""
+    """One logical request: its key, its events and every attempt until it was acknowledged (or the run
+    ended)."""
 
     key: str
     path: str
@@ -70,8 +71,8 @@ class Request:
 
 
 def _no_answer(exc: requests.RequestException) -> str:
-    """What kind of failure a request without an HTTP answer met: the server refused the connection (it was not
-    listening), took it and dropped it without an answer (reset), or never answered in time."""
+    """What kind of failure a request without an HTTP answer met: the server refused the connection (it was
+    not listening), took it and dropped it without an answer (reset), or never answered in time."""
     if isinstance(exc, requests.Timeout) and not isinstance(exc, requests.ConnectTimeout):
         return "timeout"
     cause: BaseException | None = exc  # requests' error → urllib3's → the socket's
@@ -126,7 +127,7 @@ class LoadGenerator:
 
     # --- running ---------------------------------------------------------
 
-    def start(self) -> "LoadGenerator":
+    def start(self) -> LoadGenerator:
         self._given_up_at = time.monotonic() + self._max_seconds
         self._pool = [
             threading.Thread(target=self._client, args=(t,), name=f"load-{t}", daemon=True)
@@ -136,7 +137,7 @@ class LoadGenerator:
             thread.start()
         return self
 
-    def stop(self, drain_seconds: float | None = None) -> "LoadGenerator":
+    def stop(self, drain_seconds: float | None = None) -> LoadGenerator:
         """Start no new request; wait for those in hand to be acknowledged, at most drain_seconds."""
         drain = self._drain_seconds if drain_seconds is None else drain_seconds
         self._stopping.set()
@@ -273,7 +274,8 @@ class Tally:
     def __str__(self) -> str:
         return (
             f"acknowledged {self.acknowledged}, stored {self.stored}, lost {len(self.lost)}, "
-            f"duplicated {len(self.duplicated)}, copies {len(self.copies)}, unexplained {len(self.unexplained)},"
+            f"duplicated {len(self.duplicated)}, copies {len(self.copies)}, "
+            f"unexplained {len(self.unexplained)},"
             f" stored without a 200 {self.unacknowledged_stored}"
         )
 
@@ -321,10 +323,13 @@ def count_in_warehouse(
     """Wait until every acknowledged event is in the warehouse and the row count has stopped moving (the
     consumer has caught up), then count."""
     expected = load.acknowledged_events()
-    count = lambda: client.query(
-        f"SELECT uniqExact(event_id) FROM `{database}`.events WHERE workspace = {{ws:String}}",
-        parameters={"ws": workspace},
-    ).result_rows[0][0]
+
+    def count():
+        return client.query(
+            f"SELECT uniqExact(event_id) FROM `{database}`.events WHERE workspace = {{ws:String}}",
+            parameters={"ws": workspace},
+        ).result_rows[0][0]
+
     deadline = time.monotonic() + timeout
     last = -1
     while time.monotonic() < deadline:
@@ -358,7 +363,8 @@ def tmpfs(path: Path, size: str):
 
 
 def fill(directory: Path) -> int:
-    """Write `directory`/filler until its filesystem is full; returns the bytes written. Delete it to free them."""
+    """Write `directory`/filler until its filesystem is full; returns the bytes written. Delete it to free
+    them."""
     written = 0
     with open(directory / "filler", "wb", buffering=0) as f:
         try:
@@ -383,8 +389,8 @@ def service_pid(script: str, port: str) -> int:
 
 @contextmanager
 def frozen(pid: int):
-    """SIGSTOP `pid` for the block (it stays alive, holding its connections, answering nothing); SIGCONT after,
-    whatever happens: the suite shares the service."""
+    """SIGSTOP `pid` for the block (it stays alive, holding its connections, answering nothing); SIGCONT
+    after, whatever happens: the suite shares the service."""
     os.kill(pid, signal.SIGSTOP)
     try:
         yield

@@ -65,11 +65,15 @@ def unique(prefix: str) -> str:
     return name
 
 
-# The positions of the front door's two switches (deploy/gunicorn_worker.py) this test run asks for, which every
-# ApiServer takes (.ci/run's second pass sets the stock ones: pywsgi, off); a switch not set: its default. A test
-# of a property only one position provides sets that position in its own server's env (and tests/conftest.py
-# skips it in a run that asks for the other).
-SWITCHES = {name: os.environ[name] for name in ("FLOKIT_HTTP_PARSER", "FLOKIT_CONNECTION_BALANCE") if name in os.environ}
+# The positions of the front door's two switches (deploy/gunicorn_worker.py) this test run asks for, which
+# every ApiServer takes (.ci/run's second pass sets the stock ones: pywsgi, off); a switch not set: its
+# default. A test of a property only one position provides sets that position in its own server's env (and
+# tests/conftest.py skips it in a run that asks for the other).
+SWITCHES = {
+    name: os.environ[name]
+    for name in ("FLOKIT_HTTP_PARSER", "FLOKIT_CONNECTION_BALANCE")
+    if name in os.environ
+}
 HTTPTOOLS = {"FLOKIT_HTTP_PARSER": "httptools"}
 BALANCE_ON = {"FLOKIT_CONNECTION_BALANCE": "on"}
 
@@ -80,13 +84,24 @@ class ApiServer:
     def __init__(self, env: dict[str, str], workers: int = 2, port: int | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **SWITCHES, **env, "FLOKIT_API_BIND": f"127.0.0.1:{self.port}",
-                    "FLOKIT_API_WORKERS": str(workers)}
+        self.env = {
+            **os.environ,
+            **SWITCHES,
+            **env,
+            "FLOKIT_API_BIND": f"127.0.0.1:{self.port}",
+            "FLOKIT_API_WORKERS": str(workers),
+        }
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> ApiServer:
-        self.proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "api"], env=self.env, cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deploy.cli", "api"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -155,9 +170,9 @@ def read_events(bootstrap: str, topic: str) -> list[dict]:
     from schemas import envelope
 
     events = []
-    for partition, offset, value in read_topic(bootstrap, topic):
+    for partition, _offset, value in read_topic(bootstrap, topic):
         env = envelope.decode(value)
-        for ref, event in zip(env.refs, env.documents()):
+        for ref, event in zip(env.refs, env.documents(), strict=True):
             # Each event line carries its envelope's workspace and its own received_at (the envelope's is its
             # first event's: concurrent requests share records), and the header its ids.
             assert event.pop("workspace") == env.workspace

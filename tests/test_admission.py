@@ -1,5 +1,6 @@
 """Admission (ingest_api.admission) on both real stores: keys with low limits are counted request by request;
 keys with high limits are admitted from grants counted ahead, and the limit still holds across workers."""
+
 from __future__ import annotations
 
 import pytest
@@ -99,7 +100,7 @@ def test_a_revoked_key_stops_at_its_next_grant(store):
     # A key in steady use: its next grant is asked for within the current one, and is refused.
     answers = [admission.admit(key, T0 + 0.001 * i) for i in range(3 * MAX_GRANT)]
     assert answers[0] is not None and answers[-1] is None
-    assert all(a is None for a in answers[answers.index(None):])
+    assert all(a is None for a in answers[answers.index(None) :])
 
 
 def test_a_grant_lapses_after_grant_seconds(store):
@@ -110,7 +111,9 @@ def test_a_grant_lapses_after_grant_seconds(store):
     admission.admit(key, T0)
     admission.admit(key, T0)  # takes a grant
     calls = counted.calls
-    assert admission.admit(key, T0 + GRANT_SECONDS / 2)[1].allowed and counted.calls == calls  # from the grant
+    assert (
+        admission.admit(key, T0 + GRANT_SECONDS / 2)[1].allowed and counted.calls == calls
+    )  # from the grant
     # A workspace's new limit is seen at the next grant; an idle key's grant lapses and is not used.
     store.configure_workspace("acme", rate_limit_per_minute=100)
     workspace, decision = admission.admit(key, T0 + GRANT_SECONDS + 0.01)

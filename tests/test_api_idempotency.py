@@ -1,6 +1,7 @@
 """Idempotency-Key through real gunicorn workers: retries replay the original
 response, different payloads are refused, concurrent duplicates enqueue once,
 across processes (Redis); the 24-hour window with an injected clock."""
+
 from __future__ import annotations
 
 import threading
@@ -14,9 +15,17 @@ from ingest_api.idempotency import IDEMPOTENCY_WINDOW_SECONDS
 
 from .services import ApiServer, api_server, read_events, unique
 
-BATCH = {"events": [{"event": "trial_started", "user_id": "usr_i", "timestamp": "2024-03-15T14:22:00Z",
-                     "properties": {"plan_id": "plan_annual_usd", "trial_length_days": 7}},
-                    {"event": "paywall_viewed", "user_id": "usr_i", "timestamp": "2024-03-15T14:20:00Z"}]}
+BATCH = {
+    "events": [
+        {
+            "event": "trial_started",
+            "user_id": "usr_i",
+            "timestamp": "2024-03-15T14:22:00Z",
+            "properties": {"plan_id": "plan_annual_usd", "trial_length_days": 7},
+        },
+        {"event": "paywall_viewed", "user_id": "usr_i", "timestamp": "2024-03-15T14:20:00Z"},
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,22 +64,33 @@ def test_validation_failures_are_replayed_too(server, workspace_key):
     assert again.headers["Idempotent-Replayed"] == "true"
 
 
-SENT = (b'{"event":"paywall_viewed","anonymous_id":"dev_A","timestamp":"2024-03-15T14:22:00Z",'
-        b'"properties":{"n":1.0,"s":"A/B"}}')
+SENT = (
+    b'{"event":"paywall_viewed","anonymous_id":"dev_A","timestamp":"2024-03-15T14:22:00Z",'
+    b'"properties":{"n":1.0,"s":"A/B"}}'
+)
 
 
-@pytest.mark.parametrize("retry, same", [
-    (b' {\n "properties": {"s": "A/B", "n": 1.0},\t"timestamp": "2024-03-15T14:22:00Z", "anonymous_id": "dev_A",'
-     b' "event": "paywall_viewed"}', True),  # whitespace and key order
-    (SENT.replace(b'"A/B"', b'"\\u0041\\/B"').replace(b'"dev_A"', b'"dev_\\u0041"'), True),  # escapes
-    (SENT.replace(b"1.0", b"1.00"), True),
-    (SENT.replace(b"1.0", b"1e0"), True),
-    (SENT.replace(b"1.0", b"1"), False),  # an integer is not the float 1.0
-    (SENT.replace(b'"A/B"', b'"a/B"'), False),
-], ids=["whitespace and key order", "string escapes", "1.0 and 1.00", "1.0 and 1e0", "1.0 and 1", "a and A"])
+@pytest.mark.parametrize(
+    "retry, same",
+    [
+        (
+            b' {\n "properties": {"s": "A/B", "n": 1.0},\t"timestamp": "2024-03-15T14:22:00Z",'
+            b' "anonymous_id": "dev_A",'
+            b' "event": "paywall_viewed"}',
+            True,
+        ),  # whitespace and key order
+        (SENT.replace(b'"A/B"', b'"\\u0041\\/B"').replace(b'"dev_A"', b'"dev_\\u0041"'), True),  # escapes
+        (SENT.replace(b"1.0", b"1.00"), True),
+        (SENT.replace(b"1.0", b"1e0"), True),
+        (SENT.replace(b"1.0", b"1"), False),  # an integer is not the float 1.0
+        (SENT.replace(b'"A/B"', b'"a/B"'), False),
+    ],
+    ids=["whitespace and key order", "string escapes", "1.0 and 1.00", "1.0 and 1e0", "1.0 and 1", "a and A"],
+)
 def test_what_the_payload_comparison_sees(server, workspace_key, retry, same):
     """README: the parsed document is compared (re-serialised with sorted keys): whitespace, key order and
-    string escapes do not count; numbers count as parsed, so 1 and 1.0 differ while 1.0, 1.00 and 1e0 do not."""
+    string escapes do not count; numbers count as parsed, so 1 and 1.0 differ while 1.0, 1.00 and 1e0 do
+    not."""
     _, key = workspace_key()
     idem = {"Idempotency-Key": unique("compare")}
     first = server.post("/v1/events", data=SENT, key=key, headers=idem)
@@ -92,8 +112,9 @@ def test_keys_are_per_workspace(server, workspace_key):
     assert set(a.json()["event_ids"]).isdisjoint(b.json()["event_ids"])
 
 
-def test_concurrent_duplicates_across_processes_enqueue_once(server, production_env, workspace_key,
-                                                             kafka_bootstrap, topic):
+def test_concurrent_duplicates_across_processes_enqueue_once(
+    server, production_env, workspace_key, kafka_bootstrap, topic
+):
     """20 identical requests at once, spread over two gunicorn servers of two workers each."""
     workspace, key = workspace_key(rate_limit_per_minute=10_000)
     idem = {"Idempotency-Key": unique("race")}
@@ -114,8 +135,11 @@ def test_concurrent_duplicates_across_processes_enqueue_once(server, production_
         second.stop()
     ok = [r for r in responses if r.status_code == 200]
     assert {r.status_code for r in responses} <= {200, 409} and ok
-    assert all(r.json()["error"] == "idempotency_request_in_progress" and r.headers["Retry-After"] == "1"
-               for r in responses if r.status_code == 409)
+    assert all(
+        r.json()["error"] == "idempotency_request_in_progress" and r.headers["Retry-After"] == "1"
+        for r in responses
+        if r.status_code == 409
+    )
     assert len({tuple(r.json()["event_ids"]) for r in ok}) == 1
     events = [e for e in read_events(kafka_bootstrap, topic) if e["_workspace"] == workspace]
     assert sorted(e["event_id"] for e in events) == sorted(ok[0].json()["event_ids"])
@@ -124,14 +148,22 @@ def test_concurrent_duplicates_across_processes_enqueue_once(server, production_
 def test_the_window_is_24_hours(settings_for, redis_state, kafka_bootstrap, topic):
     """In-process app on the same real Redis and Kafka, with an injected clock."""
     now = [1_900_000_000.0]
-    app = create_app(frontdoor_config(settings_for), publisher=make_publisher(settings_for),
-                     state=make_state(settings_for), clock=lambda: now[0])
+    app = create_app(
+        frontdoor_config(settings_for),
+        publisher=make_publisher(settings_for),
+        state=make_state(settings_for),
+        clock=lambda: now[0],
+    )
     workspace = unique("ws")
     key = redis_state.create_key(workspace)
     client = app.test_client()
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "daily-sync"}
-    post = lambda: client.post("/v1/batch/events", data=orjson.dumps(BATCH), headers=headers,
-                               content_type="application/json")
+
+    def post():
+        return client.post(
+            "/v1/batch/events", data=orjson.dumps(BATCH), headers=headers, content_type="application/json"
+        )
+
     first = post().get_json()
     now[0] += IDEMPOTENCY_WINDOW_SECONDS - 1
     assert post().get_json() == first

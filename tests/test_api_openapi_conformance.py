@@ -1,15 +1,18 @@
 """Real responses of a running server match schemas/openapi.json: every body
 validates against the schema the document gives for that path and status, and
 every header the document marks as required is there."""
+
 from __future__ import annotations
 
 import gzip
+
 import pytest
 import requests
 from jsonschema import Draft202012Validator
 
 from .services import api_server, unique
 from .test_openapi_document import DOC, deref
+
 EVENT = {"event": "paywall_viewed", "user_id": "usr_c", "timestamp": "2024-03-15T14:22:00Z"}
 
 
@@ -36,14 +39,35 @@ def test_responses_match_the_document(server, workspace_key):
         ("/v1/events", server.post("/v1/events", EVENT, key=key), 200),
         ("/v1/events", server.post("/v1/events", EVENT, key=key, headers={"Idempotency-Key": idem}), 200),
         ("/v1/events", server.post("/v1/events", EVENT, key=key, headers={"Idempotency-Key": idem}), 200),
-        ("/v1/events", server.post("/v1/events", {**EVENT, "user_id": "other"}, key=key,
-                                   headers={"Idempotency-Key": idem}), 422),
+        (
+            "/v1/events",
+            server.post(
+                "/v1/events", {**EVENT, "user_id": "other"}, key=key, headers={"Idempotency-Key": idem}
+            ),
+            422,
+        ),
         ("/v1/events", server.post("/v1/events", {"event": "x"}, key=key), 400),
         ("/v1/events", server.post("/v1/events", EVENT), 401),
-        ("/v1/events", server.post("/v1/events", EVENT, key=key, headers={"Content-Type": "text/plain"}), 415),
-        ("/v1/events", server.post("/v1/events", data=gzip.compress(b" " * 9_000_000), key=key,
-                                   headers={"Content-Encoding": "gzip"}), 413),
-        ("/v1/batch/events", server.post("/v1/batch/events", {"events": [EVENT, {"event": "bad"}]}, key=key), 200),
+        (
+            "/v1/events",
+            server.post("/v1/events", EVENT, key=key, headers={"Content-Type": "text/plain"}),
+            415,
+        ),
+        (
+            "/v1/events",
+            server.post(
+                "/v1/events",
+                data=gzip.compress(b" " * 9_000_000),
+                key=key,
+                headers={"Content-Encoding": "gzip"},
+            ),
+            413,
+        ),
+        (
+            "/v1/batch/events",
+            server.post("/v1/batch/events", {"events": [EVENT, {"event": "bad"}]}, key=key),
+            200,
+        ),
         ("/v1/batch/events", server.post("/v1/batch/events", {"events": [{"event": "bad"}]}, key=key), 400),
         ("/v1/batch/events", server.post("/v1/batch/events", {"events": []}, key=key), 400),
         ("/v1/events", server.post("/v1/events", EVENT, key=tight), 200),

@@ -3,6 +3,7 @@ ready; an idle front door recovers when the broker returns, and a retry with the
 its event ids.
 
 Stops the session's broker (KAFKA_PORT) and always starts it again, for the modules after this one."""
+
 from __future__ import annotations
 
 import time
@@ -31,19 +32,27 @@ def test_broker_down_means_503_and_nothing_accepted(production_env, kafka_bootst
             down = server.post("/v1/batch/events", {"events": [{**EVENT, "properties": {"n": 2}}]}, key=key)
             elapsed = time.monotonic() - started
             assert down.status_code == 503, down.text
-            assert down.json()["error"] == "queue_unavailable" and down.json()["message"] in (MAY_ARRIVE, NOT_QUEUED)
+            assert down.json()["error"] == "queue_unavailable" and down.json()["message"] in (
+                MAY_ARRIVE,
+                NOT_QUEUED,
+            )
             assert "event_ids" not in down.json() and "127.0.0.1" not in down.text
             assert int(down.headers["Retry-After"]) > 0
             assert elapsed < 10  # bounded by FLOKIT_ENQUEUE_TIMEOUT_SECONDS, not by Kafka's own minutes
             retry_key = {"Idempotency-Key": unique("down")}
-            assert server.post("/v1/events", {**EVENT, "properties": {"n": 3}}, key=key,
-                               headers=retry_key).status_code == 503
+            assert (
+                server.post(
+                    "/v1/events", {**EVENT, "properties": {"n": 3}}, key=key, headers=retry_key
+                ).status_code
+                == 503
+            )
             assert requests.get(server.url + "/readyz", timeout=15).status_code == 503
         finally:
             run_script("kafka.sh", "start", KAFKA_PORT=KAFKA_PORT)
         deadline = time.monotonic() + 60
-        while (after := server.post("/v1/events", {**EVENT, "properties": {"n": 3}}, key=key,
-                                    headers=retry_key)).status_code != 200:
+        while (
+            after := server.post("/v1/events", {**EVENT, "properties": {"n": 3}}, key=key, headers=retry_key)
+        ).status_code != 200:
             assert after.status_code == 503 and time.monotonic() < deadline
             time.sleep(1)
         assert requests.get(server.url + "/readyz", timeout=15).status_code == 200

@@ -1,5 +1,6 @@
 """The per-workspace rate limit holds across gunicorn workers and servers
 (Redis); 429 carries Retry-After; RateLimit headers on every answer."""
+
 from __future__ import annotations
 
 import threading

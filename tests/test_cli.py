@@ -1,4 +1,5 @@
 """`flokit keys`, `flokit workspace`, `flokit kafka init` and `flokit queue` as an operator runs them."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,13 @@ from .services import unique
 
 
 def flokit(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy.cli", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -42,13 +48,15 @@ def test_keys_create_list_revoke(env_and_state):
 
     listing = flokit("keys", "list", env=env)
     key_id = key.split("_")[1]
-    line = next(l for l in listing.stdout.splitlines() if workspace in l)
+    line = next(ln for ln in listing.stdout.splitlines() if workspace in ln)
     assert f"fk_{key_id}_…" in line and "active" in line
     assert key.split("_", 2)[2] not in listing.stdout  # the secret is never shown
 
     revoked = flokit("keys", "revoke", f"fk_{key_id}_…", env=env)
     assert revoked.returncode == 0 and state.authenticate(key) is None
-    assert "revoked" in next(l for l in flokit("keys", "list", env=env).stdout.splitlines() if workspace in l)
+    assert "revoked" in next(
+        ln for ln in flokit("keys", "list", env=env).stdout.splitlines() if workspace in ln
+    )
     missing = flokit("keys", "revoke", "ffffffffffff", env=env)
     assert missing.returncode == 1 and "no key" in missing.stderr
 
@@ -65,7 +73,11 @@ def test_workspace_settings(env_and_state):
 
 def test_kafka_init_creates_topics(kafka_bootstrap):
     topic = unique("init")
-    env = {"FLOKIT_KAFKA_BOOTSTRAP": kafka_bootstrap, "FLOKIT_TOPIC": topic, "FLOKIT_DLQ_TOPIC": topic + ".dlq"}
+    env = {
+        "FLOKIT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "FLOKIT_TOPIC": topic,
+        "FLOKIT_DLQ_TOPIC": topic + ".dlq",
+    }
     out = flokit("kafka", "init", "--partitions", "3", env=env)
     assert out.returncode == 0 and f"{topic}: created" in out.stdout
     assert f"{topic}: exists" in flokit("kafka", "init", env=env).stdout
@@ -86,7 +98,10 @@ def test_queue_forget_group_lets_the_local_log_shrink(tmp_path):
     live = LocalLogSubscriber(path, "consumers", prune_interval=0)
     assert len(live.poll(100, 1)) == 10
     live.commit({0: 10})
-    records = lambda: sqlite3.connect(path).execute("SELECT count(*) FROM log").fetchone()[0]
+
+    def records():
+        return sqlite3.connect(path).execute("SELECT count(*) FROM log").fetchone()[0]
+
     assert records() == 10  # "retired" holds every record back
 
     busy = flokit("queue", "forget-group", "consumers", env=env)
@@ -102,13 +117,23 @@ def test_queue_forget_group_lets_the_local_log_shrink(tmp_path):
     assert kafka.returncode == 2
 
 
-@pytest.mark.parametrize("command", [("keys", "create", "acme"), ("keys", "list"), ("keys", "revoke", "fk_x"),
-                                     ("workspace",), ("workspace", "acme", "--rate-limit", "5")])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("keys", "create", "acme"),
+        ("keys", "list"),
+        ("keys", "revoke", "fk_x"),
+        ("workspace",),
+        ("workspace", "acme", "--rate-limit", "5"),
+    ],
+)
 def test_a_state_store_that_does_not_answer_is_a_clear_message_not_a_traceback(tmp_path, command):
     from .services import free_port
 
     port = free_port()  # Redis down, for real: nothing listens there
-    out = flokit(*command, env={"FLOKIT_DATA_DIR": str(tmp_path), "FLOKIT_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    out = flokit(
+        *command, env={"FLOKIT_DATA_DIR": str(tmp_path), "FLOKIT_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith("flokit: the front door's state store (FLOKIT_REDIS_URL) did not answer")
     assert f"127.0.0.1:{port}" in out.stderr and out.stdout == ""

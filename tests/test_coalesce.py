@@ -1,4 +1,5 @@
 """ingest_api.coalesce: concurrent callers share one flush, and each gets its own answer, by its deadline."""
+
 import threading
 import time
 

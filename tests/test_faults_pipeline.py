@@ -2,8 +2,8 @@
 event that got a 200 is in events_deduped once, and nothing else is there.
 
 On the production stack (Kafka, Redis, the embedded warehouse): a. the warehouse killed for 60 s, b. consumers
-SIGKILLed again and again, c. the front door SIGTERMed, e. the Kafka broker stopped then frozen, f. Redis stopped
-then frozen. On the embedded queue: d. its disk full. One warehouse serves them all (a database each).
+SIGKILLed again and again, c. the front door SIGTERMed, e. the Kafka broker stopped then frozen, f. Redis
+stopped then frozen. On the embedded queue: d. its disk full. One warehouse serves them all (a database each).
 """
 
 from __future__ import annotations
@@ -111,7 +111,10 @@ def rows_of(client, settings: Settings, workspace: str) -> int:
 
 def test_a_warehouse_killed_for_60_seconds_under_load(production, shared_warehouse, tmp_path):
     env, settings, client, workspace, key = production
-    lag = lambda: group_lag(settings.kafka_bootstrap, settings.topic, settings.consumer_group)
+
+    def lag():
+        return group_lag(settings.kafka_bootstrap, settings.topic, settings.consumer_group)
+
     with consumer_running(env, tmp_path / "consumer.log") as consumer:
         server = ApiServer(env).start()
         load = LoadGenerator(server.url, key).start()
@@ -170,14 +173,16 @@ def test_b_consumers_sigkilled_at_10_random_moments_under_load(production, tmp_p
                     for m in range(MEMBERS)
                 ]
                 wait_until(
-                    lambda: all(re.search(r"assigned partitions \[\d", c.output()) for c in consumers),
+                    lambda consumers=consumers: all(
+                        re.search(r"assigned partitions \[\d", c.output()) for c in consumers
+                    ),
                     timeout=60,
                     interval=0.2,
                     message=f"cycle {cycle}: partitions assigned to every member",
                 )
                 written = rows_of(client, settings, workspace)
                 wait_until(
-                    lambda: rows_of(client, settings, workspace) > written,
+                    lambda written=written: rows_of(client, settings, workspace) > written,
                     timeout=60,
                     interval=0.2,
                     message=f"cycle {cycle}: the consumers writing",
@@ -198,7 +203,8 @@ def test_b_consumers_sigkilled_at_10_random_moments_under_load(production, tmp_p
     finally:
         results = [c.stop() for c in consumers]
     print(
-        f"seed {seed}; {len(moments)} kills, each {', '.join(f'{m:.2f}' for m in moments)} s after the previous "
+        f"seed {seed}; {len(moments)} kills, each "
+        f"{', '.join(f'{m:.2f}' for m in moments)} s after the previous "
         f"one (the first of a cycle: after a write); {load.summary()}; {tally}"
     )
     assert results[0][0] == 0, results[0][1][-3000:]
@@ -326,9 +332,9 @@ RECOVERY_SECONDS = 15  # from the service's return to the front door's first 200
 def assert_unavailable_then_healed(
     load: LoadGenerator, name: str, away: tuple[float, float], back: float, code: str
 ) -> None:
-    """Every answer to a request sent and answered while the service was `away` (from, to) is a 503 `code` with
-    Retry-After (never a 200), and the front door serves 200s again within RECOVERY_SECONDS of its return,
-    `back` (a restarted service is back once its script found it ready)."""
+    """Every answer to a request sent and answered while the service was `away` (from, to) is a 503 `code`
+    with Retry-After (never a 200), and the front door serves 200s again within RECOVERY_SECONDS of its
+    return, `back` (a restarted service is back once its script found it ready)."""
     answers = load.answers()
     window = in_window(answers, *away)
     assert len(window) >= 5, f"{name}: only {len(window)} answers while the service was away"
@@ -384,7 +390,8 @@ def test_e_kafka_broker_stopped_then_frozen_for_30_seconds_under_batch_load(prod
     code, consumer_out = consumer.stop()
     answers = load.answers()
     print(
-        f"broker restart took {back_at - started_at:.1f} s; first 200 {first_200_after(answers, back_at)} s after"
+        f"broker restart took {back_at - started_at:.1f} s; "
+        f"first 200 {first_200_after(answers, back_at)} s after"
         f" it was back, {first_200_after(answers, thawed_at)} s after the thaw; slowest answer "
         f"{max(a.latency for a in answers):.1f} s; {load.summary()}; {tally}"
     )

@@ -1,5 +1,6 @@
 """One contract, two stores: the Redis (production) and SQLite (embedded)
 front-door state must behave the same. Each test runs against both."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -30,7 +31,8 @@ def state(state_store):
 
 
 def admit(state, key: str, default_limit: int, now: float):
-    """One request's admission (what admit_many answers for an entry of one): (workspace, decision) or None."""
+    """One request's admission (what admit_many answers for an entry of one): (workspace, decision) or
+    None."""
     [admitted] = state.admit_many([(key, now, 1)], default_limit)
     return None if admitted is None else (admitted[0], admitted[1][0])
 
@@ -64,7 +66,10 @@ def test_workspace_settings(state):
 
 def test_rate_limit_allows_the_quota_then_one_per_interval(state):
     acme, other = state.create_key("acme"), state.create_key("other")
-    hit = lambda key, now: admit(state, key, 100, now)[1]
+
+    def hit(key, now):
+        return admit(state, key, 100, now)[1]
+
     decisions = [hit(acme, T0) for _ in range(101)]
     assert all(d.allowed for d in decisions[:100])
     assert [d.remaining for d in decisions[:3]] == [99, 98, 97] and decisions[99].remaining == 0
@@ -91,7 +96,12 @@ def test_admit_authenticates_then_counts_against_the_workspace_limit(state):
     assert admitted[3][1].retry_after == 20
     # A workspace without a limit of its own gets the default; its count is its own.
     workspace, decision = admit(state, other, 100, T0)
-    assert (workspace.name, workspace.rate_limit_per_minute, decision.limit, decision.remaining) == ("other", None, 100, 99)
+    assert (workspace.name, workspace.rate_limit_per_minute, decision.limit, decision.remaining) == (
+        "other",
+        None,
+        100,
+        99,
+    )
     # A wrong secret, an unknown key or a revoked key is refused, and counts nothing.
     key_id, secret = split_key(key)
     assert admit(state, key[:-1] + ("A" if key[-1] != "A" else "B"), 100, T0 + 60) is None
@@ -122,7 +132,10 @@ def test_idempotency_lifecycle(state):
     first = state.idempotency_begin("acme", "k1", "fp1", ids, T0)
     assert (first.kind, first.event_ids) == (OutcomeKind.PROCEED, ids)
     # The same request again while the first is in flight.
-    assert state.idempotency_begin("acme", "k1", "fp1", ["evt_x", "evt_y"], T0 + 1).kind is OutcomeKind.IN_PROGRESS
+    assert (
+        state.idempotency_begin("acme", "k1", "fp1", ["evt_x", "evt_y"], T0 + 1).kind
+        is OutcomeKind.IN_PROGRESS
+    )
     state.idempotency_finish("acme", "k1", StoredResponse(200, b'{"status":"ok"}'))
     replay = state.idempotency_begin("acme", "k1", "fp1", ["evt_x", "evt_y"], T0 + 3600)
     assert replay.kind is OutcomeKind.REPLAY and replay.response == StoredResponse(200, b'{"status":"ok"}')
@@ -167,8 +180,15 @@ def test_admit_many_is_admit_called_in_order(state):
     other = state.create_key("other")
     state.configure_workspace("acme", rate_limit_per_minute=3)
     key_id, secret = split_key(key)
-    requests = [(key, T0, 1), ("not-a-key", T0, 1), (other, T0, 2), (key, T0, 1), ("fk_000000000000_" + secret, T0, 1),
-                (key, T0, 2), (key, T0 + 20, 1)]
+    requests = [
+        (key, T0, 1),
+        ("not-a-key", T0, 1),
+        (other, T0, 2),
+        (key, T0, 1),
+        ("fk_000000000000_" + secret, T0, 1),
+        (key, T0, 2),
+        (key, T0 + 20, 1),
+    ]
     admitted = state.admit_many(requests, 100)
     assert [a and a[0].name for a in admitted] == ["acme", None, "other", "acme", None, "acme", "acme"]
     acme = [d for a in admitted if a and a[0].name == "acme" for d in a[1]]
@@ -223,8 +243,8 @@ def test_redis_admission_keeps_one_connection_and_reconnects_after_losing_it(red
 
 @contextmanager
 def stalled(state, seconds: float, request, tmp_path):
-    """The store stops answering for `seconds`, for real: Redis paused (CLIENT PAUSE: every client of it waits),
-    or SQLite's write lock held by another connection."""
+    """The store stops answering for `seconds`, for real: Redis paused (CLIENT PAUSE: every client of it
+    waits), or SQLite's write lock held by another connection."""
     if isinstance(state, RedisState):
         admin = redis.Redis.from_url(request.getfixturevalue("redis_url"))
         admin.client_pause(int(seconds * 1000), all=True)  # ends by itself
@@ -264,31 +284,40 @@ def test_a_stalled_store_holds_a_request_only_until_its_deadline(state, request,
             idempotency.begin(state, "acme", "late", "fp", ["evt_1"], T0, deadline=started + 0.3)
         assert raised.value.code == "state_unavailable" and time.monotonic() - started < 1.2
     # The begin went through once the store answered, after its request had given up: it was released again,
-    # so the retry goes ahead at once, with the event ids of the attempt that timed out. The retry is made once
-    # the stall is over and the late begin had time to land (a Redis pause ends by itself: a retry sent during
-    # it would be queued beside the late begin, in either order).
+    # so the retry goes ahead at once, with the event ids of the attempt that timed out. The retry is made
+    # once the stall is over and the late begin had time to land (a Redis pause ends by itself: a retry sent
+    # during it would be queued beside the late begin, in either order).
     time.sleep(max(0.0, started + 1.5 + 1.0 - time.monotonic()))
-    retry = until_answered(lambda: idempotency.begin(state, "acme", "late", "fp", ["evt_2"], T0 + 5,
-                                                     deadline=time.monotonic() + 5))
+    retry = until_answered(
+        lambda: idempotency.begin(
+            state, "acme", "late", "fp", ["evt_2"], T0 + 5, deadline=time.monotonic() + 5
+        )
+    )
     assert retry.event_ids == ["evt_1"] and retry.replay is None
 
 
-def test_a_final_answer_the_store_cannot_take_in_time_still_goes_out_and_is_stored_later(state, request, tmp_path):
-    assert idempotency.begin(state, "acme", "k", "fp", ["evt_1"], T0, deadline=time.monotonic() + 5).event_ids == ["evt_1"]
+def test_a_final_answer_the_store_cannot_take_in_time_still_goes_out_and_is_stored_later(
+    state, request, tmp_path
+):
+    assert idempotency.begin(
+        state, "acme", "k", "fp", ["evt_1"], T0, deadline=time.monotonic() + 5
+    ).event_ids == ["evt_1"]
     ok = json_response({"status": "ok", "event_id": "evt_1"})
     with stalled(state, 1.5, request, tmp_path):
         started = time.monotonic()
         idempotency.finish(state, "acme", "k", ok, deadline=started + 0.3)  # no error: the events are queued
         assert time.monotonic() - started < 1.2
-    replay = until_answered(lambda: idempotency.begin(state, "acme", "k", "fp", ["evt_2"], T0 + 5,
-                                                      deadline=time.monotonic() + 5))
+    replay = until_answered(
+        lambda: idempotency.begin(state, "acme", "k", "fp", ["evt_2"], T0 + 5, deadline=time.monotonic() + 5)
+    )
     assert replay.replay is not None and replay.replay.body == ok.body
     assert replay.replay.headers["Idempotent-Replayed"] == "true"
 
 
 def test_every_redis_call_on_a_redis_nothing_listens_on_is_state_unavailable():
-    """Redis down, for real: nothing listens on the port. Each call of the interface says so as StateUnavailable
-    (what the front door answers with a 503 and the CLI with a message), never as redis-py's own exception."""
+    """Redis down, for real: nothing listens on the port. Each call of the interface says so as
+    StateUnavailable (what the front door answers with a 503 and the CLI with a message), never as redis-py's
+    own exception."""
     from .services import free_port
 
     store = RedisState(f"redis://127.0.0.1:{free_port()}/0", namespace=unique("test"))
@@ -335,8 +364,10 @@ def test_a_redis_begin_between_a_records_read_and_write_is_not_overwritten(redis
 
     def rule_with_a_begin_in_between(record, *args):
         if not runs:
-            assert other.idempotency_begin("acme", "k", "fp-b", ["evt_b"], T0 + IDEMPOTENCY_WINDOW_SECONDS).kind \
+            assert (
+                other.idempotency_begin("acme", "k", "fp-b", ["evt_b"], T0 + IDEMPOTENCY_WINDOW_SECONDS).kind
                 is OutcomeKind.PROCEED
+            )
         runs.append(record["fp"])
         return rule(record, *args)
 

@@ -8,6 +8,7 @@ mostly accepted: that measures how precise the document is.
 
 FLOKIT_FUZZ_EXAMPLES (cases per endpoint and mode) raises the count for a long run: see tests/README.md.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -22,8 +23,12 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
-                                               response_schema_conformance, status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from deploy.components import make_state
 from deploy.settings import Settings
@@ -36,9 +41,14 @@ INGEST_PATHS = ("/v1/events", "/v1/batch/events")
 # pattern admits years up to 2029, the server nothing past 24 h from now; JSON Schema counts 7.0 as an
 # integer, the server refuses a fraction in an integer property.
 MIN_POSITIVE_ACCEPTED = 0.8
-# Each case is one round trip to the server, and the bodies are big: Hypothesis' speed and size checks do not apply.
-SLOW_AND_BIG = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
-                HealthCheck.filter_too_much]
+# Each case is one round trip to the server, and the bodies are big: Hypothesis' speed and size checks do not
+# apply.
+SLOW_AND_BIG = [
+    HealthCheck.too_slow,
+    HealthCheck.data_too_large,
+    HealthCheck.large_base_example,
+    HealthCheck.filter_too_much,
+]
 IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")
 RATE_LIMIT_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
 
@@ -63,17 +73,21 @@ def error_body_shape(ctx, response, case):
         return None
     body = response.json()
     assert isinstance(body, dict), f"error body is not a JSON object: {response.text[:200]!r}"
-    assert isinstance(body.get("error"), str) and isinstance(body.get("message"), str), \
+    assert isinstance(body.get("error"), str) and isinstance(body.get("message"), str), (
         f"error body lacks a string error and message: {response.text[:200]!r}"
+    )
     return None
 
 
 @schemathesis.check
 def content_headers(ctx, response, case):
-    """A Content-Length that is the body's length; Content-Type application/json on every answer with a body."""
+    """A Content-Length that is the body's length; Content-Type application/json on every answer with a
+    body."""
     length = _one(response, "content-length")
     assert length is not None, "no Content-Length"
-    assert int(length) == len(response.content), f"Content-Length {length}, body {len(response.content)} bytes"
+    assert int(length) == len(response.content), (
+        f"Content-Length {length}, body {len(response.content)} bytes"
+    )
     if response.content:
         assert _one(response, "content-type") == "application/json", response.headers.get("content-type")
     return None
@@ -103,9 +117,17 @@ def retry_after_and_allow_headers(ctx, response, case):
     return None
 
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance, error_body_shape, content_headers, rate_limit_headers,
-          retry_after_and_allow_headers]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    error_body_shape,
+    content_headers,
+    rate_limit_headers,
+    retry_after_and_allow_headers,
+]
 
 
 # --------------------------------------------------------------------------
@@ -130,20 +152,22 @@ class FrontDoor:
         if case.method == "POST" and "Idempotency-Key" in request.headers and response.status_code < 500:
             retry = self.session.send(request, timeout=30)
             case.validate_response(retry, checks=CHECKS, headers=self.auth)
-            assert (retry.status_code, retry.content) == (response.status_code, response.content), \
-                f"retry: {retry.status_code} {retry.text[:300]}\nfirst: {response.status_code} {response.text[:300]}"
+            assert (retry.status_code, retry.content) == (response.status_code, response.content), (
+                f"retry: {retry.status_code} {retry.text[:300]}\n"
+                f"first: {response.status_code} {response.text[:300]}"
+            )
             if response.status_code == 200:
                 assert retry.headers.get("Idempotent-Replayed") == "true", dict(retry.headers)
         return response
 
     def _prepare(self, case) -> requests.PreparedRequest:
-        """The case as a client would send it: a fresh Idempotency-Key per request (generated keys repeat, and a
-        key reused with another body is a 422 that would hide what the body gets), and the body gzip-compressed
-        when the case's Content-Encoding says gzip."""
+        """The case as a client would send it: a fresh Idempotency-Key per request (generated keys repeat, and
+        a key reused with another body is a 422 that would hide what the body gets), and the body
+        gzip-compressed when the case's Content-Encoding says gzip."""
         key = case.headers.get("Idempotency-Key") if case.headers else None
         if key is not None and IDEMPOTENCY_KEY.fullmatch(key):
             suffix = f"~{next(self._key_suffixes):x}"
-            case.headers["Idempotency-Key"] = key[:255 - len(suffix)] + suffix
+            case.headers["Idempotency-Key"] = key[: 255 - len(suffix)] + suffix
         kwargs = case.as_transport_kwargs(base_url=self.url, headers=self.auth)
         request = self.session.prepare_request(requests.Request(**kwargs))
         encoding = (request.headers.get("Content-Encoding") or "").strip().lower()
@@ -156,8 +180,11 @@ class FrontDoor:
 
 @pytest.fixture(scope="module")
 def front_door(tmp_path_factory):
-    env = {"FLOKIT_DATA_DIR": str(tmp_path_factory.mktemp("fuzz")), "FLOKIT_KAFKA_BOOTSTRAP": "",
-           "FLOKIT_REDIS_URL": ""}
+    env = {
+        "FLOKIT_DATA_DIR": str(tmp_path_factory.mktemp("fuzz")),
+        "FLOKIT_KAFKA_BOOTSTRAP": "",
+        "FLOKIT_REDIS_URL": "",
+    }
     state = make_state(Settings.from_env(env))
     state.configure_workspace("fuzz", rate_limit_per_minute=100_000_000)
     key = state.create_key("fuzz")
@@ -185,8 +212,13 @@ def test_ingest_endpoint_fuzzed(front_door, path, mode):
     statuses: Counter = Counter()
     errors: Counter = Counter()
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=SLOW_AND_BIG,
-              phases=[Phase.generate, Phase.shrink])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=SLOW_AND_BIG,
+        phases=[Phase.generate, Phase.shrink],
+    )
     @given(case=operation.as_strategy(generation_mode=mode))
     def one_case(case):
         response = front_door.exchange(case)
@@ -196,8 +228,11 @@ def test_ingest_endpoint_fuzzed(front_door, path, mode):
 
     one_case()
     total = sum(statuses.values())
-    print(f"\n{path} {mode}: {total} cases, {statuses[200] / total:.1%} 200; statuses {dict(statuses.most_common())};"
-          f" errors {dict(errors.most_common())}")
+    print(
+        f"\n{path} {mode}: {total} cases, {statuses[200] / total:.1%} 200; "
+        f"statuses {dict(statuses.most_common())};"
+        f" errors {dict(errors.most_common())}"
+    )
     if mode is GenerationMode.POSITIVE:
         assert statuses[200] >= MIN_POSITIVE_ACCEPTED * total, (statuses, errors)
 

@@ -1,5 +1,6 @@
 """deploy/gunicorn_worker.py: gunicorn's keep-alive setting, connections spread over the workers, the start-up
 freeze. Real gunicorn, Kafka, Redis (HTTP itself: tests/test_http_handler.py)."""
+
 from __future__ import annotations
 
 import socket
@@ -16,8 +17,12 @@ EVENT = orjson.dumps({"event": "paywall_viewed", "user_id": "usr_1", "timestamp"
 
 
 def _request(key: str) -> bytes:
-    return (b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()
-            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(EVENT) + EVENT)
+    return (
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + key.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(EVENT)
+        + EVENT
+    )
 
 
 def _response(sock: socket.socket) -> bytes:
@@ -25,7 +30,11 @@ def _response(sock: socket.socket) -> bytes:
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(
+        next(
+            line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+    )
     while len(body) < length:
         body += sock.recv(65536)
     return head
@@ -64,6 +73,7 @@ def test_keepalive_0_serves_one_request_per_connection(production_env, workspace
 
 # --- connections spread over the workers (deploy/worker_balance.py) ---
 
+
 # The connection balance's: without it gevent's accept loop often gave one worker every connection.
 @pytest.mark.balance_only
 def test_connections_opened_at_once_are_spread_over_the_workers(production_env, workspace_key):
@@ -86,8 +96,12 @@ def test_connections_opened_at_once_are_spread_over_the_workers(production_env, 
                 sock.sendall(_request(key))
             for sock in socks:
                 assert _response(sock).startswith(b"HTTP/1.1 200")
-            ss = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{server.port} )"],
-                                capture_output=True, text=True, check=True).stdout
+            ss = subprocess.run(
+                ["ss", "-tnpH", "state", "established", f"( sport = :{server.port} )"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             held = Counter(re.findall(r"pid=(\d+)", ss))
         finally:
             for sock in socks:
@@ -138,8 +152,9 @@ def test_a_worker_over_its_share_waits_a_bounded_time():
     b.leave()
     assert not a.should_wait(50)  # a stopping worker is out of the comparison
     # a worker that died without leaving (slot 3: pid 103, no connections, written STALE_SECONDS ago)
-    worker_balance._SLOT.pack_into(table, 3 * worker_balance._SLOT.size, 103, 0,
-                                   time.monotonic() - worker_balance.STALE_SECONDS - 1)
+    worker_balance._SLOT.pack_into(
+        table, 3 * worker_balance._SLOT.size, 103, 0, time.monotonic() - worker_balance.STALE_SECONDS - 1
+    )
     assert not a.should_wait(50)  # is out of the comparison too
 
 

@@ -1,5 +1,7 @@
-"""deploy/http_handler.py: the front door's HTTP/1.1 connections, served in this process by gevent's WSGI server
-with the handler the gunicorn workers use; the client is a gevent socket, so the server runs while it waits."""
+"""deploy/http_handler.py: the front door's HTTP/1.1 connections, served in this process by gevent's WSGI
+server with the handler the gunicorn workers use; the client is a gevent socket, so the server runs while it
+waits."""
+
 from __future__ import annotations
 
 import time
@@ -30,8 +32,17 @@ class _Log:
 def serve():
     servers = []
 
-    def start(app, *, handler=HttptoolsHandler, idle=5.0, max_body=8 * 1024 * 1024, access=False,
-              head_timeout=20.0, body_timeout=20.0, body_rate=500):
+    def start(
+        app,
+        *,
+        handler=HttptoolsHandler,
+        idle=5.0,
+        max_body=8 * 1024 * 1024,
+        access=False,
+        head_timeout=20.0,
+        body_timeout=20.0,
+        body_rate=500,
+    ):
         server = WSGIServer(("127.0.0.1", 0), app, handler_class=handler)
         server.idle_seconds = idle
         server.max_body_bytes = max_body
@@ -62,7 +73,13 @@ def _read_response(sock, buffered=b"") -> tuple[bytes, bytes, bytes]:
         assert chunk, f"connection closed mid-response: {data!r}"
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(
+        next(
+            line.split(b":", 1)[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+    )
     while len(rest) < length:
         chunk = sock.recv(65536)
         assert chunk
@@ -81,8 +98,10 @@ def _exchange(server, raw: bytes) -> bytes:
 
 
 def _environ_app(environ, start_response):
-    body = orjson.dumps({k: v for k, v in environ.items() if isinstance(v, str) and k.isupper()}
-                        | {"body": environ["wsgi.input"].read().decode()})
+    body = orjson.dumps(
+        {k: v for k, v in environ.items() if isinstance(v, str) and k.isupper()}
+        | {"body": environ["wsgi.input"].read().decode()}
+    )
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
 
@@ -93,10 +112,12 @@ def _echo_app(environ, start_response):
     return [body]
 
 
-HEADERS = (b"POST /p/a%20b?q=1&r=2 HTTP/1.1\r\nHost: example.test:8080\r\n"
-           b"Content-Type: application/json; charset=utf-8\r\nX-Multi: a\r\nx-multi:b  \r\n"
-           b"X_Under: dropped\r\nCookie: a=1\r\nCookie: b=2\r\nIdempotency-Key:   spaced value \t\r\n"
-           b"Authorization: Bearer fk_x.y\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+HEADERS = (
+    b"POST /p/a%20b?q=1&r=2 HTTP/1.1\r\nHost: example.test:8080\r\n"
+    b"Content-Type: application/json; charset=utf-8\r\nX-Multi: a\r\nx-multi:b  \r\n"
+    b"X_Under: dropped\r\nCookie: a=1\r\nCookie: b=2\r\nIdempotency-Key:   spaced value \t\r\n"
+    b"Authorization: Bearer fk_x.y\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+)
 
 
 def test_the_environ_is_the_one_pywsgis_own_handler_builds(serve):
@@ -108,7 +129,9 @@ def test_the_environ_is_the_one_pywsgis_own_handler_builds(serve):
         server = serve(_environ_app, handler=handler)
         head, _, body = _exchange(server, HEADERS).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")
-        environs.append({k: v for k, v in orjson.loads(body).items() if k not in ("REMOTE_PORT", "SERVER_PORT")})
+        environs.append(
+            {k: v for k, v in orjson.loads(body).items() if k not in ("REMOTE_PORT", "SERVER_PORT")}
+        )
     reference, ours = environs
     assert ours == reference
     assert ours["HTTP_X_MULTI"] == "a,b" and ours["HTTP_COOKIE"] == "a=1; b=2"
@@ -121,8 +144,10 @@ def test_the_environ_is_the_one_pywsgis_own_handler_builds(serve):
 def test_keep_alive_and_pipelined_requests_are_answered_in_order(serve):
     server = serve(_echo_app)
     with _connect(server) as sock:
-        sock.sendall(b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
-                     b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nde")
+        sock.sendall(
+            b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+            b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nde"
+        )
         head, body, rest = _read_response(sock)
         assert head.startswith(b"HTTP/1.1 200") and body == b"/one abc"
         assert b"Content-Length: 8" in head and b"\r\nDate: " in head and b"Connection" not in head
@@ -134,8 +159,10 @@ def test_keep_alive_and_pipelined_requests_are_answered_in_order(serve):
 
 def test_a_chunked_body_is_read_whole_and_content_length_beside_it_ignored(serve):
     server = serve(_environ_app)
-    raw = (b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-           b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    raw = (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
     head, _, body = _exchange(server, raw).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     environ = orjson.loads(body)
@@ -190,16 +217,27 @@ def test_an_idle_connection_is_closed_after_idle_seconds(serve):
         assert 0.3 < time.monotonic() - started < 3
 
 
-@pytest.mark.parametrize("raw, status, why", [
-    (b"GARBAGE\r\n\r\n", b"400", "not a request line"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n", b"400", "a line without a colon"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n", b"400", "a name with a space"),
-    (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", b"400", "white space before the colon"),
-    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-     b"400", "Content-Length beside chunked (request smuggling)"),
-    (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n", b"431", "101 headers"),
-    (b"GET / HTTP/1.1\r\nX-Long: " + b"v" * 70_000 + b"\r\n\r\n", b"431", "a head over 64 KiB"),
-])
+@pytest.mark.parametrize(
+    "raw, status, why",
+    [
+        (b"GARBAGE\r\n\r\n", b"400", "not a request line"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n", b"400", "a line without a colon"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n", b"400", "a name with a space"),
+        (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", b"400", "white space before the colon"),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n",
+            b"400",
+            "Content-Length beside chunked (request smuggling)",
+        ),
+        (
+            b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n",
+            b"431",
+            "101 headers",
+        ),
+        (b"GET / HTTP/1.1\r\nX-Long: " + b"v" * 70_000 + b"\r\n\r\n", b"431", "a head over 64 KiB"),
+    ],
+)
 def test_a_request_that_cannot_be_parsed_is_an_error_that_says_what_is_wrong(serve, raw, status, why):
     called = []
     server = serve(lambda environ, start_response: called.append(environ))
@@ -207,7 +245,9 @@ def test_a_request_that_cannot_be_parsed_is_an_error_that_says_what_is_wrong(ser
     assert head.startswith(b"HTTP/1.1 " + status), (why, head)
     assert b"Connection: close" in head and b"Content-Type: application/json" in head
     error = orjson.loads(body)
-    assert error["error"] == "invalid_http" and error["message"].startswith("the request is not valid HTTP/1.1"), why
+    assert error["error"] == "invalid_http" and error["message"].startswith(
+        "the request is not valid HTTP/1.1"
+    ), why
     assert not called  # the app never saw it
 
 
@@ -226,7 +266,9 @@ def test_a_body_over_the_limit_is_not_buffered_and_the_connection_stays_usable(s
     # The app sees the declared length and at most max_body_bytes + 1 bytes (enough to refuse it with a 413,
     # as ingest_api.body does); the rest is read and dropped.
     def app(environ, start_response):
-        body = orjson.dumps({"declared": environ.get("CONTENT_LENGTH"), "got": len(environ["wsgi.input"].read())})
+        body = orjson.dumps(
+            {"declared": environ.get("CONTENT_LENGTH"), "got": len(environ["wsgi.input"].read())}
+        )
         start_response("200 OK", [("Content-Type", "application/json")])
         return [body]
 
@@ -259,24 +301,28 @@ def test_a_response_goes_out_in_one_send(serve):
             self.socket = Sock()
 
     server = serve(_echo_app, handler=Recording)
-    received = _exchange(server, b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    received = _exchange(
+        server, b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    )
     assert len(sends) == 1 and sends[0] == received and received.endswith(b"\r\n\r\n/body ok")
 
 
 def test_the_access_log_gets_each_request_when_it_is_on(serve):
     for enabled in (False, True):
         server = serve(_echo_app, access=enabled)
-        assert _exchange(server, b"GET /l HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200")
+        assert _exchange(server, b"GET /l HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(
+            b"HTTP/1.1 200"
+        )
         if enabled:
-            (status, sent, req_headers), = server.log.accessed
+            ((status, sent, req_headers),) = server.log.accessed
             assert status == "200 OK" and sent == 3 and ("Host", "x") in req_headers
         else:
             assert server.log.accessed == []
 
 
 def test_a_body_cut_short_by_the_client_still_gets_the_apps_answer(serve):
-    # The client sends part of its body and half-closes: the app reads what came, then an OSError (ingest_api's
-    # body reader turns it into a 400 in the API's shape).
+    # The client sends part of its body and half-closes: the app reads what came, then an OSError
+    # (ingest_api's body reader turns it into a 400 in the API's shape).
     def app(environ, start_response):
         stream = environ["wsgi.input"]
         try:
@@ -289,7 +335,7 @@ def test_a_body_cut_short_by_the_client_still_gets_the_apps_answer(serve):
 
     server = serve(app)
     with _connect(server) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"event\": \"payw")
+        sock.sendall(b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"event": "payw')
         sock.shutdown(gsocket.SHUT_WR)
         received = b""
         while chunk := sock.recv(65536):
@@ -297,18 +343,39 @@ def test_a_body_cut_short_by_the_client_still_gets_the_apps_answer(serve):
     assert received.startswith(b"HTTP/1.1 400") and b"OSError: the client closed" in received
 
 
-@pytest.mark.parametrize("raw, answered, refusal", [
-    (b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nBAD\x01 / HTTP/1.1\r\n\r\n", [b"/one "], b"400"),
-    (b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\naGET /two HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff",
-     [b"/one a", b"/two "], b"400"),
-    (b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
-     [b"/one "], b"400"),  # the upgrade request itself is refused, not run
-    (b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\n" + b"X-Long: " + b"v" * 70_000 + b"\r\n\r\n",
-     [b"/one "], b"431"),
-    (b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n",
-     [b"/one "], None),  # what follows a request that closes the connection is ignored, not refused
-    (b"GET /one HTTP/1.0\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n", [b"/one "], None),
-], ids=["garbage", "two-then-garbage", "upgrade", "head-too-large", "connection-close", "http-1.0"])
+@pytest.mark.parametrize(
+    "raw, answered, refusal",
+    [
+        (b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nBAD\x01 / HTTP/1.1\r\n\r\n", [b"/one "], b"400"),
+        (
+            b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n"
+            b"aGET /two HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff",
+            [b"/one a", b"/two "],
+            b"400",
+        ),
+        (
+            b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /two HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            [b"/one "],
+            b"400",
+        ),  # the upgrade request itself is refused, not run
+        (
+            b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\n"
+            + b"X-Long: "
+            + b"v" * 70_000
+            + b"\r\n\r\n",
+            [b"/one "],
+            b"431",
+        ),
+        (
+            b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n",
+            [b"/one "],
+            None,
+        ),  # what follows a request that closes the connection is ignored, not refused
+        (b"GET /one HTTP/1.0\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n", [b"/one "], None),
+    ],
+    ids=["garbage", "two-then-garbage", "upgrade", "head-too-large", "connection-close", "http-1.0"],
+)
 def test_requests_parsed_before_bytes_that_cannot_be_are_answered_first(serve, raw, answered, refusal):
     # A client reads the first answer as its first request's: a 400 there would be final, the request lost.
     called = []
@@ -341,15 +408,18 @@ class _Drained:
 
 # --- deadlines: a client cannot hold a connection by sending slowly ---
 
+
 def _trickle(sock, data: bytes, every: float):
     """Send `data` a byte at a time, `every` seconds apart, in the background (until the server closes)."""
+
     def run():
         try:
             for i in range(len(data)):
-                sock.sendall(data[i:i + 1])
+                sock.sendall(data[i : i + 1])
                 gevent.sleep(every)
         except OSError:
             pass
+
     return gevent.spawn(run)
 
 

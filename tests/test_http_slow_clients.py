@@ -1,6 +1,8 @@
-"""Slow clients cannot keep new ones out (slowloris): at its connection limit a worker closes the connection that has
-waited longest for its client (deploy/http_handler.py) rather than stop accepting.
-In-process with a three-connection server, then a real gunicorn at its default limits with 2,000 slow clients."""
+"""Slow clients cannot keep new ones out (slowloris): at its connection limit a worker closes the connection
+that has waited longest for its client (deploy/http_handler.py) rather than stop accepting.
+In-process with a three-connection server, then a real gunicorn at its default limits with 2,000 slow
+clients."""
+
 from __future__ import annotations
 
 import errno
@@ -37,15 +39,25 @@ def test_at_the_connection_limit_the_connection_waiting_longest_gives_way():
         return [environ["PATH_INFO"].encode()]
 
     # A limit of three connections: the pool holds one more, as the worker's does (deploy/gunicorn_worker.py).
-    server_class = type("Server", (_Server,), {"connection_limit": 3, "idle_seconds": 5.0, "max_body_bytes": 1000,
-                                               "head_timeout": 20.0, "body_timeout": 20.0,
-                                               "body_min_bytes_per_second": 500})
+    server_class = type(
+        "Server",
+        (_Server,),
+        {
+            "connection_limit": 3,
+            "idle_seconds": 5.0,
+            "max_body_bytes": 1000,
+            "head_timeout": 20.0,
+            "body_timeout": 20.0,
+            "body_min_bytes_per_second": 500,
+        },
+    )
     server = server_class(("127.0.0.1", 0), app, spawn=Pool(4), handler_class=HttptoolsHandler)
     server.log = _Log()
     server.start()
     clients = []
     try:
-        # Every connection the server may hold: the oldest with its request being run, then two with part of a head.
+        # Every connection the server may hold: the oldest with its request being run, then two with part of a
+        # head.
         for first_bytes in (b"GET /running HTTP/1.1\r\nHost: x\r\n\r\n", SLOW_HEAD[:30], SLOW_HEAD[:30]):
             sock = gsocket.create_connection(("127.0.0.1", server.server_port), timeout=5)
             sock.sendall(first_bytes)
@@ -76,7 +88,8 @@ def test_at_the_connection_limit_the_connection_waiting_longest_gives_way():
 
 
 class _Slowloris:
-    """`n` connections, each sending one byte of a request head every second or so, reconnecting when closed."""
+    """`n` connections, each sending one byte of a request head every second or so, reconnecting when
+    closed."""
 
     def __init__(self, port: int, n: int):
         self.port, self.n = port, n
@@ -108,7 +121,7 @@ class _Slowloris:
         while not self._stop.wait(1.0):
             for sock, sent in list(self._socks.items()):
                 try:
-                    sock.send(SLOW_HEAD[sent:sent + 1])
+                    sock.send(SLOW_HEAD[sent : sent + 1])
                     self._socks[sock] = sent + 1
                 except BlockingIOError:  # still connecting, or the server has not read yet
                     pass
@@ -121,8 +134,12 @@ class _Slowloris:
 
 def _held_connections(port: int) -> int:
     """The connections gunicorn's workers hold (accepted: ones still in the listen queue have no process)."""
-    ss = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
-                        capture_output=True, text=True, check=True).stdout
+    ss = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return len(re.findall(r"pid=\d+", ss))
 
 
@@ -140,18 +157,25 @@ def _healthz_seconds(port: int) -> float:
 # The httptools handler's: the head deadline and the room made at the connection limit.
 @pytest.mark.httptools_only
 def test_healthz_stays_fast_with_2000_slow_clients_connected(production_env):
-    # The default limits: 2 workers of FLOKIT_API_CONNECTIONS (1000) each. Before, 2,000 slow clients held every
-    # connection a worker may have; a worker then stops accepting, and a new client waited in the listen queue
-    # until a slow one finished or gave up (for good: no answer within 15 s).
-    with api_server({**production_env, **HTTPTOOLS}, workers=2) as server, _Slowloris(server.port, 2000) as slowloris:
+    # The default limits: 2 workers of FLOKIT_API_CONNECTIONS (1000) each. Before, 2,000 slow clients held
+    # every connection a worker may have; a worker then stops accepting, and a new client waited in the listen
+    # queue until a slow one finished or gave up (for good: no answer within 15 s).
+    with (
+        api_server({**production_env, **HTTPTOOLS}, workers=2) as server,
+        _Slowloris(server.port, 2000),
+    ):
         deadline = time.monotonic() + 30
         while _held_connections(server.port) < 1950:
-            assert time.monotonic() < deadline, f"the slow clients did not connect: {_held_connections(server.port)}"
+            assert time.monotonic() < deadline, (
+                f"the slow clients did not connect: {_held_connections(server.port)}"
+            )
             time.sleep(0.5)
         time.sleep(2)  # each has sent a few bytes
         seconds = []
         for _ in range(5):
             seconds.append(_healthz_seconds(server.port))
             time.sleep(0.5)
-        assert _held_connections(server.port) >= 1900  # the slow clients were still there, holding their share
+        assert (
+            _held_connections(server.port) >= 1900
+        )  # the slow clients were still there, holding their share
     assert statistics.median(seconds) < 0.5 and max(seconds) < 2, seconds

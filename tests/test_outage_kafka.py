@@ -2,6 +2,7 @@
 SIGSTOP, and always brought back in a `finally` for the modules after this one): every request is answered
 within the enqueue timeout, /readyz says not ready while nothing can be delivered, the front door heals by
 itself, and a 503 retried with its Idempotency-Key ends with each event in the topic under one id."""
+
 from __future__ import annotations
 
 import itertools
@@ -58,8 +59,11 @@ def leading(topic: str) -> None:
     fenced by its controller, and leads nothing until it registers again."""
     admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{KAFKA_PORT}")
     try:
-        wait_until(lambda: all(p["leader_id"] >= 0 for p in admin.describe_topics([topic])[0]["partitions"]),
-                   timeout=60, message=f"leaders for {topic}")
+        wait_until(
+            lambda: all(p["leader_id"] >= 0 for p in admin.describe_topics([topic])[0]["partitions"]),
+            timeout=60,
+            message=f"leaders for {topic}",
+        )
     finally:
         admin.close()
 
@@ -86,7 +90,7 @@ class Load:
         self._numbers = itertools.count()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self._threads:
             t.start()
         return self
@@ -101,10 +105,24 @@ class Load:
         while not self._stop.is_set():
             path, body, headers = self._make(next(self._numbers))
             started = time.monotonic()
-            response = session.post(self._server.url + path, json=body, timeout=30,
-                                    headers={"Authorization": f"Bearer {self._key}", **headers})
-            self.answers.append(Answer(started, time.monotonic() - started, path, body, headers,
-                                       response.status_code, response.json(), dict(response.headers)))
+            response = session.post(
+                self._server.url + path,
+                json=body,
+                timeout=30,
+                headers={"Authorization": f"Bearer {self._key}", **headers},
+            )
+            self.answers.append(
+                Answer(
+                    started,
+                    time.monotonic() - started,
+                    path,
+                    body,
+                    headers,
+                    response.status_code,
+                    response.json(),
+                    dict(response.headers),
+                )
+            )
             time.sleep(0.01)
 
     def ok_count(self) -> int:
@@ -117,12 +135,17 @@ class Load:
 
 
 def events_of(marker: str) -> dict:
-    return {"event": "paywall_viewed", "anonymous_id": f"dev-{marker}", "timestamp": "2024-03-15T14:22:00Z",
-            "properties": {"m": marker}}
+    return {
+        "event": "paywall_viewed",
+        "anonymous_id": f"dev-{marker}",
+        "timestamp": "2024-03-15T14:22:00Z",
+        "properties": {"m": marker},
+    }
 
 
 def ids_by_marker(bootstrap: str, topic: str, workspace: str) -> dict[str, set[str]]:
-    """The event ids in `topic` of each marker of `workspace` (a record holds the events of several requests)."""
+    """The event ids in `topic` of each marker of `workspace` (a record holds the events of several
+    requests)."""
     ids: dict[str, set[str]] = {}
     for _, _, value in read_topic(bootstrap, topic):
         for event in envelope.decode(value).documents():
@@ -150,7 +173,10 @@ def test_the_front_door_heals_after_a_broker_restart_under_load(env, workspace_k
     # (deploy/queue/kafka_queue.py says how): every request then waited for the timeout and got a 503, until
     # the front door was restarted, while /readyz answered 200.
     _, key = workspace_key(rate_limit_per_minute=1_000_000)
-    batch = lambda n: ("/v1/batch/events", {"events": [events_of(f"r{n}-{i}") for i in range(50)]}, {})
+
+    def batch(n):
+        return ("/v1/batch/events", {"events": [events_of(f"r{n}-{i}") for i in range(50)]}, {})
+
     with api_server(env, workers=2) as server, Load(server, key, batch) as load:
         wait_until(lambda: load.ok_count() >= 20, timeout=30, message="a loaded front door")
         with broker_stopped(env["FLOKIT_TOPIC"]):
@@ -169,8 +195,11 @@ def test_a_frozen_broker_is_not_ready_and_idempotent_retries_are_exact(env, work
 
     def request(n: int):
         if n % 2:  # a batch with an Idempotency-Key
-            return "/v1/batch/events", {"events": [events_of(f"{run}-k{n}-{i}") for i in range(5)]}, \
-                {"Idempotency-Key": f"{run}-{n}"}
+            return (
+                "/v1/batch/events",
+                {"events": [events_of(f"{run}-k{n}-{i}") for i in range(5)]},
+                {"Idempotency-Key": f"{run}-{n}"},
+            )
         return "/v1/events", events_of(f"{run}-s{n}"), {}
 
     with api_server(env, workers=1) as server:
@@ -180,7 +209,8 @@ def test_a_frozen_broker_is_not_ready_and_idempotent_retries_are_exact(env, work
                 time.sleep(2 * TIMEOUT)  # the publishes in flight have failed by now
                 started = time.monotonic()
                 ready = requests.get(server.url + "/readyz", timeout=15)
-                # A frozen broker still accepts connections, and the topic's metadata was known: that answered 200.
+                # A frozen broker still accepts connections, and the topic's metadata was known: that answered
+                # 200.
                 assert ready.status_code == 503 and ready.json()["error"] == "queue_unavailable"
                 assert time.monotonic() - started < 6
                 time.sleep(max(0.0, OUTAGE - 2 * TIMEOUT - (time.monotonic() - started)))
@@ -220,8 +250,15 @@ def test_a_request_still_waiting_for_the_queue_at_its_deadline_is_withdrawn(kafk
     # passes before a publish takes it is withdrawn: its 503 says none of its events was queued, and none is.
     enqueuer = Enqueuer(KafkaPublisher(kafka_bootstrap, topic, TIMEOUT), TIMEOUT)
     workspace = f"ws-{uuid.uuid4().hex[:8]}"
-    publish = lambda marker, deadline=None: enqueuer.publish(
-        workspace, "2026-11-27T10:00:00.000Z", [{"event_id": f"evt_{marker}", **events_of(marker)}], deadline)
+
+    def publish(marker, deadline=None):
+        return enqueuer.publish(
+            workspace,
+            "2026-11-27T10:00:00.000Z",
+            [{"event_id": f"evt_{marker}", **events_of(marker)}],
+            deadline,
+        )
+
     publish("before")
     with broker_frozen(topic):
         held = threading.Thread(target=lambda: pytest.raises(ServiceUnavailable, publish, "in-flight"))

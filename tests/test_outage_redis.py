@@ -2,6 +2,7 @@
 always brought back in a `finally` for the modules after this one): every request is answered within the
 enqueue timeout whatever Redis does, the front door serves again by itself, and a restart keeps keys and
 idempotency records (deploy/redis.sh runs Redis with an append-only file)."""
+
 from __future__ import annotations
 
 import itertools
@@ -39,16 +40,27 @@ def redis_frozen():
 
 
 def event(marker: str) -> dict:
-    return {"event": "paywall_viewed", "anonymous_id": f"dev-{marker}", "timestamp": "2024-03-15T14:22:00Z",
-            "properties": {"m": marker}}
+    return {
+        "event": "paywall_viewed",
+        "anonymous_id": f"dev-{marker}",
+        "timestamp": "2024-03-15T14:22:00Z",
+        "properties": {"m": marker},
+    }
 
 
-def test_a_frozen_redis_holds_no_request_past_the_bound_and_the_front_door_recovers(production_env, workspace_key):
+def test_a_frozen_redis_holds_no_request_past_the_bound_and_the_front_door_recovers(
+    production_env, workspace_key
+):
     env = {**production_env, "FLOKIT_ENQUEUE_TIMEOUT_SECONDS": str(TIMEOUT)}
     _, granted = workspace_key(rate_limit_per_minute=1_000_000)  # admitted from grants (ingest_api.admission)
     _, counted = workspace_key(rate_limit_per_minute=GRANT_SHARE - 1)  # every request counted in Redis
     run = uuid.uuid4().hex[:8]
-    kinds = [(key, batch, keyed) for key in (granted, counted) for batch in (False, True) for keyed in (False, True)]
+    kinds = [
+        (key, batch, keyed)
+        for key in (granted, counted)
+        for batch in (False, True)
+        for keyed in (False, True)
+    ]
     answers: dict[tuple, list[tuple[float, float, int, dict, dict]]] = {kind: [] for kind in kinds}
     numbers = itertools.count()
     stop = threading.Event()
@@ -59,12 +71,26 @@ def test_a_frozen_redis_holds_no_request_past_the_bound_and_the_front_door_recov
         while not stop.is_set():
             n = next(numbers)
             body = {"events": [event(f"{run}-{n}-{i}") for i in range(20)]} if batch else event(f"{run}-{n}")
-            headers = {"Authorization": f"Bearer {key}", **({"Idempotency-Key": f"{run}-{n}"} if keyed else {})}
+            headers = {
+                "Authorization": f"Bearer {key}",
+                **({"Idempotency-Key": f"{run}-{n}"} if keyed else {}),
+            }
             started = time.monotonic()
-            response = session.post(server.url + ("/v1/batch/events" if batch else "/v1/events"), json=body,
-                                    headers=headers, timeout=30)
-            answers[kind].append((started, time.monotonic() - started, response.status_code, response.json(),
-                                  dict(response.headers)))
+            response = session.post(
+                server.url + ("/v1/batch/events" if batch else "/v1/events"),
+                json=body,
+                headers=headers,
+                timeout=30,
+            )
+            answers[kind].append(
+                (
+                    started,
+                    time.monotonic() - started,
+                    response.status_code,
+                    response.json(),
+                    dict(response.headers),
+                )
+            )
             time.sleep(0.02)
 
     def served_since(since: float) -> bool:
@@ -80,18 +106,20 @@ def test_a_frozen_redis_holds_no_request_past_the_bound_and_the_front_door_recov
                 frozen_at = time.monotonic()
                 time.sleep(FREEZE)
                 thawed_at = time.monotonic()
-            wait_until(lambda: served_since(thawed_at), timeout=30, message="every kind of request served again")
+            wait_until(
+                lambda: served_since(thawed_at), timeout=30, message="every kind of request served again"
+            )
         finally:
             stop.set()
             for t in threads:
                 t.join(30)
 
     for (key, batch, keyed), kind_answers in answers.items():
-        for started, elapsed, status, body, headers in kind_answers:
+        for _started, elapsed, status, body, _headers in kind_answers:
             assert elapsed <= BOUND, f"answered after {elapsed:.1f} s: {status} {body} ({batch=} {keyed=})"
         during = [a for a in kind_answers if a[0] >= frozen_at and a[0] + BOUND <= thawed_at]
         assert any(a[2] == 503 for a in during), f"no 503 while Redis was frozen for {batch=} {keyed=}"
-        for started, elapsed, status, body, headers in during:
+        for _started, _elapsed, status, body, headers in during:
             # A 200 only for a request admitted from a grant that needs nothing else of Redis (no key).
             if status == 200:
                 assert key == granted and not keyed, (batch, keyed, body)
@@ -112,6 +140,8 @@ def test_a_redis_restart_keeps_keys_and_idempotency_records(redis_url):
     try:
         assert state.authenticate(key).name == "acme"
         replay = state.idempotency_begin("acme", "k", "fp", ["evt_2"], time.time())
-        assert replay.kind is OutcomeKind.REPLAY and replay.response == StoredResponse(200, b'{"status":"ok"}')
+        assert replay.kind is OutcomeKind.REPLAY and replay.response == StoredResponse(
+            200, b'{"status":"ok"}'
+        )
     finally:
         state.close()

@@ -282,8 +282,8 @@ class KafkaSubscriber(Subscriber):
         if self._revoking:
             # kafka-python 3 runs rebalance listeners on its I/O thread, where a blocking commit is refused
             # ("Cannot block on net.run() from the IO thread itself"). The commit is sent without waiting for
-            # its answer: if it is not recorded by the time the partitions' next owner reads its position, that
-            # owner reads those records again and they are deduplicated (consumer/__init__.py).
+            # its answer: if it is not recorded by the time the partitions' next owner reads its position,
+            # that owner reads those records again and they are deduplicated (consumer/__init__.py).
             self._consumer.commit_async(positions, callback=_log_failed_commit)
             return
         try:
