@@ -22,7 +22,7 @@ import traceback
 import uuid
 from collections.abc import Generator, Iterator
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -33,7 +33,24 @@ from deploy.warehouse.request import QueryRequest
 from deploy.warehouse.sql import Incomplete, InlineInsert, first_token, output_format, split_insert
 
 if TYPE_CHECKING:
-    from deploy.warehouse.server import WarehouseServer
+    from deploy.warehouse.engine import Engine
+    from deploy.warehouse.sessions import Sessions
+
+
+class Serving(Protocol):
+    """What a handler asks of the server that runs it (deploy/warehouse/server.py's WarehouseServer; named by
+    this protocol rather than imported, since the server imports this module)."""
+
+    idle_timeout: float
+    io_timeout: float
+    stopping: bool
+    engine: Engine
+    sessions: Sessions
+
+    def request_started(self) -> bool: ...
+
+    def request_finished(self) -> None: ...
+
 
 # An INSERT whose data start is not found within this many bytes is
 # handed to the engine whole (to fail there).
@@ -89,7 +106,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "FloKitWarehouse"
     sys_version = ""
     # What socketserver gives this handler (its stubs say BaseServer and BufferedIOBase).
-    server: WarehouseServer
+    server: Serving  # type: ignore[assignment]  # BaseHTTPRequestHandler types it as socketserver's
     rfile: io.BufferedReader
 
     def log_message(self, format, *args) -> None:  # noqa: A002  one line per request is noise here
