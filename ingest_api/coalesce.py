@@ -95,8 +95,7 @@ class Coalescer(Generic[T, R]):
 
     def post(self, item: T, deadline: float | None = None) -> _Slot[T, R]:
         """Hand `item` to the next flush without waiting for it (`submit` waits). A flusher drops an item
-        whose
-        deadline has passed instead of flushing it."""
+        whose deadline has passed instead of flushing it."""
         slot: _Slot[T, R] = _Slot(item, deadline)
         with self._cond:
             if self._pid != os.getpid():  # first use in this process

@@ -70,10 +70,9 @@ class IdempotencyOutcome:
 
 class StoreCall(NamedTuple):
     """A call to the store made for a request, run by one of the store's callers (FrontDoorState.calls), so
-    that
-    the request waits for it no longer than it may: neither Redis (a 5 s socket timeout) nor SQLite (a 10 s
-    busy timeout) bounds a call by what is left of a request's time. `undo(result)` runs if the call succeeds
-    after its request stopped waiting (Coalescer.submit's deadline)."""
+    that the request waits for it no longer than it may: neither Redis (a 5 s socket timeout) nor SQLite (a
+    10 s busy timeout) bounds a call by what is left of a request's time. `undo(result)` runs if the call
+    succeeds after its request stopped waiting (Coalescer.submit's deadline)."""
 
     call: Callable[[], Any]
     undo: Callable[[Any], None] | None = None
