@@ -6,8 +6,6 @@ itself, and a 503 retried with its Idempotency-Key ends with each event in the t
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import threading
 import time
 import uuid
@@ -24,12 +22,12 @@ from ingest_api.errors import ServiceUnavailable
 from schemas import envelope
 
 from .conftest import KAFKA_PORT
+from .faults import frozen, service_pid
 from .services import api_server, read_topic, run_script, wait_until
 
 TIMEOUT = 2  # FLOKIT_ENQUEUE_TIMEOUT_SECONDS of the front doors here
 BOUND = TIMEOUT + 1.5  # every answer comes within the timeout; the rest is margin for a busy machine
 OUTAGE = 12  # seconds: long enough for several timeouts in a row
-PIDFILE = f"/tmp/flokit-kafka-{KAFKA_PORT}/broker.pid"  # deploy/kafka.sh's, for KAFKA_PORT
 
 
 @contextmanager
@@ -44,13 +42,10 @@ def broker_stopped(topic: str):
 
 @contextmanager
 def broker_frozen(topic: str):
-    with open(PIDFILE) as f:
-        pid = int(f.read())
-    os.kill(pid, signal.SIGSTOP)  # connections are still accepted (by the kernel), nothing is answered
     try:
-        yield
+        with frozen(service_pid("kafka.sh", KAFKA_PORT)):  # connections still accepted by the kernel
+            yield
     finally:
-        os.kill(pid, signal.SIGCONT)
         leading(topic)
 
 

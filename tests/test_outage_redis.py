@@ -6,8 +6,6 @@ idempotency records (deploy/redis.sh runs Redis with an append-only file)."""
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import threading
 import time
 import uuid
@@ -20,23 +18,18 @@ from ingest_api.state.base import OutcomeKind, StoredResponse
 from ingest_api.state.redis_state import RedisState
 
 from .conftest import REDIS_PORT
+from .faults import frozen, service_pid
 from .services import api_server, run_script, wait_until
 
 TIMEOUT = 2  # FLOKIT_ENQUEUE_TIMEOUT_SECONDS of the front door here
 BOUND = TIMEOUT + 1.5  # every answer comes within the timeout; the rest is margin for a busy machine
 FREEZE = 12  # seconds: longer than Redis's own socket timeout (5 s) twice over
-PIDFILE = f"/tmp/flokit-redis-{REDIS_PORT}/redis.pid"  # deploy/redis.sh's, for REDIS_PORT
 
 
 @contextmanager
 def redis_frozen():
-    with open(PIDFILE) as f:
-        pid = int(f.read())
-    os.kill(pid, signal.SIGSTOP)  # connections are still accepted (by the kernel), nothing is answered
-    try:
+    with frozen(service_pid("redis.sh", REDIS_PORT)):  # connections still accepted by the kernel
         yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def event(marker: str) -> dict:
