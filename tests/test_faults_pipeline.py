@@ -355,30 +355,35 @@ def wait_for_200_after(load: LoadGenerator, moment: float, what: str) -> None:
         raise AssertionError(f"no 200 within {RECOVERY_SECONDS + 30} s of {what}: {load.summary()}") from None
 
 
-def test_e_kafka_broker_stopped_then_frozen_for_30_seconds_under_batch_load(production, tmp_path):
+def stopped_then_frozen(
+    production, tmp_path, script: str, port: str, outage: float, code: str, **load_options
+):
+    """Under load: the service of `script` (kafka.sh or redis.sh) on `port` stopped for `outage` seconds and
+    started again, then frozen (SIGSTOP) as long and thawed. Every answer while it was away is a 503 `code`,
+    the front door serves again soon after each return without a worker restart, no answer is slower than
+    the enqueue timeout + 1 s, and the warehouse holds every acknowledged event exactly once."""
     env, settings, client, workspace, key = production
-    port = settings.kafka_bootstrap.rsplit(":", 1)[1]
-    timeout = settings.enqueue_timeout_seconds
+    port_variable = "KAFKA_PORT" if script == "kafka.sh" else "REDIS_PORT"
     with consumer_running(env, tmp_path / "consumer.log") as consumer:
         server = ApiServer(env).start()
         workers = sorted(descendants(server.proc.pid))
-        load = LoadGenerator(server.url, key, threads=6, single_every=0).start()
+        load = LoadGenerator(server.url, key, **load_options).start()
         try:
             load.wait_for_acknowledged(1_000)
             try:
-                run_script("kafka.sh", "stop", KAFKA_PORT=port)
+                run_script(script, "stop", **{port_variable: port})
                 stopped_at = time.monotonic()
-                time.sleep(OUTAGE_SECONDS)
+                time.sleep(outage)
             finally:
                 started_at = time.monotonic()
-                run_script("kafka.sh", "start", KAFKA_PORT=port)
+                run_script(script, "start", **{port_variable: port})  # Redis: from its append-only file
             back_at = time.monotonic()
-            wait_for_200_after(load, back_at, "the broker's return")
-            with frozen(service_pid("kafka.sh", port)):
+            wait_for_200_after(load, back_at, f"{script}'s restart")
+            with frozen(service_pid(script, port)):
                 frozen_at = time.monotonic()
-                time.sleep(OUTAGE_SECONDS)
+                time.sleep(outage)
                 thawed_at = time.monotonic()
-            wait_for_200_after(load, thawed_at, "the broker's thaw")
+            wait_for_200_after(load, thawed_at, f"{script}'s thaw")
             load.wait_for_acknowledged(load.acknowledged_events() + 500)
             workers_after = sorted(descendants(server.proc.pid))
         finally:
@@ -387,68 +392,34 @@ def test_e_kafka_broker_stopped_then_frozen_for_30_seconds_under_batch_load(prod
         assert workers_after == workers, f"front-door workers restarted: {out[-3000:]}"  # it healed by itself
         assert consumer.proc.poll() is None, f"the consumer died: {consumer.output()[-3000:]}"
         tally = count_in_warehouse(client, settings.clickhouse_database, workspace, load)
-    code, consumer_out = consumer.stop()
+    exit_code, consumer_out = consumer.stop()
     answers = load.answers()
     print(
-        f"broker restart took {back_at - started_at:.1f} s; "
-        f"first 200 {first_200_after(answers, back_at)} s after"
-        f" it was back, {first_200_after(answers, thawed_at)} s after the thaw; slowest answer "
+        f"{script} restart took {back_at - started_at:.1f} s; first 200 {first_200_after(answers, back_at)} s"
+        f" after it was back, {first_200_after(answers, thawed_at)} s after the thaw; slowest answer "
         f"{max(a.latency for a in answers):.1f} s; {load.summary()}; {tally}"
     )
-    assert_unavailable_then_healed(load, "stopped", (stopped_at, started_at), back_at, "queue_unavailable")
-    assert_unavailable_then_healed(load, "frozen", (frozen_at, thawed_at), thawed_at, "queue_unavailable")
-    slow = [a for a in answers if a.latency > timeout + 1]
+    assert_unavailable_then_healed(load, "stopped", (stopped_at, started_at), back_at, code)
+    assert_unavailable_then_healed(load, "frozen", (frozen_at, thawed_at), thawed_at, code)
+    slow = [a for a in answers if a.latency > settings.enqueue_timeout_seconds + 1]
     assert not slow, f"{len(slow)} answers slower than the enqueue timeout + 1 s: {slow[:3]}"
     assert set(load.statuses()) <= {200, 503}, load.summary()
-    assert code == 0, consumer_out[-3000:]
+    assert exit_code == 0, consumer_out[-3000:]
     tally.assert_exact()
+
+
+def test_e_kafka_broker_stopped_then_frozen_for_30_seconds_under_batch_load(production, tmp_path):
+    port = production[1].kafka_bootstrap.rsplit(":", 1)[1]
+    stopped_then_frozen(
+        production, tmp_path, "kafka.sh", port, OUTAGE_SECONDS, "queue_unavailable", threads=6, single_every=0
+    )
 
 
 REDIS_OUTAGE_SECONDS = 15
 
 
 def test_f_redis_stopped_then_frozen_under_load(production, tmp_path, redis_url):
-    env, settings, client, workspace, key = production
     port = redis_url.rsplit(":", 1)[1].split("/")[0]
-    timeout = settings.enqueue_timeout_seconds
-    with consumer_running(env, tmp_path / "consumer.log"):
-        server = ApiServer(env).start()
-        workers = sorted(descendants(server.proc.pid))
-        load = LoadGenerator(server.url, key, threads=6).start()
-        try:
-            load.wait_for_acknowledged(1_000)
-            try:
-                run_script("redis.sh", "stop", REDIS_PORT=port)
-                stopped_at = time.monotonic()
-                time.sleep(REDIS_OUTAGE_SECONDS)
-            finally:
-                started_at = time.monotonic()
-                run_script(
-                    "redis.sh", "start", REDIS_PORT=port
-                )  # from its append-only file: the API key is kept
-            back_at = time.monotonic()
-            wait_for_200_after(load, back_at, "Redis's restart")
-            with frozen(service_pid("redis.sh", port)):
-                frozen_at = time.monotonic()
-                time.sleep(REDIS_OUTAGE_SECONDS)
-                thawed_at = time.monotonic()
-            wait_for_200_after(load, thawed_at, "Redis's thaw")
-            load.wait_for_acknowledged(load.acknowledged_events() + 500)
-            workers_after = sorted(descendants(server.proc.pid))
-        finally:
-            load.stop()
-            out = server.stop()
-        assert workers_after == workers, f"front-door workers restarted: {out[-3000:]}"  # it healed by itself
-        tally = count_in_warehouse(client, settings.clickhouse_database, workspace, load)
-    answers = load.answers()
-    print(
-        f"first 200 {first_200_after(answers, back_at)} s after the restart, "
-        f"{first_200_after(answers, thawed_at)} s after the thaw; slowest answer "
-        f"{max(a.latency for a in answers):.1f} s; {load.summary()}; {tally}"
+    stopped_then_frozen(
+        production, tmp_path, "redis.sh", port, REDIS_OUTAGE_SECONDS, "state_unavailable", threads=6
     )
-    assert_unavailable_then_healed(load, "stopped", (stopped_at, started_at), back_at, "state_unavailable")
-    assert_unavailable_then_healed(load, "frozen", (frozen_at, thawed_at), thawed_at, "state_unavailable")
-    slow = [a for a in answers if a.latency > timeout + 1]
-    assert not slow, f"{len(slow)} answers slower than the enqueue timeout + 1 s: {slow[:3]}"
-    assert set(load.statuses()) <= {200, 503}, load.summary()
-    tally.assert_exact()
